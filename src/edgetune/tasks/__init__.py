@@ -1,0 +1,1 @@
+"""Generated tasks whose answers can be checked exactly (stdlib only)."""
