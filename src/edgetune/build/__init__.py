@@ -1,0 +1,1 @@
+"""The dev-box side: export, graph rewrites and artifact generation (needs the `build` extra)."""

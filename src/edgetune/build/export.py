@@ -1,0 +1,44 @@
+"""Optimum export of a causal LM: a no-past graph to train, a with-past graph to serve."""
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import onnx
+from optimum.exporters.onnx import onnx_export_from_model
+from transformers import PreTrainedModel
+
+from edgetune.build.graph import materialize_identity_initializers
+
+
+def export_graphs(model: PreTrainedModel, work_dir: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """Export `model` twice and return (training graph, inference graph).
+
+    Post-processing is off: Optimum's tied-weight deduplication breaks gradient
+    generation, and equal tensors are stored once later anyway.
+    """
+    graphs = []
+    for task in ("text-generation", "text-generation-with-past"):
+        out = work_dir / task
+        with _quiet():
+            onnx_export_from_model(model, out, task=task, no_post_process=True, do_validation=False)
+        graph = onnx.load(out / "model.onnx")
+        materialize_identity_initializers(graph.graph)
+        graphs.append(graph)
+    return graphs[0], graphs[1]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's tracer warnings; errors still raise."""
+    import warnings
+
+    level = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(level)

@@ -1,0 +1,95 @@
+"""Small vocabulary for editing exported ONNX graphs: find Linear layers, add nodes.
+
+Each helper takes the graph and tensor names and returns the names it produced, in the
+style of onnxblock, so a rewrite reads top to bottom.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgetune.build.registry import Architecture
+
+
+@dataclass(frozen=True)
+class LinearSite:
+    """One Linear layer of the exported graph, tied back to its HF module path."""
+
+    node_name: str
+    module_path: str      # e.g. model.layers.0.self_attn.q_proj
+    weight: str           # initializer name of W
+    in_features: int
+    out_features: int
+
+
+def module_path(node_name: str) -> str:
+    """`/model/layers.0/self_attn/q_proj/MatMul` -> `model.layers.0.self_attn.q_proj`."""
+    return ".".join(node_name.strip("/").split("/")[:-1])
+
+
+def initializer_map(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Name -> initializer, with `Identity(initializer)` outputs resolved to their source."""
+    inits = {t.name: t for t in graph.initializer}
+    for node in graph.node:  # the exporter deduplicates equal tensors through Identity
+        if node.op_type == "Identity" and node.input[0] in inits:
+            inits[node.output[0]] = inits[node.input[0]]
+    return inits
+
+
+def find_linears(graph: onnx.GraphProto, arch: Architecture) -> list[LinearSite]:
+    """Every MatMul/Gemm whose weight is an initializer and whose module is a known Linear."""
+    inits = initializer_map(graph)
+    sites = []
+    for node in graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or node.input[1] not in inits:
+            continue
+        path = module_path(node.name)
+        if path.rsplit(".", 1)[-1] not in arch.linear_names:
+            continue
+        dims = list(inits[node.input[1]].dims)
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        in_f, out_f = (dims[1], dims[0]) if trans_b else (dims[0], dims[1])
+        sites.append(LinearSite(node.name, path, node.input[1], in_f, out_f))
+    return sites
+
+
+def add_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> str:
+    """Add a constant tensor to the graph and return its name."""
+    graph.initializer.append(numpy_helper.from_array(array, name))
+    return name
+
+
+def add_node(nodes: list, op: str, inputs: list[str], output: str, **attrs) -> str:
+    """Append one node producing `output` and return that name."""
+    nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+    return output
+
+
+def make_input(name: str, elem_type: int, shape: list) -> onnx.ValueInfoProto:
+    """A graph input with symbolic (str) or fixed (int) dimensions."""
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+
+def materialize_identity_initializers(graph: onnx.GraphProto) -> int:
+    """Replace every `Identity(initializer)` by a copy of the initializer under its output name.
+
+    The TorchScript exporter deduplicates equal tensors (all-ones norms, tied weights)
+    through Identity nodes; ORT's gradient builder then emits one gradient per consumer
+    under the same name. Copies cost nothing on disk: the shared weights file stores
+    equal tensors once.
+    """
+    inits = {t.name: t for t in graph.initializer}
+    aliases = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in inits]
+    for node in aliases:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[node.input[0]])
+        copy.name = node.output[0]
+        graph.initializer.append(copy)
+    dropped = {id(n) for n in aliases}
+    kept = [n for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(aliases)

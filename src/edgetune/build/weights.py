@@ -1,0 +1,44 @@
+"""Store the frozen base weights once: every graph of a bundle points into one file.
+
+The training, eval and inference graphs each carry the same base tensors (the exports
+fold them identically). Each tensor is written once to `base_weights.bin`, page-aligned
+so ONNX Runtime can map it, and every graph refers to it as external data.
+"""
+
+import hashlib
+from pathlib import Path
+
+import onnx
+from onnx.external_data_helper import set_external_data
+
+from edgetune.common.names import BASE_WEIGHTS
+
+MIN_EXTERNAL_BYTES = 1024
+ALIGN = 4096
+
+
+def share_base_weights(model_paths: list[Path], keep_inline: set[str] = frozenset()) -> int:
+    """Move initializers of the given models into one shared, deduplicated weights file.
+
+    Returns the number of bytes written. Tensors named in `keep_inline` stay in the graph.
+    """
+    folder = model_paths[0].parent
+    offsets: dict[bytes, tuple[int, int]] = {}
+    with open(folder / BASE_WEIGHTS, "wb") as out:
+        for path in model_paths:
+            model = onnx.load(path)
+            for tensor in model.graph.initializer:
+                if tensor.name in keep_inline or len(tensor.raw_data) < MIN_EXTERNAL_BYTES:
+                    continue
+                data = tensor.raw_data
+                key = hashlib.sha256(data).digest()
+                if key not in offsets:
+                    out.seek((out.tell() + ALIGN - 1) // ALIGN * ALIGN)
+                    offsets[key] = (out.tell(), len(data))
+                    out.write(data)
+                offset, length = offsets[key]
+                set_external_data(tensor, BASE_WEIGHTS, offset=offset, length=length)
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+            onnx.save(model, path)
+        return out.tell()

@@ -1,0 +1,79 @@
+"""manifest.json: what a bundle (or merged model) holds, where it came from, and file hashes.
+
+Written last during a build; `verify` re-hashes every listed file so a corrupted or
+edited bundle is refused by name before anything runs on it.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from edgetune.common.errors import BundleError
+from edgetune.common.hashing import sha256_file
+from edgetune.common.names import MANIFEST
+
+SCHEMA_VERSION = 1
+
+
+def list_files(folder: Path) -> dict[str, dict]:
+    """Every file under `folder` (the manifest excluded) with its size and sha256."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel != MANIFEST:
+            files[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return files
+
+
+def write_manifest(folder: Path, fields: dict) -> dict:
+    """Write manifest.json into `folder`: `fields` plus the schema version and file list."""
+    manifest = {"schema_version": SCHEMA_VERSION, **fields, "files": list_files(folder)}
+    write_json_atomic(folder / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict:
+    """Load a folder's manifest.json, with a one-line error if it is missing or unreadable."""
+    path = Path(folder) / MANIFEST
+    if not Path(folder).is_dir():
+        raise BundleError(f"{folder}: no such bundle folder")
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing (not an edgetune bundle?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: unreadable manifest ({e})") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{path}: schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
+    return manifest
+
+
+def verify(folder: Path, manifest: dict | None = None) -> dict:
+    """Check every listed file's size and sha256; raise naming the first file that differs."""
+    folder = Path(folder)
+    manifest = manifest or read_manifest(folder)
+    for rel, entry in manifest["files"].items():
+        path = folder / rel
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in the manifest but missing")
+        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            raise BundleError(f"{path}: sha256 does not match the manifest (corrupted or edited)")
+    return manifest
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temp file in the same folder, fsync it, and rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
