@@ -8,6 +8,7 @@ file), so the checkpoint holds only the adapter — O(adapter), not O(model).
 from pathlib import Path
 
 import onnx
+import onnxruntime
 from onnxruntime.training import artifacts
 
 from edgetune.common.errors import EdgetuneError
@@ -23,6 +24,7 @@ def generate_training_artifacts(
     """Write training/eval/optimizer models and the checkpoint into `out_dir`."""
     if optimizer not in OPTIMIZERS:
         raise EdgetuneError(f"unknown optimizer '{optimizer}' (choose: {', '.join(OPTIMIZERS)})")
+    onnxruntime.set_default_logger_severity(3)  # the gradient builder logs every pass at INFO
     artifacts.generate_artifacts(
         model,
         requires_grad=trainable,

@@ -9,7 +9,7 @@ import onnx
 from optimum.exporters.onnx import onnx_export_from_model
 from transformers import PreTrainedModel
 
-from edgetune.build.graph import materialize_identity_initializers
+from edgetune.build.graph import expose_saved_outputs, materialize_identity_initializers
 
 
 def export_graphs(model: PreTrainedModel, work_dir: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
@@ -25,6 +25,7 @@ def export_graphs(model: PreTrainedModel, work_dir: Path) -> tuple[onnx.ModelPro
             onnx_export_from_model(model, out, task=task, no_post_process=True, do_validation=False)
         graph = onnx.load(out / "model.onnx")
         materialize_identity_initializers(graph.graph)
+        expose_saved_outputs(graph.graph)
         graphs.append(graph)
     return graphs[0], graphs[1]
 

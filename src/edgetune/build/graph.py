@@ -93,3 +93,17 @@ def materialize_identity_initializers(graph: onnx.GraphProto) -> int:
     del graph.node[:]
     graph.node.extend(kept)
     return len(aliases)
+
+
+def expose_saved_outputs(graph: onnx.GraphProto) -> int:
+    """Give LayerNormalization its optional Mean/InvStdDev outputs, which its gradient reads.
+
+    The exporter emits only the first output; ORT's LayerNormalizationGrad then fails
+    with `i < node_->OutputDefs().size()`.
+    """
+    count = 0
+    for node in graph.node:
+        if node.op_type == "LayerNormalization" and len(node.output) == 1:
+            node.output.extend([f"{node.output[0]}/mean", f"{node.output[0]}/inv_std_dev"])
+            count += 1
+    return count

@@ -1,0 +1,106 @@
+"""Adapters in PEFT's format: adapter_config.json + adapter_model.safetensors.
+
+The graphs hold Aᵀ (in, r) and Bᵀ (r, out) under PEFT's key names (see
+`edgetune.build.lora`); PEFT files hold A (r, in) and B (out, r). Moving between the
+two is a transpose of every tensor, nothing else.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from edgetune.common.adapter_config import check_supported
+from edgetune.common.errors import AdapterError
+from edgetune.common.manifest import write_json_atomic
+from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX
+
+BASE_SHA_KEY = "edgetune.base_weights_sha256"  # safetensors metadata; PEFT ignores it
+
+
+def adapter_keys(manifest: dict) -> list[str]:
+    """PEFT keys of every adapter tensor of a bundle, A then B per adapted module."""
+    keys = []
+    for path in manifest["adapted_modules"]:
+        keys += [f"{PEFT_PREFIX}{path}.lora_A.weight", f"{PEFT_PREFIX}{path}.lora_B.weight"]
+    return keys
+
+
+def to_graph_layout(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """PEFT layout (A (r, in), B (out, r)) -> graph layout (Aᵀ, Bᵀ), contiguous float32."""
+    return {k: np.ascontiguousarray(v.T, dtype=np.float32) for k, v in weights.items()}
+
+
+to_peft_layout = to_graph_layout  # a transpose is its own inverse
+
+
+def save_adapter(folder: Path, weights: dict[str, np.ndarray], config: dict, base_sha256: str) -> None:
+    """Write a PEFT adapter folder atomically (temp folder, fsync, rename). `weights` in PEFT layout."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.saving-"))
+    try:
+        save_file(
+            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
+            tmp / ADAPTER_WEIGHTS, metadata={"format": "pt", BASE_SHA_KEY: base_sha256},
+        )
+        with open(tmp / ADAPTER_WEIGHTS, "rb") as f:
+            os.fsync(f.fileno())
+        write_json_atomic(tmp / ADAPTER_CONFIG, config)
+        tmp.chmod(0o755)
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_adapter(folder: Path, manifest: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a PEFT adapter and check it fits the bundle; returns (weights in PEFT layout, config)."""
+    folder = Path(folder)
+    config_path, weights_path = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    if not folder.is_dir():
+        raise AdapterError(f"{folder}: no such adapter folder")
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise AdapterError(f"{config_path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{config_path}: not valid JSON ({e})") from None
+    check_supported(config, str(config_path))
+    if not weights_path.is_file():
+        raise AdapterError(f"{weights_path}: missing")
+    weights = {_strip_adapter_name(k): v for k, v in load_file(weights_path).items()}
+    _check_fits(weights, config, manifest, folder)
+    return weights, config
+
+
+def _strip_adapter_name(key: str) -> str:
+    """PEFT saves `...lora_A.weight`; in-memory state dicts say `...lora_A.default.weight`."""
+    return key.replace(".default.weight", ".weight")
+
+
+def _check_fits(weights: dict, config: dict, manifest: dict, folder: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(folder / ADAPTER_WEIGHTS, "np") as f:
+        base_sha = (f.metadata() or {}).get(BASE_SHA_KEY)
+    if base_sha and base_sha != manifest["source"]["weights_sha256"]:
+        raise AdapterError(f"{folder}: adapter was trained on a different base model (weights sha256 differs)")
+    expected = set(adapter_keys(manifest))
+    extra = sorted(set(weights) - expected)
+    if extra:
+        raise AdapterError(f"{folder}: adapter has tensors the bundle has no layer for, e.g. {extra[0]}")
+    missing = sorted(expected - set(weights))
+    if missing:
+        raise AdapterError(f"{folder}: adapter lacks {missing[0]} (targets {config.get('target_modules')})")
+    for key, value in weights.items():
+        if value.ndim != 2 or value.shape[0 if ".lora_A." in key else 1] != config["r"]:
+            raise AdapterError(f"{folder}: {key} has shape {tuple(value.shape)}, which does not fit r={config['r']}")

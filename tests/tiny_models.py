@@ -1,0 +1,66 @@
+"""Tiny random models of every supported architecture, with a real trained tokenizer.
+
+Shared by the tests and benchmarks: configs small enough to export in a second, a BPE
+tokenizer trained with `tokenizers` on generated text, and a simple chat template.
+"""
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Phi3Config, PreTrainedTokenizerFast, Qwen2Config,
+)
+
+VOCAB = 320
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+               bos_token_id=1, eos_token_id=2, pad_token_id=0)
+CONFIGS = {
+    "llama": lambda: LlamaConfig(**_COMMON, tie_word_embeddings=True),
+    "qwen2": lambda: Qwen2Config(**_COMMON),
+    "mistral": lambda: MistralConfig(**_COMMON, sliding_window=None),
+    "phi3": lambda: Phi3Config(**_COMMON),
+    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                               bos_token_id=1, eos_token_id=2),
+}
+ARCHS = tuple(CONFIGS)
+WORDS = "the a quick brown fox jumps over lazy dog date march april may june 2021 1999 iso convert".split()
+
+
+def sample_text(n: int, seed: int = 0) -> list[str]:
+    """Generated sentences to train the tokenizer (and to train on)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        idx = torch.randint(len(WORDS), (int(torch.randint(4, 12, (1,), generator=g)),), generator=g)
+        out.append(" ".join(WORDS[i] for i in idx) + f" {int(torch.randint(1, 31, (1,), generator=g))}.")
+    return out
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on generated text, with pad/bos/eos and a chat template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(sample_text(2000), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def make_model_dir(arch: str, folder: Path, seed: int = 0) -> Path:
+    """Save a random tiny `arch` model and the tokenizer as a HF folder."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(CONFIGS[arch]())
+    model.save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
