@@ -3,6 +3,10 @@
 Only adapter tensors are trainable. Base weights are neither trainable nor listed as
 frozen parameters: they stay graph initializers (later moved to the shared weights
 file), so the checkpoint holds only the adapter — O(adapter), not O(model).
+
+While ORT builds the gradient graph it serializes the model several times; the base
+weights are lifted out as plain graph inputs for that step and put back afterwards,
+so the build never holds more than one copy of them.
 """
 
 from pathlib import Path
@@ -12,7 +16,9 @@ import onnxruntime
 from onnxruntime.training import artifacts
 
 from edgetune.common.errors import EdgetuneError
-from edgetune.common.names import OPTIMIZER_MODEL
+from edgetune.common.names import EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL
+
+LIFT_MIN_BYTES = 1024
 
 OPTIMIZERS = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}
 TORCH_ADAMW_MODE = 0  # ORT's AdamWOptimizer: 0 = torch.optim.AdamW, 1 = transformers' AdamW
@@ -25,6 +31,7 @@ def generate_training_artifacts(
     if optimizer not in OPTIMIZERS:
         raise EdgetuneError(f"unknown optimizer '{optimizer}' (choose: {', '.join(OPTIMIZERS)})")
     onnxruntime.set_default_logger_severity(3)  # the gradient builder logs every pass at INFO
+    lifted = _lift_weights(model, keep=set(trainable))
     artifacts.generate_artifacts(
         model,
         requires_grad=trainable,
@@ -33,7 +40,33 @@ def generate_training_artifacts(
         optimizer=OPTIMIZERS[optimizer],
         artifact_directory=out_dir,
     )
+    for name in (TRAINING_MODEL, EVAL_MODEL):
+        _restore_weights(out_dir / name, lifted)
     _use_torch_adamw(out_dir / OPTIMIZER_MODEL)  # ORT already turns Dropout off in the eval model
+
+
+def _lift_weights(model: onnx.ModelProto, keep: set[str]) -> dict[str, onnx.TensorProto]:
+    """Move large non-trainable initializers out of `model` into graph inputs; return them."""
+    graph = model.graph
+    lifted = {t.name: t for t in graph.initializer if t.name not in keep and len(t.raw_data) >= LIFT_MIN_BYTES}
+    kept = [t for t in graph.initializer if t.name not in lifted]
+    for tensor in lifted.values():
+        graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return lifted
+
+
+def _restore_weights(path: Path, lifted: dict[str, onnx.TensorProto]) -> None:
+    """Turn the lifted graph inputs of a generated model back into initializers."""
+    model = onnx.load(path)
+    graph = model.graph
+    used = [i.name for i in graph.input if i.name in lifted]
+    inputs = [i for i in graph.input if i.name not in lifted]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    graph.initializer.extend(lifted[name] for name in used)
+    onnx.save(model, path)
 
 
 def _use_torch_adamw(path: Path) -> None:

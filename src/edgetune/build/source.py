@@ -62,4 +62,30 @@ def _load(name: str, folder: Path, weights: list[Path] | None, gguf_file: str | 
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise EdgetuneError(f"{name}: no usable tokenizer ({str(e).splitlines()[0]})") from None
+    if gguf_file:
+        _apply_gguf_special_tokens(tokenizer, folder / gguf_file)
     return Source(name, model.eval(), tokenizer, sha256_files(weights))
+
+
+def _apply_gguf_special_tokens(tokenizer, path: Path) -> None:
+    """Take special tokens and BOS-adding from the GGUF metadata itself.
+
+    transformers 4.57 loads SmolLM2's GGUF tokenizer with eos = <|im_start|> and BOS
+    prepended, while the file says eos = <|im_end|> and add_bos_token = false.
+    """
+    import gguf
+
+    fields = gguf.GGUFReader(path).fields
+
+    def value(key: str):
+        field = fields.get(f"tokenizer.ggml.{key}")
+        return None if field is None else field.contents()
+
+    for attr, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                      ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id")):
+        token_id = value(key)
+        if token_id is not None:
+            setattr(tokenizer, attr, tokenizer.convert_ids_to_tokens(int(token_id)))
+    add_bos = value("add_bos_token")
+    if add_bos is not None and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = bool(add_bos)  # also rebuilds the post-processor
