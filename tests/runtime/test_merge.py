@@ -1,0 +1,85 @@
+"""`edgetune merge`: the folded model matches the unmerged adapter, PEFT, and plain onnxruntime."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from parity import inference_logits, peft_model, random_adapter
+
+from edgetune.common.adapter_config import scaling
+from edgetune.common.manifest import read_manifest, verify
+from edgetune.runtime.adapters import save_adapter
+from edgetune.runtime.merge import MERGED_MODEL, merge
+
+ROOT = Path(__file__).resolve().parents[2]
+OPTIMUM_INPUTS = {"input_ids", "attention_mask", "position_ids"}
+
+
+def _merged(arch, tiny_bundle, tmp_path):
+    bundle = tiny_bundle(arch)
+    manifest = read_manifest(bundle)
+    adapter = random_adapter(bundle, seed=7)
+    save_adapter(tmp_path / "adapter", adapter, manifest["adapter_config"], manifest["source"]["weights_sha256"])
+    merge(bundle, tmp_path / "adapter", tmp_path / "merged")
+    return bundle, manifest, adapter, tmp_path / "merged"
+
+
+def _prefill_logits(model_dir: Path, ids: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(model_dir / MERGED_MODEL), providers=["CPUExecutionProvider"])
+    b, s = ids.shape
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(s), (b, 1))}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values."):
+            feeds[i.name] = np.zeros((b, i.shape[1], 0, i.shape[3]), np.float32)
+    return sess.run(["logits"], {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})[0]
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gpt2"])
+def test_merged_matches_unmerged_and_peft(arch, tiny_bundle, tiny_model_dir, tmp_path):
+    bundle, manifest, adapter, merged = _merged(arch, tiny_bundle, tmp_path)
+    ids = np.random.default_rng(0).integers(3, 300, (2, 9)).astype(np.int64)
+    ours = _prefill_logits(merged, ids)
+    unmerged = inference_logits(bundle, ids, adapter, scaling(manifest["adapter_config"]))
+    with torch.no_grad():
+        ref = peft_model(tiny_model_dir(arch), manifest, adapter)(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(ours, unmerged, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_merged_keeps_optimum_names_and_a_manifest(tiny_bundle, tmp_path):
+    _, _, _, merged = _merged("llama", tiny_bundle, tmp_path)
+    graph = onnx.load(merged / MERGED_MODEL, load_external_data=False).graph
+    inputs, outputs = {i.name for i in graph.input}, [o.name for o in graph.output]
+    assert inputs == OPTIMUM_INPUTS | {f"past_key_values.{i}.{kv}" for i in range(2) for kv in ("key", "value")}
+    assert outputs == ["logits"] + [f"present.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
+    assert not any(n.name.startswith("/lora/") for n in graph.node)
+    manifest = verify(merged)
+    assert manifest["kind"] == "merged" and "tokenizer.json" in manifest["files"]
+
+
+@pytest.mark.slow
+def test_merged_runs_on_the_plain_onnxruntime_package(tiny_bundle, tmp_path):
+    """Apps embed the inference package, not the training build: prove the folder runs there."""
+    _, _, _, merged = _merged("llama", tiny_bundle, tmp_path)
+    venv = ROOT / ".venv-plain-ort"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "onnxruntime", "numpy"], check=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    ids = ["5", "17", "42", "8"]
+    plain = subprocess.run([str(python), str(ROOT / "scripts/run_merged.py"), str(merged), *ids, "--new", "6"],
+                           capture_output=True, text=True, env=env, check=True, cwd=tmp_path)
+    ours = subprocess.run([sys.executable, str(ROOT / "scripts/run_merged.py"), str(merged), *ids, "--new", "6"],
+                          capture_output=True, text=True, check=True, cwd=tmp_path)
+    plain, ours = json.loads(plain.stdout), json.loads(ours.stdout)
+    assert plain["onnxruntime"] != "1.19.2"  # really the other package
+    assert plain["tokens"] == ours["tokens"]
+    np.testing.assert_allclose(plain["first_logits"], ours["first_logits"], atol=1e-4)
