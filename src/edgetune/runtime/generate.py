@@ -24,6 +24,9 @@ import onnxruntime as ort
 
 from edgetune.common import names
 from edgetune.common.errors import AdapterError, BundleError, EdgetuneError
+from edgetune.common.adapter_config import scaling
+from edgetune.common.manifest import read_manifest
+from edgetune.runtime.adapters import load_adapter, to_graph_layout
 from edgetune.runtime.batching import load_tokenizer
 from edgetune.runtime.chat_template import render_chat
 from edgetune.runtime.sampling import Sampler, SamplingParams
@@ -83,9 +86,13 @@ class Generator:
                  session_options: ort.SessionOptions | None = None):
         """Load `model_dir` (inference.onnx, config.json, tokenizer files); `adapter` goes to `set_adapter`."""
         folder = Path(model_dir)
-        for name in (names.INFERENCE_MODEL, names.HF_CONFIG):
-            if not (folder / name).is_file():
-                raise BundleError(f"{folder}: no {name}")
+        model_file = next((folder / n for n in (names.INFERENCE_MODEL, names.MERGED_MODEL) if (folder / n).is_file()), None)
+        if model_file is None:
+            raise BundleError(f"{folder}: no {names.INFERENCE_MODEL} (bundle) or {names.MERGED_MODEL} (merged model)")
+        if not (folder / names.HF_CONFIG).is_file():
+            raise BundleError(f"{folder}: no {names.HF_CONFIG}")
+        manifest = read_manifest(folder) if (folder / names.MANIFEST).is_file() else {}
+        self._bundle_manifest = manifest if manifest.get("kind") == "bundle" else None
         config = _read_json(folder / names.HF_CONFIG)
         generation_config = _read_json(folder / names.GENERATION_CONFIG)
         self.tokenizer, self.tokenizer_info = load_tokenizer(folder)
@@ -96,7 +103,7 @@ class Generator:
                                 None)
         if self.max_context is None:
             raise BundleError(f"{folder / names.HF_CONFIG}: no max_position_embeddings (context length)")
-        self.session = ort.InferenceSession(str(folder / names.INFERENCE_MODEL), providers=["CPUExecutionProvider"],
+        self.session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"],
                                             sess_options=session_options or default_session_options())
         inputs = {i.name: i for i in self.session.get_inputs()}
         self._token_inputs = {n: DTYPES[inputs[n].type] for n in TOKEN_INPUTS if n in inputs}
@@ -147,8 +154,16 @@ class Generator:
         self._extra_values = {n: ort.OrtValue.ortvalue_from_numpy(v) for n, v in merged.items()}
 
     def set_adapter(self, path: str | os.PathLike) -> None:
-        """Load a PEFT adapter folder into the extra graph inputs (not implemented yet)."""
-        raise AdapterError(f"{path}: loading adapters is not implemented yet")
+        """Swap to the PEFT adapter in `path` (None: the base model) without touching the base weights."""
+        if path is None:
+            self._set_extra_feeds({})
+            return
+        if self._bundle_manifest is None:
+            raise AdapterError(f"{path}: this model takes no adapter (not a bundle: merged already?)")
+        weights, config = load_adapter(Path(path), self._bundle_manifest)
+        feeds = to_graph_layout(weights)
+        feeds[names.LORA_SCALING] = np.array(scaling(config), np.float32)
+        self._set_extra_feeds(feeds)
 
     # --- decoding ---------------------------------------------------------------------
 
