@@ -33,6 +33,75 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"ok: {len(manifest['files'])} files match their sha256", file=sys.stderr)
 
 
+def _generate(args: argparse.Namespace) -> None:
+    from edgetune.runtime.generate import Generator
+
+    if not args.chat and args.prompt is None:
+        raise EdgetuneError("give --prompt TEXT, or --chat")
+    g = Generator(args.bundle, adapter=args.adapter)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                   truncate=args.truncate, stop=args.stop or ())
+    if not args.chat:
+        _emit(g.stream(args.prompt, args.max_new_tokens, **options), args.no_stream)
+        return
+    g.chat_prompt([{"role": "user", "content": "x"}])  # fails now if there is no chat template
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    turns = [args.prompt] if args.prompt is not None else _read_turns()
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        reply = _emit(g.stream_chat(messages, args.max_new_tokens, **options), args.no_stream)
+        messages.append({"role": "assistant", "content": reply})
+
+
+def _read_turns():
+    """User turns typed on stdin, one per line, until EOF."""
+    while True:
+        if sys.stdin.isatty():
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.rstrip("\n")
+
+
+def _emit(pieces, no_stream: bool) -> str:
+    """Print generated text as it comes (or once at the end) and return it."""
+    text = ""
+    for piece in pieces:
+        text += piece
+        if not no_stream:
+            print(piece, end="", flush=True)
+    print(text if no_stream else "", flush=True)
+    return text
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from edgetune.runtime.evaluate import evaluate_exact_match
+    from edgetune.runtime.generate import Generator
+
+    g = Generator(args.bundle, adapter=args.adapter)
+    result = evaluate_exact_match(g, Path(args.data), max_new_tokens=args.max_new_tokens, limit=args.limit)
+    for prompt, prediction, reference in result.rows[: args.show]:
+        print(f"  {prompt.splitlines()[0]!r:50} -> {prediction.strip()!r:16} (expected {reference.strip()!r})")
+    print(f"exact match: {result.accuracy:.1%} of {len(result.rows)} in {result.seconds:.1f} s")
+
+
+def _merge(args: argparse.Namespace) -> None:
+    from edgetune.runtime.merge import merge
+
+    manifest = merge(Path(args.bundle), Path(args.adapter), Path(args.output))
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(f"merged {args.adapter} into {args.output} ({size / 1e6:.1f} MB)")
+
+
+def _data(args: argparse.Namespace) -> None:
+    from edgetune.tasks import dates
+
+    paths = dates.write_splits(args.output, args.train, args.heldout, seed=args.seed)
+    print(f"wrote {paths['train']} ({args.train} examples) and {paths['heldout']} ({args.heldout} examples)")
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -76,6 +145,45 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print a bundle's manifest and verify every file's hash")
     p.add_argument("bundle")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("generate", help="generate text with the bundle (optionally with an adapter)")
+    p.add_argument("bundle", help="bundle folder, or a merged model folder")
+    p.add_argument("--adapter", default=None, help="PEFT adapter folder, served unmerged")
+    p.add_argument("--prompt", default=None, help="the prompt (with --chat: the user's message)")
+    p.add_argument("--chat", action="store_true", help="use the chat template; without --prompt, read turns from stdin")
+    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--truncate", action="store_true", help="keep the last tokens of a prompt longer than the context")
+    p.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("eval", help="exact-match accuracy on prompt/completion data (greedy)")
+    p.add_argument("bundle")
+    p.add_argument("--data", required=True, help="JSONL with prompt/completion examples")
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=16)
+    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first N examples")
+    p.add_argument("--show", type=int, default=3, help="print this many answers")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("merge", help="fold an adapter into the base weights as a standalone model")
+    p.add_argument("bundle")
+    p.add_argument("--adapter", required=True, help="PEFT adapter folder (runs/NAME/adapter)")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=_merge)
+
+    p = sub.add_parser("data", help="generate a skill data set whose answers can be checked exactly")
+    p.add_argument("task", choices=("dates",), help="dates: rewrite written dates as ISO 8601")
+    p.add_argument("-o", "--output", required=True, help="folder for train.jsonl and heldout.jsonl")
+    p.add_argument("--train", type=_positive_int, default=2000)
+    p.add_argument("--heldout", type=_positive_int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_data)
     return parser
 
 
