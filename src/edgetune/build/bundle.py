@@ -17,7 +17,7 @@ import onnxruntime
 
 import edgetune
 from edgetune.build.artifacts import generate_training_artifacts
-from edgetune.build.export import export_graphs
+from edgetune.build.export import export_graphs, load_exported
 from edgetune.build.graph import find_linears
 from edgetune.build.lora import LoraSpec, add_lora, init_adapter
 from edgetune.build.loss import add_causal_lm_loss
@@ -55,7 +55,7 @@ def build_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
     try:
-        train_graph, infer_graph = export_graphs(source.model, tmp / "export")
+        train_path, infer_path = export_graphs(source.model, tmp / "export")
         hf_config, vocab_size = source.model.config, source.model.config.vocab_size
         source.tokenizer.save_pretrained(tmp)
         hf_config.save_pretrained(tmp)
@@ -64,11 +64,8 @@ def build_bundle(
         del source.model
         gc.collect()
 
+        train_graph = load_exported(train_path)
         train_sites = _sites(train_graph, arch, leaf_targets)
-        infer_sites = _sites(infer_graph, arch, leaf_targets)
-        if [s.module_path for s in train_sites] != [s.module_path for s in infer_sites]:
-            raise EdgetuneError("the training and inference exports disagree on the adapted layers")
-
         weights = init_adapter(train_sites, spec, seed)
         trainable = add_lora(train_graph, train_sites, spec, weights, training=True)
         add_causal_lm_loss(train_graph, vocab_size)
@@ -76,6 +73,10 @@ def build_bundle(
         generate_training_artifacts(train_graph, trainable, optimizer, tmp)
         del train_graph
 
+        infer_graph = load_exported(infer_path)
+        infer_sites = _sites(infer_graph, arch, leaf_targets)
+        if [s.module_path for s in train_sites] != [s.module_path for s in infer_sites]:
+            raise EdgetuneError("the training and inference exports disagree on the adapted layers")
         add_lora(infer_graph, infer_sites, spec, None, training=False)
         onnx.checker.check_model(infer_graph)
         onnx.save(infer_graph, tmp / names.INFERENCE_MODEL)

@@ -12,22 +12,28 @@ from transformers import PreTrainedModel
 from edgetune.build.graph import expose_saved_outputs, materialize_identity_initializers
 
 
-def export_graphs(model: PreTrainedModel, work_dir: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """Export `model` twice and return (training graph, inference graph).
+def export_graphs(model: PreTrainedModel, work_dir: Path) -> tuple[Path, Path]:
+    """Export `model` twice; return the paths of (training graph, inference graph).
 
     Post-processing is off: Optimum's tied-weight deduplication breaks gradient
-    generation, and equal tensors are stored once later anyway.
+    generation, and equal tensors are stored once later anyway. The graphs stay on disk
+    so the caller can free the torch model before loading them one at a time.
     """
-    graphs = []
+    paths = []
     for task in ("text-generation", "text-generation-with-past"):
         out = work_dir / task
         with _quiet():
             onnx_export_from_model(model, out, task=task, no_post_process=True, do_validation=False)
-        graph = onnx.load(out / "model.onnx")
-        materialize_identity_initializers(graph.graph)
-        expose_saved_outputs(graph.graph)
-        graphs.append(graph)
-    return graphs[0], graphs[1]
+        paths.append(out / "model.onnx")
+    return paths[0], paths[1]
+
+
+def load_exported(path: Path) -> onnx.ModelProto:
+    """Load an exported graph and make it fit for ORT's gradient builder."""
+    graph = onnx.load(path)
+    materialize_identity_initializers(graph.graph)
+    expose_saved_outputs(graph.graph)
+    return graph
 
 
 @contextlib.contextmanager
