@@ -1,0 +1,150 @@
+"""Run-folder checkpoints: ORT's training state plus the JSON needed to resume.
+
+    run/checkpoints/step-000120/checkpoint   ORT CheckpointState: adapter + AdamW moments + step
+    run/checkpoints/step-000120/state.json   step, data position, seed, bundle identity, hparams
+
+Base weights are graph initializers, not part of the state, so a checkpoint costs
+O(adapter + optimizer state). A save writes a hidden temp folder (every file fsynced),
+renames it into place, fsyncs the parent, and only then deletes older checkpoints: a crash
+or a full disk at any moment leaves the previous checkpoint whole. The newest `step-*`
+folder is the one to resume from; leftover temp folders are ignored and cleaned.
+
+This module also loads ORT's training API for the device side (see `_training_api`).
+"""
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+from edgetune.common.errors import EdgetuneError
+from edgetune.common.hashing import sha256_file
+from edgetune.common.manifest import write_json_atomic
+from edgetune.common.names import CHECKPOINT, MANIFEST
+
+CHECKPOINTS = "checkpoints"
+STATE = "state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _training_api() -> types.ModuleType:
+    """`onnxruntime.training.api`, also where torch is not installed.
+
+    In onnxruntime-training 1.19.2, `onnxruntime/training/__init__.py` imports its `optim`
+    package, which imports torch; the `api` subpackage itself needs only ORT's C module.
+    Without torch, `api` is loaded under a bare `onnxruntime.training` package instead.
+    """
+    try:
+        import onnxruntime.training.api as api
+    except ImportError:
+        import onnxruntime
+
+        package = types.ModuleType("onnxruntime.training")
+        package.__path__ = [str(Path(onnxruntime.__file__).parent / "training")]
+        sys.modules["onnxruntime.training"] = package
+        import onnxruntime.training.api as api
+    return api
+
+
+_api = _training_api()
+CheckpointState, Module, Optimizer = _api.CheckpointState, _api.Module, _api.Optimizer
+
+
+class CheckpointError(EdgetuneError):
+    """A checkpoint cannot be written, read, or resumed from."""
+
+
+def bundle_identity(bundle: Path, manifest: dict) -> dict:
+    """What ties a checkpoint to its bundle: the manifest's sha256 (it lists every file's hash)."""
+    return {"path": str(bundle), "manifest_sha256": sha256_file(Path(bundle) / MANIFEST),
+            "weights_sha256": manifest["source"]["weights_sha256"]}
+
+
+def save(run_dir: Path, state: CheckpointState, resume_state: dict) -> tuple[Path, int]:
+    """Write checkpoint `step-<resume_state['step']>` atomically; return (folder, size in bytes)."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    step = resume_state["step"]
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.saving-"))
+    try:
+        CheckpointState.save_checkpoint(state, tmp / CHECKPOINT, include_optimizer_state=True)
+        for path in tmp.iterdir():  # ORT may add an external-data file next to the checkpoint
+            _fsync(path)
+        write_json_atomic(tmp / STATE, {**resume_state, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        _fsync(tmp)
+        tmp.rename(final)
+        _fsync(root)
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest(run_dir)
+        kept = f"the checkpoint of step {read_state(previous)['step']} is kept" if previous else "no earlier checkpoint"
+        raise CheckpointError(f"{root}: cannot save the checkpoint of step {step} ({_reason(e)}); {kept}") from None
+    for old in root.glob("step-*"):
+        if old != final and _STEP_DIR.match(old.name):
+            shutil.rmtree(old, ignore_errors=True)
+    return final, size(final)
+
+
+def latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    root = Path(run_dir) / CHECKPOINTS
+    found = [(int(m.group(1)), p) for p in root.glob("step-*") if (m := _STEP_DIR.match(p.name))
+             and (p / CHECKPOINT).is_file() and (p / STATE).is_file()]
+    return max(found)[1] if found else None
+
+
+def size(folder: Path) -> int:
+    """Bytes of one checkpoint folder."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir())
+
+
+def check_resumable(folder: Path, state: dict, identity: dict, hparams: dict, fixed: tuple[str, ...]) -> None:
+    """Refuse a checkpoint from another bundle or data file, or whose `fixed` hparams differ."""
+    theirs, ours = state["bundle"], identity["bundle"]
+    if theirs["manifest_sha256"] != ours["manifest_sha256"]:
+        raise CheckpointError(f"{folder}: made with another bundle ({theirs['path']}), not {ours['path']}; "
+                              "refusing to resume")
+    if state["data"]["sha256"] != identity["data"]["sha256"]:
+        raise CheckpointError(f"{identity['data']['path']}: not the data this run was trained on "
+                              f"({state['data']['path']}); refusing to resume")
+    for key in fixed:
+        if state["hparams"][key] != hparams[key]:
+            raise CheckpointError(f"{folder}: {key} was {state['hparams'][key]}, not {hparams[key]} "
+                                  "(it fixes the data order); refusing to resume")
+
+
+def read_state(folder: Path) -> dict:
+    """The resume state stored next to a checkpoint."""
+    try:
+        return json.loads((Path(folder) / STATE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{folder / STATE}: unreadable ({e})") from None
+
+
+def remove_partial(run_dir: Path) -> None:
+    """Delete temp folders left by a save that crashed."""
+    for tmp in (Path(run_dir) / CHECKPOINTS).glob(".step-*.saving-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the renames in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _reason(error: Exception) -> str:
+    """One line from an OSError or from ORT's multi-line RuntimeError ('... error:File too large errno:27')."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    found = re.search(r"error:(.+?) errno:\d+", str(error))
+    return found.group(1) if found else str(error).strip().splitlines()[-1]
