@@ -31,7 +31,7 @@ for name in ("torch", "transformers", "optimum", "peft"):
 """
 SLOW_STEPS = """
 import time
-from edgetune.runtime.checkpoints import Optimizer
+from edgetune.runtime.ort_training import Optimizer
 _step = Optimizer.step
 Optimizer.step = lambda self: (time.sleep(0.05), _step(self))[1]  # time to catch the run mid-way
 """

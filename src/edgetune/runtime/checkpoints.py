@@ -8,51 +8,25 @@ O(adapter + optimizer state). A save writes a hidden temp folder (every file fsy
 renames it into place, fsyncs the parent, and only then deletes older checkpoints: a crash
 or a full disk at any moment leaves the previous checkpoint whole. The newest `step-*`
 folder is the one to resume from; leftover temp folders are ignored and cleaned.
-
-This module also loads ORT's training API for the device side (see `_training_api`).
 """
 
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import write_json_atomic
 from edgetune.common.names import CHECKPOINT, MANIFEST
+from edgetune.runtime.ort_training import CheckpointState
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def _training_api() -> types.ModuleType:
-    """`onnxruntime.training.api`, also where torch is not installed.
-
-    In onnxruntime-training 1.19.2, `onnxruntime/training/__init__.py` imports its `optim`
-    package, which imports torch; the `api` subpackage itself needs only ORT's C module.
-    Without torch, `api` is loaded under a bare `onnxruntime.training` package instead.
-    """
-    try:
-        import onnxruntime.training.api as api
-    except ImportError:
-        import onnxruntime
-
-        package = types.ModuleType("onnxruntime.training")
-        package.__path__ = [str(Path(onnxruntime.__file__).parent / "training")]
-        sys.modules["onnxruntime.training"] = package
-        import onnxruntime.training.api as api
-    return api
-
-
-_api = _training_api()
-CheckpointState, Module, Optimizer = _api.CheckpointState, _api.Module, _api.Optimizer
 
 
 class CheckpointError(EdgetuneError):

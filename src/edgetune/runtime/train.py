@@ -40,7 +40,7 @@ from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import verify, write_json_atomic
 from edgetune.common.names import BASE_WEIGHTS, CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL
 from edgetune.runtime import checkpoints
-from edgetune.runtime.checkpoints import CheckpointState, Module, Optimizer  # ORT's training API, torch-free
+from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer
 from edgetune.runtime.adapters import adapter_keys, load_adapter, save_adapter, to_graph_layout, to_peft_layout
 from edgetune.runtime.batching import IGNORE, encode_examples, load_tokenizer, make_batches
 from edgetune.runtime.data import read_examples

@@ -1,0 +1,28 @@
+"""ONNX Runtime's training API (CheckpointState, Module, Optimizer), also where torch is absent.
+
+In onnxruntime-training 1.19.2, `onnxruntime/training/__init__.py` imports its `optim`
+package, which imports torch; the `api` subpackage itself needs only ORT's C module.
+Without torch, `api` is loaded under a bare `onnxruntime.training` package instead.
+"""
+
+import sys
+import types
+from pathlib import Path
+
+
+def _training_api() -> types.ModuleType:
+    """`onnxruntime.training.api`, importable with or without torch installed."""
+    try:
+        import onnxruntime.training.api as api
+    except ImportError:
+        import onnxruntime
+
+        package = types.ModuleType("onnxruntime.training")
+        package.__path__ = [str(Path(onnxruntime.__file__).parent / "training")]
+        sys.modules["onnxruntime.training"] = package
+        import onnxruntime.training.api as api
+    return api
+
+
+_api = _training_api()
+CheckpointState, Module, Optimizer = _api.CheckpointState, _api.Module, _api.Optimizer
