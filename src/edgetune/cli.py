@@ -33,6 +33,23 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"ok: {len(manifest['files'])} files match their sha256", file=sys.stderr)
 
 
+def _train(args: argparse.Namespace) -> None:
+    from edgetune.runtime.train import train
+
+    summary = train(
+        args.bundle, args.data, args.output, eval_data=args.eval_data, steps=args.steps, epochs=args.epochs,
+        lr=args.lr, warmup=args.warmup, schedule=args.schedule, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, seq_len=args.seq_len, eval_every=args.eval_every,
+        save_every=args.save_every, seed=args.seed, resume=args.resume, skip_bad_lines=args.skip_bad_lines,
+        init_adapter=args.init_adapter, progress=not args.no_progress,
+    )
+    eval_part = (f", eval loss {summary['final_eval_loss']:.4f} (ppl {summary['final_perplexity']:.2f})"
+                 if summary.get("final_eval_loss") is not None else "")
+    print(f"trained {summary['steps']} steps in {summary['train_s']:.1f} s "
+          f"({summary['tokens_per_s']:.0f} tokens/s, start-up {summary['startup_s']:.2f} s): "
+          f"train loss {summary['final_train_loss']:.4f}{eval_part}; adapter in {Path(args.output) / 'adapter'}")
+
+
 def _generate(args: argparse.Namespace) -> None:
     from edgetune.runtime.generate import Generator
 
@@ -145,6 +162,29 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print a bundle's manifest and verify every file's hash")
     p.add_argument("bundle")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("train", help="fine-tune the bundle's adapter on CPU (device side, torch-free)")
+    p.add_argument("bundle")
+    p.add_argument("--data", required=True, help="JSONL (text | prompt/completion | messages) or .txt")
+    p.add_argument("--eval-data", default=None)
+    p.add_argument("-o", "--output", required=True, help="run folder (runs/NAME)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, default=None)
+    length.add_argument("--epochs", type=_positive_float, default=None)
+    p.add_argument("--lr", type=_positive_float, default=2e-4)
+    p.add_argument("--warmup", type=float, default=0.03, help="< 1: fraction of the steps; >= 1: steps")
+    p.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--grad-accum", type=_positive_int, default=1)
+    p.add_argument("--seq-len", type=_positive_int, default=512)
+    p.add_argument("--eval-every", type=_positive_int, default=None)
+    p.add_argument("--save-every", type=_positive_int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed data lines")
+    p.add_argument("--init-adapter", default=None, help="PEFT adapter folder to start from")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("generate", help="generate text with the bundle (optionally with an adapter)")
     p.add_argument("bundle", help="bundle folder, or a merged model folder")
