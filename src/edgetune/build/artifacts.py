@@ -9,10 +9,13 @@ weights are lifted out as plain graph inputs for that step and put back afterwar
 so the build never holds more than one copy of them.
 """
 
+import contextlib
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import onnx
-import onnxruntime
 from onnxruntime.training import artifacts
 
 from edgetune.common.errors import EdgetuneError
@@ -30,19 +33,39 @@ def generate_training_artifacts(
     """Write training/eval/optimizer models and the checkpoint into `out_dir`."""
     if optimizer not in OPTIMIZERS:
         raise EdgetuneError(f"unknown optimizer '{optimizer}' (choose: {', '.join(OPTIMIZERS)})")
-    onnxruntime.set_default_logger_severity(3)  # the gradient builder logs every pass at INFO
     lifted = _lift_weights(model, keep=set(trainable))
-    artifacts.generate_artifacts(
-        model,
-        requires_grad=trainable,
-        frozen_params=[],
-        loss=None,  # the causal-LM loss is already part of the graph
-        optimizer=OPTIMIZERS[optimizer],
-        artifact_directory=out_dir,
-    )
+    with _native_log_captured():
+        artifacts.generate_artifacts(
+            model,
+            requires_grad=trainable,
+            frozen_params=[],
+            loss=None,  # the causal-LM loss is already part of the graph
+            optimizer=OPTIMIZERS[optimizer],
+            artifact_directory=out_dir,
+        )
     for name in (TRAINING_MODEL, EVAL_MODEL):
         _restore_weights(out_dir / name, lifted)
     _use_torch_adamw(out_dir / OPTIMIZER_MODEL)  # ORT already turns Dropout off in the eval model
+
+
+@contextlib.contextmanager
+def _native_log_captured():
+    """Hold back the C++ log on fd 2 (ORT's gradient builder logs every pass at INFO,
+    whatever the Python-side severity); replay it only if the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-20000:])
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _lift_weights(model: onnx.ModelProto, keep: set[str]) -> dict[str, onnx.TensorProto]:
