@@ -1,7 +1,12 @@
 """`edgetune build`: HF model -> bundle folder a device can train and serve from.
 
-    load -> export (no-past, with-past) -> LoRA rewrite + loss -> training artifacts
-         -> inference graph -> base weights shared once -> tokenizer, config -> manifest
+    load -> export (no-past, with-past) -> [quantize] -> LoRA/DoRA rewrite + loss
+         -> training artifacts -> inference graph -> base weights shared once
+         -> tokenizer, config -> manifest
+
+method: "lora", "dora" (PEFT's use_dora), or "qlora" (LoRA over int8/int4 base weights of
+the adapted layers, see `edgetune.build.quantize`). `init_adapter` starts from a PEFT
+adapter folder, whose config then sets r, alpha, dropout, rsLoRA, DoRA and targets.
 
 Everything is written into a temporary sibling folder that is renamed into place at the
 end, so an interrupted build never leaves a half bundle.
@@ -16,11 +21,15 @@ import onnx
 import onnxruntime
 
 import edgetune
+from edgetune.build import lora
 from edgetune.build.artifacts import generate_training_artifacts
+from edgetune.build.dora import add_dora, weight_norms
 from edgetune.build.export import export_graphs, load_exported
 from edgetune.build.graph import find_linears
-from edgetune.build.lora import LoraSpec, add_lora, init_adapter
+from edgetune.build.lora import LoraSpec, add_lora
 from edgetune.build.loss import add_causal_lm_loss
+from edgetune.build.peft_import import import_weights, read_init_adapter, target_matcher
+from edgetune.build.quantize import check_block_size, check_quant_args, quantize_sites
 from edgetune.build.registry import get_architecture, resolve_targets
 from edgetune.build.source import load_source
 from edgetune.build.weights import share_base_weights
@@ -30,6 +39,8 @@ from edgetune.common.errors import EdgetuneError
 from edgetune.common.manifest import write_manifest
 
 TASKS = ("causal-lm",)
+METHODS = ("lora", "dora", "qlora")
+QUANT_SCHEMES = {"int8": "symmetric, per output channel", "int4": "asymmetric, blockwise along the input dimension"}
 
 
 def build_bundle(
@@ -41,16 +52,34 @@ def build_bundle(
     task: str = "causal-lm",
     seed: int = 0,
     force: bool = False,
+    method: str = "lora",
+    quant: str | None = None,
+    block_size: int = 32,
+    init_adapter: Path | None = None,
 ) -> dict:
     """Build a bundle for `model` into `out` and return its manifest."""
     out = Path(out)
     if task not in TASKS:
         raise EdgetuneError(f"unknown task '{task}' (supported: {', '.join(TASKS)})")
+    if method not in METHODS:
+        raise EdgetuneError(f"unknown method '{method}' (choose: {', '.join(METHODS)})")
+    check_quant_args(method, quant, block_size)
+    if init_adapter is not None and (targets is not None or spec != LoraSpec()):
+        raise EdgetuneError("init_adapter sets r, lora_alpha, lora_dropout, use_rslora and targets from its "
+                            "adapter_config.json: do not pass targets or LoRA settings as well")
     if out.exists() and any(out.iterdir()) and not force:
         raise EdgetuneError(f"{out}: already exists (use --force to replace it)")
     source = load_source(model)
     arch = get_architecture(source.model.config.model_type)
-    leaf_targets = resolve_targets(arch, targets)
+    if init_adapter is None:
+        leaf_targets = resolve_targets(arch, targets)
+        config_targets = list(leaf_targets)
+        selected = lambda path: path.rsplit(".", 1)[-1] in leaf_targets  # noqa: E731
+    else:
+        peft_config, spec = read_init_adapter(Path(init_adapter), arch)
+        method = _imported_method(peft_config, method, init_adapter)
+        config_targets = peft_config["target_modules"]
+        selected = target_matcher(config_targets, arch)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
@@ -65,19 +94,26 @@ def build_bundle(
         gc.collect()
 
         train_graph = load_exported(train_path)
-        train_sites = _sites(train_graph, arch, leaf_targets)
-        weights = init_adapter(train_sites, spec, seed)
-        trainable = add_lora(train_graph, train_sites, spec, weights, training=True)
+        train_sites = _sites(train_graph, arch, selected, config_targets)
+        if quant == "int4":
+            check_block_size(train_sites, block_size)
+        if init_adapter is None:
+            weights = lora.init_adapter(train_sites, spec, seed)
+            if method == "dora":  # PEFT's initial magnitude: ‖W + s·B·A‖ with B = 0, i.e. ‖W‖
+                weights |= weight_norms(train_graph, train_sites, spec.scaling, weights)
+        else:
+            weights = import_weights(Path(init_adapter), train_sites, peft_config, source.weights_sha256)
+        trainable = _rewrite(train_graph, train_sites, spec, weights, method, quant, block_size, training=True)
         add_causal_lm_loss(train_graph, vocab_size)
         onnx.checker.check_model(train_graph)
         generate_training_artifacts(train_graph, trainable, optimizer, tmp)
         del train_graph
 
         infer_graph = load_exported(infer_path)
-        infer_sites = _sites(infer_graph, arch, leaf_targets)
+        infer_sites = _sites(infer_graph, arch, selected, config_targets)
         if [s.module_path for s in train_sites] != [s.module_path for s in infer_sites]:
             raise EdgetuneError("the training and inference exports disagree on the adapted layers")
-        add_lora(infer_graph, infer_sites, spec, None, training=False)
+        _rewrite(infer_graph, infer_sites, spec, None, method, quant, block_size, training=False)
         onnx.checker.check_model(infer_graph)
         onnx.save(infer_graph, tmp / names.INFERENCE_MODEL)
         del infer_graph
@@ -96,12 +132,17 @@ def build_bundle(
             "architecture": arch.model_type,
             "task": task,
             "optimizer": optimizer,
+            "method": method,
+            "quantization": None if quant is None else {
+                "type": quant, "scheme": QUANT_SCHEMES[quant], **({"block_size": block_size} if quant == "int4" else {}),
+            },
             "adapter_config": make_adapter_config(
-                model, list(leaf_targets), spec.rank, spec.alpha, spec.dropout,
-                arch.fan_in_fan_out, spec.use_rslora,
+                model, config_targets, spec.rank, spec.alpha, spec.dropout,
+                arch.fan_in_fan_out, spec.use_rslora, use_dora=method == "dora",
             ),
             "adapted_modules": [s.module_path for s in train_sites],
             "init_seed": seed,
+            "init_adapter": None if init_adapter is None else str(init_adapter),
             "onnx": {"opset": opset, "ir_version": inference.ir_version},
         })
         tmp.chmod(0o755)
@@ -114,10 +155,31 @@ def build_bundle(
         raise
 
 
-def _sites(graph: onnx.ModelProto, arch, leaf_targets: tuple[str, ...]):
-    """The Linear sites of `graph` whose leaf module name is a target."""
-    sites = [s for s in find_linears(graph.graph, arch) if s.module_path.rsplit(".", 1)[-1] in leaf_targets]
+def _imported_method(config: dict, method: str, folder) -> str:
+    """A DoRA adapter makes a DoRA bundle; a LoRA one a LoRA or QLoRA bundle."""
+    if config.get("use_dora") and method == "lora":
+        return "dora"
+    if config.get("use_dora") and method == "qlora":
+        raise EdgetuneError(f"{folder}: a DoRA adapter cannot start a qlora bundle (DoRA over quantized weights is not supported)")
+    if method == "dora" and not config.get("use_dora"):
+        raise EdgetuneError(f"{folder}: method=dora needs a DoRA adapter (use_dora is false in its adapter_config.json)")
+    return method
+
+
+def _rewrite(graph, sites, spec, weights, method, quant, block_size, training: bool) -> list[str]:
+    """Quantize (qlora) and add the adapter branches to one graph; return the adapter tensor names."""
+    if method == "qlora":
+        quantize_sites(graph, sites, quant, block_size)
+    if method == "dora":
+        return add_dora(graph, sites, spec, weights, training)
+    return add_lora(graph, sites, spec, weights, training)
+
+
+def _sites(graph: onnx.ModelProto, arch, selected, targets: list[str] | str):
+    """The Linear sites of `graph` whose module path is selected."""
+    sites = [s for s in find_linears(graph.graph, arch) if selected(s.module_path)]
     if not sites:
         found = sorted({s.module_path.rsplit(".", 1)[-1] for s in find_linears(graph.graph, arch)})
-        raise EdgetuneError(f"targets {','.join(leaf_targets)} match no layer in the graph (found: {', '.join(found)})")
+        shown = targets if isinstance(targets, str) else ",".join(targets)
+        raise EdgetuneError(f"targets {shown} match no layer in the graph (found: {', '.join(found)})")
     return sites

@@ -10,6 +10,7 @@ arrays, never by rewriting the base weights.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,11 +60,14 @@ def add_lora(
     spec: LoraSpec,
     weights: dict[str, np.ndarray] | None,
     training: bool,
+    combine: Callable | None = None,
 ) -> list[str]:
     """Insert a LoRA branch after every site; return the adapter tensor names.
 
     training=True: A/B become initializers from `weights`, dropout is applied to x.
     training=False: A/B and the scalar `lora_scaling` become graph inputs.
+    `combine(nodes, site, base_node, x, xab, y)` appends the nodes producing the layer's
+    output `y` (default: y = base + xAB; DoRA passes its own).
     """
     graph = model.graph
     by_name = {s.node_name: s for s in sites}
@@ -99,7 +103,10 @@ def add_lora(
         xa = add_node(new_nodes, "MatMul", [x, key_a], f"{p}/xA")              # (..., in)·(in, r) -> (..., r)
         xa = add_node(new_nodes, "Mul", [xa, LORA_SCALING], f"{p}/xA_scaled")  # scale the narrow side
         xab = add_node(new_nodes, "MatMul", [xa, key_b], f"{p}/xAB")           # (..., r)·(r, out) -> (..., out)
-        add_node(new_nodes, "Add", [node.output[0], xab], y)
+        if combine is None:
+            add_node(new_nodes, "Add", [node.output[0], xab], y)
+        else:
+            combine(new_nodes, site, node, x, xab, y)
     del graph.node[:]
     graph.node.extend(new_nodes)
     return names

@@ -14,7 +14,9 @@ from onnx.external_data_helper import set_external_data
 from edgetune.common.names import BASE_WEIGHTS
 
 MIN_EXTERNAL_BYTES = 1024
-ALIGN = 4096
+PAGE = 4096              # large tensors start on a page, so ORT can map them
+PAGE_ALIGN_BYTES = 1 << 16
+SMALL_ALIGN = 64         # small ones (scales, tiny layers) only cache-line aligned, not padded to a page
 
 
 def share_base_weights(model_paths: list[Path], keep_inline: set[str] = frozenset()) -> int:
@@ -33,7 +35,8 @@ def share_base_weights(model_paths: list[Path], keep_inline: set[str] = frozense
                 data = tensor.raw_data
                 key = hashlib.sha256(data).digest()
                 if key not in offsets:
-                    out.seek((out.tell() + ALIGN - 1) // ALIGN * ALIGN)
+                    align = PAGE if len(data) >= PAGE_ALIGN_BYTES else SMALL_ALIGN
+                    out.seek((out.tell() + align - 1) // align * align)
                     offsets[key] = (out.tell(), len(data))
                     out.write(data)
                 offset, length = offsets[key]

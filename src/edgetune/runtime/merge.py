@@ -1,4 +1,4 @@
-"""`edgetune merge`: fold an adapter into the base weights, W' = W + s·Aᵀ·Bᵀ, as a plain model.
+"""`edgetune merge`: fold an adapter (LoRA, DoRA, over a QLoRA base too) into the base weights.
 
 The result is the bundle's inference graph without its LoRA branches: Optimum's input
 and output names (input_ids, attention_mask, position_ids, past_key_values.N.key/value
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import numpy_helper
 
 import edgetune
@@ -19,7 +20,7 @@ from edgetune.common import names
 from edgetune.common.adapter_config import scaling
 from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import verify, write_manifest
-from edgetune.runtime.adapters import load_adapter
+from edgetune.runtime.adapters import MAGNITUDE, load_adapter
 
 MERGED_MODEL = "model.onnx"
 MERGED_DATA = "model.onnx_data"
@@ -32,7 +33,7 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
     manifest = verify(bundle)
     weights, config = load_adapter(adapter, manifest)
     model = onnx.load(bundle / names.INFERENCE_MODEL)  # base weights come in from base_weights.bin
-    fold_adapter(model, weights, scaling(config), manifest["adapted_modules"])
+    fold_adapter(model, weights, config, manifest["adapted_modules"])
     onnx.checker.check_model(model)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -61,9 +62,14 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
         raise
 
 
-def fold_adapter(model: onnx.ModelProto, weights: dict, scale: float, modules: list[str]) -> None:
-    """Replace each LoRA branch of the inference graph by updated base weights, in place."""
+def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: list[str]) -> None:
+    """Replace each adapter branch of the inference graph by updated base weights, in place.
+
+    LoRA: W' = W + s·Aᵀ·Bᵀ. DoRA (PEFT's merge): W' = m/‖W + s·Aᵀ·Bᵀ‖ · (W + s·Aᵀ·Bᵀ), the
+    norm per output feature. QLoRA: W is dequantized first, so merged layers are float32.
+    """
     graph = model.graph
+    scale, dora = scaling(config), bool(config.get("use_dora"))
     inits = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     consumers = {}
@@ -72,29 +78,59 @@ def fold_adapter(model: onnx.ModelProto, weights: dict, scale: float, modules: l
             consumers.setdefault(name, []).append(node)
     drop: set[int] = set()
     for path in modules:
-        prefix = f"/lora/{path}/"
+        prefix, key = f"/lora/{path}/", f"{names.PEFT_PREFIX}{path}"
         base = producers[f"{prefix}base_output"]
-        a = weights[f"{names.PEFT_PREFIX}{path}.lora_A.weight"]   # (r, in)
-        b = weights[f"{names.PEFT_PREFIX}{path}.lora_B.weight"]   # (out, r)
-        delta = scale * (a.T @ b.T)                               # (in, out), the graph's MatMul layout
-        if any(attr.name == "transB" and attr.i for attr in base.attribute):
-            delta = delta.T
-        w_name = base.input[1]
-        merged = numpy_helper.to_array(inits[w_name]) + delta.astype(np.float32)
-        base.input[1] = f"{w_name}/merged"
-        graph.initializer.append(numpy_helper.from_array(merged, base.input[1]))
-        add = next(n for n in consumers[base.output[0]] if f"{prefix}xAB" in n.input)  # y = base + xAB
-        base.output[0] = add.output[0]
-        drop |= {id(n) for n in graph.node if n.name.startswith(prefix)} | {id(add)}
+        trans_b = any(attr.name == "transB" and attr.i for attr in base.attribute)
+        w = _constant(model, base.input[1], inits, producers)
+        w = w.T if trans_b else w                                           # (in, out)
+        a, b = weights[f"{key}.lora_A.weight"], weights[f"{key}.lora_B.weight"]  # (r, in), (out, r)
+        merged = w + (scale * (a.T @ b.T)).astype(np.float32)              # (in, out)
+        if dora:
+            merged = merged * (weights[f"{key}.{MAGNITUDE}"] / np.linalg.norm(merged, axis=0))  # (out,) per column
+        name = f"{base.input[1]}/merged"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(merged.T if trans_b else merged), name))
+        base.input[1] = name
+        final = next(n for n in consumers[base.output[0]] if not n.output[0].startswith(prefix))  # y = base + ...
+        base.output[0] = final.output[0]
+        drop |= {id(n) for n in graph.node if n.name.startswith(prefix)} | {id(final)}
     kept = [n for n in graph.node if id(n) not in drop]
     del graph.node[:]
     graph.node.extend(kept)
-    adapter_inputs = {names.LORA_SCALING, *(k for m in modules for k in (
-        f"{names.PEFT_PREFIX}{m}.lora_A.weight", f"{names.PEFT_PREFIX}{m}.lora_B.weight"))}
-    inputs = [i for i in graph.input if i.name not in adapter_inputs]
+    inputs = [i for i in graph.input if i.name != names.LORA_SCALING and not i.name.startswith(names.PEFT_PREFIX)]
     del graph.input[:]
     graph.input.extend(inputs)
-    used = {name for n in graph.node for name in n.input}
+    _prune(graph)
+
+
+def _constant(model: onnx.ModelProto, name: str, inits: dict, producers: dict) -> np.ndarray:
+    """A tensor's value: an initializer, or computed from initializers only (QLoRA's dequantized weight)."""
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    needed, stack = set(), [name]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            stack.extend(node.input)
+    nodes = [n for n in model.graph.node if id(n) in needed]
+    used = [inits[i] for n in nodes for i in n.input if i in inits]
+    output = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    graph = onnx.helper.make_graph(nodes, "constant", [], [output], used)
+    sub = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([name], {})[0]
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nothing reads, then initializers nothing reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = outputs | {name for n in graph.node for name in n.input}
+        kept = [n for n in graph.node if any(o in used for o in n.output)]
+        if len(kept) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(kept)
     initializers = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(initializers)

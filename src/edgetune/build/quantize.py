@@ -1,0 +1,133 @@
+"""QLoRA's frozen base: the adapted Linear weights stored as int8 or int4, dequantized in-graph.
+
+Weights are quantized in the graph's (in, out) MatMul layout:
+
+- int8: symmetric, per output channel. s = max|W[:, j]| / 127, q = round(W / s) in
+  [-127, 127]; the graph restores W ≈ q·s with one `DequantizeLinear(axis=1)`.
+- int4: asymmetric, blockwise along the input dimension. Per block of `block_size` input
+  rows and per output column: s = (max - min) / 15, z = round(-min / s) in [0, 15],
+  q = clip(round(W / s) + z, 0, 15), W ≈ (q - z)·s. Opset 18 has no 4-bit type, so two
+  values share a uint8: rows [0, in/2) in the low nibble, rows [in/2, in) in the high one;
+  the graph unpacks with BitwiseAnd / BitShift / Concat and dequantizes with Cast/Sub/Mul.
+
+Only standard ops, and only on paths from constants: ORT needs no gradient for them, so
+LoRA trains on top; fused kernels (MatMulNBits, MatMulInteger) have no gradient. The
+training and inference graphs quantize the same weights to the same bytes, so the shared
+weights file stores each quantized tensor once.
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from edgetune.build.graph import LinearSite, add_initializer, add_node, initializer_map
+from edgetune.common.errors import EdgetuneError
+
+QUANT_TYPES = ("int8", "int4")
+BLOCK_SIZES = (32, 64, 128)
+INT8_MAX = 127
+INT4_MAX = 15
+
+
+def check_quant_args(method: str, quant: str | None, block_size: int) -> None:
+    """Refuse quantization settings that do not go together, before any work is done."""
+    if quant is not None and method != "qlora":
+        raise EdgetuneError(f"quant={quant} needs method=qlora (method is {method})")
+    if method == "qlora" and quant is None:
+        raise EdgetuneError(f"method=qlora needs a quant type ({', '.join(QUANT_TYPES)})")
+    if quant is not None and quant not in QUANT_TYPES:
+        raise EdgetuneError(f"unknown quant type '{quant}' (choose: {', '.join(QUANT_TYPES)})")
+    if block_size not in BLOCK_SIZES:
+        raise EdgetuneError(f"block size {block_size} is not supported (choose: {', '.join(map(str, BLOCK_SIZES))})")
+
+
+def check_block_size(sites: list[LinearSite], block_size: int) -> None:
+    """int4 blocks run along the input dimension: every adapted layer's must be a multiple."""
+    for site in sites:
+        if site.in_features % block_size:
+            raise EdgetuneError(f"block size {block_size} does not divide the input dimension "
+                                f"{site.in_features} of {site.module_path}")
+
+
+def quantize_int8(w: np.ndarray) -> dict[str, np.ndarray]:
+    """W (in, out) -> {q int8 (in, out), scale (out,)}: symmetric per output channel."""
+    absmax = np.abs(w).max(axis=0)                                       # (out,)
+    scale = np.where(absmax > 0, absmax / INT8_MAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -INT8_MAX, INT8_MAX).astype(np.int8)  # (in, out)
+    return {"q": q, "scale": scale}
+
+
+def quantize_int4(w: np.ndarray, block_size: int) -> dict[str, np.ndarray]:
+    """W (in, out) -> {q packed uint8 (in/2, out), scale (in/bs, 1, out), zero_point uint8 (in/bs, 1, out)}."""
+    n_in, n_out = w.shape
+    blocks = w.reshape(n_in // block_size, block_size, n_out)            # (in/bs, bs, out)
+    lo, hi = blocks.min(axis=1, keepdims=True), blocks.max(axis=1, keepdims=True)
+    lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)                       # 0 stays representable
+    scale = np.where(hi > lo, (hi - lo) / INT4_MAX, 1.0).astype(np.float32)  # (in/bs, 1, out)
+    zero = np.clip(np.rint(-lo / scale), 0, INT4_MAX)
+    q = np.clip(np.rint(blocks / scale) + zero, 0, INT4_MAX).astype(np.uint8).reshape(n_in, n_out)
+    packed = q[: n_in // 2] | (q[n_in // 2:] << 4)                       # (in/2, out)
+    return {"q": packed, "scale": scale, "zero_point": zero.astype(np.uint8)}
+
+
+def dequantize(tensors: dict[str, np.ndarray]) -> np.ndarray:
+    """The float32 (in, out) weight the graph computes from quantized tensors, in numpy."""
+    q = tensors["q"]
+    if q.dtype == np.int8:
+        return q.astype(np.float32) * tensors["scale"]
+    values = np.concatenate([q & 0x0F, q >> 4]).astype(np.float32)       # (in, out)
+    scale = tensors["scale"]
+    blocks = values.reshape(scale.shape[0], -1, values.shape[1])         # (in/bs, bs, out)
+    return ((blocks - tensors["zero_point"].astype(np.float32)) * scale).reshape(values.shape)
+
+
+def quantized_tensor_names(module_path: str) -> dict[str, str]:
+    """Initializer names of one layer's quantized weight, shared by every graph of a bundle."""
+    return {part: f"/quant/{module_path}/{part}" for part in ("q", "scale", "zero_point")}
+
+
+def quantize_sites(model: onnx.ModelProto, sites: list[LinearSite], quant: str, block_size: int) -> None:
+    """Store each site's weight quantized and feed its MatMul/Gemm the dequantized value, in place."""
+    graph = model.graph
+    inits = initializer_map(graph)
+    nodes = {n.name: n for n in graph.node}
+    dequant_nodes: list[onnx.NodeProto] = []
+    for site in sites:
+        node = nodes[site.node_name]
+        w = numpy_helper.to_array(inits[site.weight])
+        trans_b = [a for a in node.attribute if a.name == "transB" and a.i]
+        if trans_b:  # Gemm with W (out, in): quantize W.T and feed it untransposed
+            w, trans_b[0].i = w.T, 0
+        w = np.ascontiguousarray(w, np.float32)                          # (in, out)
+        tensors = quantize_int8(w) if quant == "int8" else quantize_int4(w, block_size)
+        node.input[1] = _dequantize_nodes(graph, dequant_nodes, site.module_path, tensors, w.shape)
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(dequant_nodes + rest)  # they read only initializers: first is topologically safe
+    used = {name for n in graph.node for name in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _dequantize_nodes(graph, nodes: list, path: str, tensors: dict, shape: tuple[int, int]) -> str:
+    """Append the nodes that rebuild the float (in, out) weight; return its tensor name."""
+    names = quantized_tensor_names(path)
+    for part, array in tensors.items():
+        add_initializer(graph, names[part], array)
+    p = f"/quant/{path}"
+    if "zero_point" not in tensors:  # int8
+        return add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/weight", axis=1)
+    add_initializer(graph, f"{p}/low_mask", np.array(0x0F, np.uint8))
+    add_initializer(graph, f"{p}/shift", np.array(4, np.uint8))
+    add_initializer(graph, f"{p}/blocked_shape", np.array([tensors["scale"].shape[0], -1, shape[1]], np.int64))
+    add_initializer(graph, f"{p}/weight_shape", np.array(shape, np.int64))
+    low = add_node(nodes, "BitwiseAnd", [names["q"], f"{p}/low_mask"], f"{p}/low")          # (in/2, out)
+    high = add_node(nodes, "BitShift", [names["q"], f"{p}/shift"], f"{p}/high", direction="RIGHT")
+    q = add_node(nodes, "Concat", [low, high], f"{p}/unpacked", axis=0)                      # (in, out)
+    q = add_node(nodes, "Cast", [q], f"{p}/unpacked_float", to=TensorProto.FLOAT)
+    q = add_node(nodes, "Reshape", [q, f"{p}/blocked_shape"], f"{p}/blocked")               # (in/bs, bs, out)
+    zero = add_node(nodes, "Cast", [names["zero_point"]], f"{p}/zero_float", to=TensorProto.FLOAT)
+    q = add_node(nodes, "Sub", [q, zero], f"{p}/centered")
+    w = add_node(nodes, "Mul", [q, names["scale"]], f"{p}/blocked_weight")
+    return add_node(nodes, "Reshape", [w, f"{p}/weight_shape"], f"{p}/weight")               # (in, out)

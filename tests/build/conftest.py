@@ -1,0 +1,20 @@
+"""Bundles built with a method (lora, dora, qlora) or from a PEFT adapter, cached per session."""
+
+import pytest
+
+_cache: dict = {}
+
+
+@pytest.fixture(scope="session")
+def method_bundle(tmp_path_factory, tiny_model_dir):
+    """method_bundle(arch, method, targets="all-linear", **build_kwargs) -> a bundle folder."""
+    from edgetune.build.bundle import build_bundle
+
+    def get(arch: str, method: str = "lora", targets: str | None = "all-linear", **kwargs):
+        key = (arch, method, targets, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+        if key not in _cache:
+            out = tmp_path_factory.mktemp(f"{method}_{arch}") / "bundle"
+            build_bundle(str(tiny_model_dir(arch)), out, targets=targets, method=method, **kwargs)
+            _cache[key] = out
+        return _cache[key]
+    return get
