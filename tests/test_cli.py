@@ -1,0 +1,85 @@
+"""The CLI's promise on bad input: one line on stderr, a non-zero exit, nothing half-written."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edgetune.common.names import ADAPTER_CONFIG
+
+
+def edgetune(*args, stdin=None):
+    """Run the CLI in a fresh process; return (exit code, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-m", "edgetune.cli", *map(str, args)], capture_output=True,
+                       text=True, timeout=600, input=stdin)
+    return p.returncode, p.stdout, p.stderr
+
+
+def _one_line_error(code, err, *needles):
+    assert code == 1, err
+    assert err.startswith("edgetune: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_train_names_the_bad_line_and_writes_no_run(tiny_bundle, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "the quick brown fox"}\n{"text": "a lazy dog"\n{"text": "ok"}\n')
+    code, _, err = edgetune("train", tiny_bundle("llama"), "--data", data, "-o", tmp_path / "run", "--steps", "2")
+    _one_line_error(code, err, "train.jsonl:2:")
+    assert not (tmp_path / "run").exists()
+    code, out, err = edgetune("train", tiny_bundle("llama"), "--data", data, "-o", tmp_path / "run", "--steps", "2",
+                              "--skip-bad-lines", "--no-progress", "--batch-size", "2")
+    assert code == 0, err
+    assert (tmp_path / "run" / "adapter" / ADAPTER_CONFIG).is_file()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_lines"] == 1
+
+
+def test_train_refuses_a_corrupted_bundle(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle("llama"), bundle)
+    with open(bundle / "checkpoint", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "the quick brown fox"}\n')
+    code, _, err = edgetune("train", bundle, "--data", data, "-o", tmp_path / "run", "--steps", "1")
+    _one_line_error(code, err, "checkpoint", "sha256")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--prompt", "x", "--temperature", "-1"], "temperature"),
+    (["--prompt", "x", "--top-p", "0"], "top_p"),
+    (["--prompt", "x", "--top-k", "-3"], "top_k"),
+    (["--prompt", "date " * 400], "context"),
+    (["--prompt", "x", "--adapter", "/nonexistent/adapter"], "no such adapter folder"),
+    ([], "--prompt"),
+])
+def test_generate_bad_input(args, needle, tiny_bundle):
+    code, _, err = edgetune("generate", tiny_bundle("llama"), *args, "--max-new-tokens", "4")
+    _one_line_error(code, err, needle)
+
+
+def test_generate_truncate_keeps_the_end_of_a_long_prompt(tiny_bundle):
+    code, out, err = edgetune("generate", tiny_bundle("llama"), "--prompt", "date " * 400, "--truncate",
+                              "--max-new-tokens", "4", "--no-stream")
+    assert code == 0, err
+
+
+def test_chat_needs_a_chat_template(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle("llama"), bundle)
+    config = json.loads((bundle / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bundle / "tokenizer_config.json").write_text(json.dumps(config))
+    (bundle / "chat_template.jinja").unlink(missing_ok=True)
+    code, _, err = edgetune("generate", bundle, "--chat", "--prompt", "hi", "--max-new-tokens", "4")
+    _one_line_error(code, err, "chat template")
+    code, out, err = edgetune("generate", tiny_bundle("llama"), "--chat", "--max-new-tokens", "4", "--no-stream",
+                              stdin="hello\nthe date\n")
+    assert code == 0, err
+    assert len([line for line in out.splitlines()]) >= 2  # one reply per typed turn
