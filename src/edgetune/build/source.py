@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.hashing import sha256_files
@@ -53,6 +54,8 @@ def _load(name: str, folder: Path, weights: list[Path] | None, gguf_file: str | 
     if weights is None:
         weights = [p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    hf_logging.set_verbosity_error()  # the GGUF progress bar and tokenizer notices are not ours to show
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
     except (OSError, ValueError, KeyError) as e:
