@@ -22,10 +22,10 @@ $E data dates -o "$OUT/data" --train 2000 --heldout 100 --seed 0
 step "3. held-out exact match before training"
 $E eval "$OUT/bundle" --data "$OUT/data/heldout.jsonl" --show 5 | tee "$OUT/before.txt"
 
-step "4. train the LoRA adapter on CPU ($STEPS steps, batch 8, lr 1e-3)"
+step "4. train the LoRA adapter on CPU ($STEPS steps, batch 8, lr 2e-3)"
 rm -rf "$OUT/run"
 $E train "$OUT/bundle" --data "$OUT/data/train.jsonl" --eval-data "$OUT/data/heldout.jsonl" -o "$OUT/run" \
-    --steps "$STEPS" --lr 1e-3 --warmup 10 --batch-size 8 --seq-len 64 --eval-every 50 --save-every 50
+    --steps "$STEPS" --lr 2e-3 --warmup 10 --batch-size 8 --seq-len 64 --eval-every 50 --save-every 50
 
 step "5. the same prompts after training"
 $E eval "$OUT/bundle" --adapter "$OUT/run/adapter" --data "$OUT/data/heldout.jsonl" --show 5 | tee "$OUT/after.txt"

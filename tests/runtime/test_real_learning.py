@@ -18,7 +18,7 @@ def test_smollm2_learns_iso_dates_within_ten_minutes(smollm2_bundle, tmp_path):
     g = Generator(smollm2_bundle)
     before = evaluate_exact_match(g, data["heldout"])
     start = time.perf_counter()
-    summary = train(smollm2_bundle, data["train"], tmp_path / "run", steps=150, lr=1e-3, warmup=10,
+    summary = train(smollm2_bundle, data["train"], tmp_path / "run", steps=150, lr=2e-3, warmup=10,
                     batch_size=8, seq_len=64, progress=False)
     seconds = time.perf_counter() - start
     g.set_adapter(tmp_path / "run" / "adapter")
