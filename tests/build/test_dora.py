@@ -15,6 +15,11 @@ from edgetune.runtime.merge import merge
 ARCHS = ["llama", "qwen2", "gpt2"]
 
 
+def _peft_logits(model_dir, cfg: dict, adapter: dict, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return peft_reference(model_dir, cfg, adapter)(torch.from_numpy(x)).logits.numpy()
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_dora_forward_matches_peft(arch, method_bundle, tiny_model_dir):
     bundle = method_bundle(arch, "dora")
@@ -23,9 +28,8 @@ def test_dora_forward_matches_peft(arch, method_bundle, tiny_model_dir):
     adapter = perturbed_adapter(bundle)
     x = ids(seed=1)
     ours = inference_logits(bundle, x, adapter, scaling(cfg))
-    with torch.no_grad():
-        ref = peft_reference(tiny_model_dir(arch), cfg, adapter)(torch.from_numpy(x)).logits.numpy()
-        base = peft_reference(tiny_model_dir(arch), cfg, checkpoint_adapter(bundle))(torch.from_numpy(x)).logits.numpy()
+    ref = _peft_logits(tiny_model_dir(arch), cfg, adapter, x)
+    base = _peft_logits(tiny_model_dir(arch), cfg, checkpoint_adapter(bundle), x)
     assert np.abs(ref - base).max() > 1e-2  # the adapter really changes the output
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
 
@@ -34,8 +38,7 @@ def test_untrained_dora_and_scaling_zero_give_base_logits(method_bundle, tiny_mo
     bundle = method_bundle("llama", "dora")
     cfg = read_manifest(bundle)["adapter_config"]
     x = ids(seed=2)
-    with torch.no_grad():
-        ref = peft_reference(tiny_model_dir("llama"), cfg, checkpoint_adapter(bundle))(torch.from_numpy(x)).logits.numpy()
+    ref = _peft_logits(tiny_model_dir("llama"), cfg, checkpoint_adapter(bundle), x)
     initial = inference_logits(bundle, x, checkpoint_adapter(bundle), scaling(cfg))
     off = inference_logits(bundle, x, {k: v * 0 for k, v in perturbed_adapter(bundle).items()}, 0.0)  # m = 0 too
     np.testing.assert_allclose(initial, ref, atol=1e-4, rtol=0)
@@ -76,6 +79,31 @@ def test_dora_merge_folds_the_rescaled_weight(method_bundle, tiny_model_dir, tmp
     save_adapter(tmp_path / "adapter", adapter, manifest["adapter_config"], manifest["source"]["weights_sha256"])
     merge(bundle, tmp_path / "adapter", tmp_path / "merged")
     x = ids(seed=4)
-    with torch.no_grad():
-        ref = peft_reference(tiny_model_dir("llama"), manifest["adapter_config"], adapter)(torch.from_numpy(x)).logits.numpy()
+    ref = _peft_logits(tiny_model_dir("llama"), manifest["adapter_config"], adapter, x)
     np.testing.assert_allclose(prefill_logits(tmp_path / "merged", x), ref, atol=1e-4, rtol=0)
+
+
+def test_dora_with_dropout_trains_and_evaluates_like_peft(method_bundle, tiny_model_dir):
+    """With LoRA dropout PEFT recomputes the base from dropout(x); the eval model has no dropout."""
+    from onnxruntime.training.api import CheckpointState, Module
+
+    from edgetune.common.names import CHECKPOINT, EVAL_MODEL, TRAINING_MODEL
+    from edgetune.runtime.adapters import to_graph_layout
+
+    bundle = method_bundle("llama", "dora", dropout=0.3)
+    cfg = read_manifest(bundle)["adapter_config"]
+    adapter = perturbed_adapter(bundle, seed=3, scale=0.05)
+    x, labels = batch(seed=0)
+    state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
+    module = Module(str(bundle / TRAINING_MODEL), state, str(bundle / EVAL_MODEL))
+    for key, value in to_graph_layout(adapter).items():
+        state.parameters[key] = value
+    feeds = (x, np.ones_like(x), np.tile(np.arange(x.shape[1]), (x.shape[0], 1)), labels)
+    train_loss = float(module.train()(*feeds))
+    assert np.isfinite(train_loss)
+    assert all(np.isfinite(state.parameters[k].grad).all() for k in adapter)
+    eval_loss = float(module.eval()(*feeds))
+    logits = peft_reference(tiny_model_dir("llama"), cfg, adapter)(torch.from_numpy(x)).logits
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                            torch.from_numpy(labels).reshape(-1))
+    assert eval_loss == pytest.approx(ref.item(), rel=1e-5) and train_loss != pytest.approx(eval_loss, rel=1e-6)

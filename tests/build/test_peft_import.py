@@ -8,7 +8,6 @@ import torch
 from parity import inference_logits
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft_ref import checkpoint_adapter, ids, perturbed_adapter
-from tiny_models import make_model_dir
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from edgetune.build.bundle import build_bundle
@@ -48,7 +47,8 @@ def test_imported_peft_adapter_gives_peft_logits(arch, config, tiny_model_dir, t
     peft = _peft_adapter(tiny_model_dir(arch), tmp_path / "peft", **config)
     manifest = build_bundle(str(tiny_model_dir(arch)), tmp_path / "b", init_adapter=tmp_path / "peft")
     cfg = manifest["adapter_config"]
-    assert (cfg["r"], cfg["lora_alpha"], cfg["use_rslora"]) == (config["r"], config["lora_alpha"], config.get("use_rslora", False))
+    wanted = (config["r"], config["lora_alpha"], config.get("use_rslora", False))
+    assert (cfg["r"], cfg["lora_alpha"], cfg["use_rslora"]) == wanted
     assert manifest["method"] == ("dora" if config.get("use_dora") else "lora")
     expected = sorted(n for n, m in peft.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A)
     assert sorted(p.removeprefix("base_model.model.") for p in expected) == sorted(manifest["adapted_modules"])
@@ -96,7 +96,9 @@ def test_unfit_peft_adapters_are_refused_in_one_line(case, message, tiny_model_d
                           num_attention_heads=4, num_key_value_heads=2)
         AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "small")
         source = tmp_path / "small"
-    targets = {"target_modules": ["c_attn"], "fan_in_fan_out": True} if case == "other_arch" else {"target_modules": ["q_proj"]}
+    targets = {"target_modules": ["q_proj"]}
+    if case == "other_arch":
+        targets = {"target_modules": ["c_attn"], "fan_in_fan_out": True}
     _peft_adapter(source, adapter, r=4, lora_alpha=8, **targets)
     edits = {"peft_type": {"peft_type": "IA3"}, "layers_to_transform": {"layers_to_transform": [0]},
              "pissa": {"init_lora_weights": "pissa"}, "modules_to_save": {"modules_to_save": ["lm_head"]}}

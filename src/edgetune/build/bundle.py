@@ -98,9 +98,7 @@ def build_bundle(
         if quant == "int4":
             check_block_size(train_sites, block_size)
         if init_adapter is None:
-            weights = lora.init_adapter(train_sites, spec, seed)
-            if method == "dora":  # PEFT's initial magnitude: ‖W + s·B·A‖ with B = 0, i.e. ‖W‖
-                weights |= weight_norms(train_graph, train_sites, spec.scaling, weights)
+            weights = _fresh_adapter(train_graph, train_sites, spec, method, seed)
         else:
             weights = import_weights(Path(init_adapter), train_sites, peft_config, source.weights_sha256)
         trainable = _rewrite(train_graph, train_sites, spec, weights, method, quant, block_size, training=True)
@@ -134,7 +132,8 @@ def build_bundle(
             "optimizer": optimizer,
             "method": method,
             "quantization": None if quant is None else {
-                "type": quant, "scheme": QUANT_SCHEMES[quant], **({"block_size": block_size} if quant == "int4" else {}),
+                "type": quant, "scheme": QUANT_SCHEMES[quant],
+                **({"block_size": block_size} if quant == "int4" else {}),
             },
             "adapter_config": make_adapter_config(
                 model, config_targets, spec.rank, spec.alpha, spec.dropout,
@@ -160,10 +159,20 @@ def _imported_method(config: dict, method: str, folder) -> str:
     if config.get("use_dora") and method == "lora":
         return "dora"
     if config.get("use_dora") and method == "qlora":
-        raise EdgetuneError(f"{folder}: a DoRA adapter cannot start a qlora bundle (DoRA over quantized weights is not supported)")
+        raise EdgetuneError(f"{folder}: a DoRA adapter cannot start a qlora bundle "
+                            "(DoRA over quantized weights is not supported)")
     if method == "dora" and not config.get("use_dora"):
-        raise EdgetuneError(f"{folder}: method=dora needs a DoRA adapter (use_dora is false in its adapter_config.json)")
+        raise EdgetuneError(f"{folder}: method=dora needs a DoRA adapter "
+                            "(use_dora is false in its adapter_config.json)")
     return method
+
+
+def _fresh_adapter(graph, sites, spec: LoraSpec, method: str, seed: int) -> dict:
+    """PEFT's initial adapter in graph layout: A kaiming-uniform, B = 0, DoRA's m = ‖W + s·B·A‖ = ‖W‖."""
+    weights = lora.init_adapter(sites, spec, seed)
+    if method == "dora":
+        weights |= weight_norms(graph, sites, spec.scaling, weights)
+    return weights
 
 
 def _rewrite(graph, sites, spec, weights, method, quant, block_size, training: bool) -> list[str]:

@@ -63,9 +63,9 @@ def add_dora(model: onnx.ModelProto, sites: list[LinearSite], spec: LoraSpec, we
             add_initializer(graph, magnitude_key(site), weights[magnitude_key(site)])
         else:
             graph.input.append(make_input(magnitude_key(site), TensorProto.FLOAT, [site.out_features]))
-    names = add_lora(model, sites, spec, weights, training,
-                     combine=lambda *args: _add_dora_output(graph, *args, training=training))
-    return [n for site, a_b in zip(sites, zip(names[::2], names[1::2])) for n in (*a_b, magnitude_key(site))]
+    add_lora(model, sites, spec, weights, training,
+             combine=lambda *args: _add_dora_output(graph, *args, training=training))
+    return [key for site in sites for key in (*adapter_keys(site), magnitude_key(site))]
 
 
 def _add_dora_output(graph: onnx.GraphProto, nodes: list, site: LinearSite, base: onnx.NodeProto,

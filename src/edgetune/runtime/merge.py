@@ -113,10 +113,11 @@ def _constant(model: onnx.ModelProto, name: str, inits: dict, producers: dict) -
             needed.add(id(node))
             stack.extend(node.input)
     nodes = [n for n in model.graph.node if id(n) in needed]
-    used = [inits[i] for n in nodes for i in n.input if i in inits]
-    output = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    used = [inits[i] for i in dict.fromkeys(i for n in nodes for i in n.input) if i in inits]
+    output = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["in", "out"])
     graph = onnx.helper.make_graph(nodes, "constant", [], [output], used)
     sub = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    onnx.checker.check_model(sub)
     session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run([name], {})[0]
 
