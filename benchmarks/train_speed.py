@@ -1,0 +1,164 @@
+"""Training throughput and checkpointing: edgetune (ORT Module/Optimizer) vs PyTorch + PEFT.
+
+edgetune side: a tight loop on the same ORT training API and session options as
+`edgetune.runtime.train` (Module + Optimizer on the bundle's training/eval/optimizer
+graphs, `allow_spinning=0`), so the figures are the runtime's, without data loading.
+PyTorch side: transformers + PEFT LoRA (same r, alpha, targets), torch.optim.AdamW, fp32;
+and a bf16-autocast line as a reference only (it is not what the target compares with).
+Both see the same fixed (B, S) batch of real text tokens; both count B*S tokens per step.
+After the timed steps each side saves a checkpoint (adapter + optimizer state).
+"""
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+
+def _steps_report(step_times: list, cpu_times: list, batch: int, seq_len: int, flops_per_token: int,
+                  load_s: float, losses: list) -> dict:
+    """Medians over the timed steps; cpu_s_per_step (process CPU time) is less hurt by a busy machine."""
+    step = common.median(step_times)
+    tokens = batch * seq_len
+    return {"step_s": step, "step_times": step_times, "tokens_per_s": tokens / step,
+            "cpu_s_per_step": common.median(cpu_times),
+            "model_flops_per_s": flops_per_token * tokens / step, "load_s": load_s, "losses": losses}
+
+
+def run_edgetune(o: dict) -> dict:
+    """Tight loop: module(input_ids, attention_mask, position_ids, labels) -> optimizer.step()."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgetune.common.names import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL
+    from edgetune.runtime import checkpoints
+    from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer
+
+    started = time.perf_counter()
+    bundle = Path(o["bundle"])
+    config = common.read_config(bundle)
+    ids = common.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"])  # (B, S)
+    mask = np.ones_like(ids)
+    positions = np.tile(np.arange(o["seq_len"], dtype=np.int64), (o["batch"], 1))
+    labels = np.concatenate([ids[:, 1:], np.full((o["batch"], 1), -100, np.int64)], axis=1)  # shifted
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as edgetune train
+    state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
+    module = Module(str(bundle / TRAINING_MODEL), state, str(bundle / EVAL_MODEL), session_options=options)
+    optimizer = Optimizer(str(bundle / OPTIMIZER_MODEL), module)
+    optimizer.set_learning_rate(2e-4)
+    module.train()
+    load_s = time.perf_counter() - started
+    gemm = common.gemm_flops()
+    times, cpu_times, losses = [], [], []
+    for i in range(o["warmup"] + o["steps"]):
+        t, c = time.perf_counter(), time.process_time()
+        loss = module(ids, mask, positions, labels)
+        optimizer.step()
+        module.lazy_reset_grad()
+        if i >= o["warmup"]:
+            times.append(time.perf_counter() - t)
+            cpu_times.append(time.process_time() - c)
+        losses.append(float(loss))
+    report = _steps_report(times, cpu_times, o["batch"], o["seq_len"], common.train_flops_per_token(config), load_s, losses)
+    report["gemm_flops"] = max(gemm, common.gemm_flops())
+    with tempfile.TemporaryDirectory(dir=common.BENCH) as tmp:  # same disk as the bundle
+        t = time.perf_counter()
+        folder, size = checkpoints.save(Path(tmp), state, {"step": len(losses)})
+        report.update(checkpoint_save_s=time.perf_counter() - t, checkpoint_bytes=size)
+    return report
+
+
+def run_torch(o: dict) -> dict:
+    """transformers + PEFT, fp32 (or bf16 autocast when o['bf16']), AdamW on the LoRA weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    started = time.perf_counter()
+    torch.set_num_threads(o.get("threads", 2))
+    model = AutoModelForCausalLM.from_pretrained(o["model"], dtype=torch.float32)
+    model.config.use_cache = False
+    config = model.config.to_dict()
+    peft = get_peft_model(model, LoraConfig(lora_dropout=0.0, **common.LORA))
+    trainable = [p for p in peft.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=2e-4, eps=1e-8, weight_decay=0.0)
+    ids = torch.from_numpy(common.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"]))
+    peft.train()
+    load_s = time.perf_counter() - started
+    gemm = common.gemm_flops()
+    times, cpu_times, losses = [], [], []
+    for i in range(o["warmup"] + o["steps"]):
+        t, c = time.perf_counter(), time.process_time()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(o.get("bf16"))):
+            loss = peft(input_ids=ids, labels=ids).loss  # HF shifts the labels itself
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= o["warmup"]:
+            times.append(time.perf_counter() - t)
+            cpu_times.append(time.process_time() - c)
+        losses.append(float(loss))
+    report = _steps_report(times, cpu_times, o["batch"], o["seq_len"], common.train_flops_per_token(config), load_s, losses)
+    report["gemm_flops"] = max(gemm, common.gemm_flops())
+    with tempfile.TemporaryDirectory(dir=common.BENCH) as tmp:
+        t = time.perf_counter()
+        peft.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
+        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        report.update(checkpoint_save_s=time.perf_counter() - t, checkpoint_bytes=common.dir_bytes(Path(tmp)))
+    return report
+
+
+def contenders(bundle: Path, model_dir: Path, batch: int, seq_len: int, steps: int, warmup: int,
+               extras: bool = False) -> dict:
+    """name -> child options for one (model, batch, seq_len) point.
+
+    extras: also PyTorch bf16 autocast, and PyTorch fp32 with OpenMP's default spin-waiting.
+    """
+    base = {"batch": batch, "seq_len": seq_len, "steps": steps, "warmup": warmup}
+    torch = {"impl": "torch", "model": str(model_dir), **base}
+    found = {"edgetune": {"impl": "edgetune", "bundle": str(bundle), **base},
+             "torch_fp32": {**torch, "env": common.NO_SPIN}}
+    if extras:
+        found["torch_bf16"] = {**torch, "bf16": True, "env": common.NO_SPIN}
+        found["torch_fp32_spin"] = torch
+    return found
+
+
+def measure(points: dict, rounds: int, timeout: float = 1800) -> dict:
+    """Alternate the contenders `rounds` times; medians of tokens/s, step time, peak RSS per contender."""
+    def one(name, options):
+        run = common.run_child(common.child_cmd("train_speed.py", options), timeout=timeout, env=options.get("env"))
+        if run["error"]:
+            common.log(f"  {name} failed: {run['error']}")
+        return run
+
+    runs = common.alternate(points, rounds, one)
+    summary = {}
+    for name, results in runs.items():
+        ok = [r for r in results if r["result"]]
+        if not ok:
+            summary[name] = {"error": results[0]["error"]}
+            continue
+        pick = lambda key: common.median([r["result"].get(key) for r in ok])  # noqa: E731
+        summary[name] = {
+            "tokens_per_s": pick("tokens_per_s"), "step_s": pick("step_s"),
+            "model_flops_per_s": pick("model_flops_per_s"), "load_s": pick("load_s"),
+            "peak_rss_bytes": common.median([r["peak_rss_bytes"] for r in ok]),
+            "checkpoint_bytes": pick("checkpoint_bytes"), "checkpoint_save_s": pick("checkpoint_save_s"),
+            "cpu_s_per_step": pick("cpu_s_per_step"),
+            "gemm_flops_max": max(r["result"]["gemm_flops"] for r in ok),
+            "loadavg_1min": common.median([sum(r["loadavg"]) / 2 for r in ok]),
+            "runs_tokens_per_s": [r["result"]["tokens_per_s"] for r in ok],
+            "runs_peak_rss_bytes": [r["peak_rss_bytes"] for r in ok],
+            "first_losses": ok[0]["result"]["losses"][:3],
+            "failed_runs": len(results) - len(ok),
+        }
+    return summary
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
+    common.child_main({"edgetune": run_edgetune, "torch": run_torch})
