@@ -1,7 +1,7 @@
 """QLoRA bundles: int8/int4 base weights of the adapted layers, LoRA on top in fp32.
 
 Tolerances measured on the tiny models (logits std ≈ 0.16, all-linear targets, batch 4 x 32):
-int8 max |Δlogit| ≤ 0.0067, mean ≤ 0.0008; int4 (block 32 or 64) max ≤ 0.096, mean ≤ 0.0122.
+int8 max |Δlogit| ≤ 0.0067, mean ≤ 0.0008; int4 (block 32 or 64) max ≤ 0.086, mean ≤ 0.0122.
 The tests allow about 3x that.
 """
 
@@ -44,7 +44,7 @@ def test_quantizers_round_to_the_nearest_level(block_size):
     assert np.all(np.abs(dequantize(int8) - w) <= int8["scale"] / 2 + 1e-9)
     int4 = quantize_int4(w, block_size)
     assert int4["q"].dtype == np.uint8 and int4["q"].shape == (128, 48)  # two values a byte
-    assert int4["scale"].shape == int4["zero_point"].shape == (256 // block_size, 1, 48)
+    assert int4["scale"].shape == int4["offset"].shape == (256 // block_size, 1, 48)
     err = np.abs(dequantize(int4) - w).reshape(256 // block_size, block_size, 48)
     assert np.all(err <= int4["scale"] / 2 + 1e-7)
 
@@ -89,7 +89,7 @@ def test_qlora_bundle_shrinks_and_graphs_share_the_quantized_tensors(method_bund
     int8 = method_bundle("llama", "qlora", quant="int8")
     int4 = method_bundle("llama", "qlora", quant="int4", block_size=32)
     assert lora - (int8 / names.BASE_WEIGHTS).stat().st_size >= 0.70 * adapted  # 1 byte + scales vs 4 bytes
-    assert lora - (int4 / names.BASE_WEIGHTS).stat().st_size >= 0.80 * adapted  # ½ byte + scales, zero points
+    assert lora - (int4 / names.BASE_WEIGHTS).stat().st_size >= 0.78 * adapted  # ½ byte + scales, offsets
     for bundle in (int8, int4):
         where = {}
         for graph_file in (names.TRAINING_MODEL, names.EVAL_MODEL, names.INFERENCE_MODEL):
@@ -135,3 +135,14 @@ def test_qlora_merge_dequantizes_and_folds(method_bundle, tmp_path):
     np.testing.assert_allclose(prefill_logits(tmp_path / "merged", x), unmerged, atol=1e-4, rtol=0)
     graph = onnx.load(tmp_path / "merged" / MERGED_MODEL, load_external_data=False).graph
     assert not any(n.name.startswith(("/quant/", "/lora/")) for n in graph.node)
+
+
+def test_int4_reproduces_gguf_q4_1_weights_exactly():
+    """Q4_1 stores w = d·q + m per block of 32 inputs: the same grid as our int4, so nothing is lost."""
+    rng = np.random.default_rng(1)
+    d = rng.uniform(1e-3, 1e-2, (4, 1, 24)).astype(np.float32)          # (in/32, 1, out)
+    m = rng.uniform(-0.1, 0.0, (4, 1, 24)).astype(np.float32)
+    q = rng.integers(0, 16, (4, 32, 24))
+    q[:, 0], q[:, 1] = 0, 15                                             # each block spans its grid
+    w = (q * d + m).astype(np.float32).reshape(128, 24)                  # (in, out)
+    np.testing.assert_allclose(dequantize(quantize_int4(w, 32)), w, rtol=0, atol=1e-7)

@@ -5,10 +5,12 @@ Weights are quantized in the graph's (in, out) MatMul layout:
 - int8: symmetric, per output channel. s = max|W[:, j]| / 127, q = round(W / s) in
   [-127, 127]; the graph restores W ≈ q·s with one `DequantizeLinear(axis=1)`.
 - int4: asymmetric, blockwise along the input dimension. Per block of `block_size` input
-  rows and per output column: s = (max - min) / 15, z = round(-min / s) in [0, 15],
-  q = clip(round(W / s) + z, 0, 15), W ≈ (q - z)·s. Opset 18 has no 4-bit type, so two
-  values share a uint8: rows [0, in/2) in the low nibble, rows [in/2, in) in the high one;
-  the graph unpacks with BitwiseAnd / BitShift / Concat and dequantizes with Cast/Sub/Mul.
+  rows and per output column: s = (max - min) / 15, q = round((W - min) / s) in [0, 15],
+  W ≈ q·s + min. This is GGUF's Q4_1 form with a float offset (not an integer zero point),
+  so weights loaded from a Q4_1 GGUF with block 32 (the embedded SmolLM2) come back exactly.
+  Opset 18 has no 4-bit type, so two values share a uint8: rows [0, in/2) in the low
+  nibble, rows [in/2, in) in the high one; the graph unpacks with BitwiseAnd / BitShift /
+  Concat and dequantizes with Cast / Mul / Add.
 
 Only standard ops, and only on paths from constants: ORT needs no gradient for them, so
 LoRA trains on top; fused kernels (MatMulNBits, MatMulInteger) have no gradient. The
@@ -58,16 +60,14 @@ def quantize_int8(w: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def quantize_int4(w: np.ndarray, block_size: int) -> dict[str, np.ndarray]:
-    """W (in, out) -> {q packed uint8 (in/2, out), scale (in/bs, 1, out), zero_point uint8 (in/bs, 1, out)}."""
+    """W (in, out) -> {q packed uint8 (in/2, out), scale (in/bs, 1, out), offset (in/bs, 1, out)}."""
     n_in, n_out = w.shape
     blocks = w.reshape(n_in // block_size, block_size, n_out)            # (in/bs, bs, out)
-    lo, hi = blocks.min(axis=1, keepdims=True), blocks.max(axis=1, keepdims=True)
-    lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)                       # 0 stays representable
-    scale = np.where(hi > lo, (hi - lo) / INT4_MAX, 1.0).astype(np.float32)  # (in/bs, 1, out)
-    zero = np.clip(np.rint(-lo / scale), 0, INT4_MAX)
-    q = np.clip(np.rint(blocks / scale) + zero, 0, INT4_MAX).astype(np.uint8).reshape(n_in, n_out)
+    lo, hi = blocks.min(axis=1, keepdims=True), blocks.max(axis=1, keepdims=True)  # (in/bs, 1, out)
+    scale = np.where(hi > lo, (hi - lo) / INT4_MAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint((blocks - lo) / scale), 0, INT4_MAX).astype(np.uint8).reshape(n_in, n_out)
     packed = q[: n_in // 2] | (q[n_in // 2:] << 4)                       # (in/2, out)
-    return {"q": packed, "scale": scale, "zero_point": zero.astype(np.uint8)}
+    return {"q": packed, "scale": scale, "offset": lo.astype(np.float32)}
 
 
 def dequantize(tensors: dict[str, np.ndarray]) -> np.ndarray:
@@ -78,12 +78,12 @@ def dequantize(tensors: dict[str, np.ndarray]) -> np.ndarray:
     values = np.concatenate([q & 0x0F, q >> 4]).astype(np.float32)       # (in, out)
     scale = tensors["scale"]
     blocks = values.reshape(scale.shape[0], -1, values.shape[1])         # (in/bs, bs, out)
-    return ((blocks - tensors["zero_point"].astype(np.float32)) * scale).reshape(values.shape)
+    return (blocks * scale + tensors["offset"]).reshape(values.shape)
 
 
 def quantized_tensor_names(module_path: str) -> dict[str, str]:
     """Initializer names of one layer's quantized weight, shared by every graph of a bundle."""
-    return {part: f"/quant/{module_path}/{part}" for part in ("q", "scale", "zero_point")}
+    return {part: f"/quant/{module_path}/{part}" for part in ("q", "scale", "offset")}
 
 
 def quantize_sites(model: onnx.ModelProto, sites: list[LinearSite], quant: str, block_size: int) -> None:
@@ -116,7 +116,7 @@ def _dequantize_nodes(graph, nodes: list, path: str, tensors: dict, shape: tuple
     for part, array in tensors.items():
         add_initializer(graph, names[part], array)
     p = f"/quant/{path}"
-    if "zero_point" not in tensors:  # int8
+    if "offset" not in tensors:  # int8
         return add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/weight", axis=1)
     add_initializer(graph, f"{p}/low_mask", np.array(0x0F, np.uint8))
     add_initializer(graph, f"{p}/shift", np.array(4, np.uint8))
@@ -127,7 +127,6 @@ def _dequantize_nodes(graph, nodes: list, path: str, tensors: dict, shape: tuple
     q = add_node(nodes, "Concat", [low, high], f"{p}/unpacked", axis=0)                      # (in, out)
     q = add_node(nodes, "Cast", [q], f"{p}/unpacked_float", to=TensorProto.FLOAT)
     q = add_node(nodes, "Reshape", [q, f"{p}/blocked_shape"], f"{p}/blocked")               # (in/bs, bs, out)
-    zero = add_node(nodes, "Cast", [names["zero_point"]], f"{p}/zero_float", to=TensorProto.FLOAT)
-    q = add_node(nodes, "Sub", [q, zero], f"{p}/centered")
-    w = add_node(nodes, "Mul", [q, names["scale"]], f"{p}/blocked_weight")
+    w = add_node(nodes, "Mul", [q, names["scale"]], f"{p}/blocked_scaled")
+    w = add_node(nodes, "Add", [w, names["offset"]], f"{p}/blocked_weight")
     return add_node(nodes, "Reshape", [w, f"{p}/weight_shape"], f"{p}/weight")               # (in, out)
