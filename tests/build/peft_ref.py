@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 from onnxruntime.training.api import CheckpointState, Module, Optimizer
+from parity import checkpoint_adapter
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from tiny_models import VOCAB
 from transformers import AutoModelForCausalLM
@@ -45,12 +46,6 @@ def peft_reference(model_dir, cfg: dict, adapter: dict, base_weights: dict | Non
     result = set_peft_model_state_dict(peft, {k: torch.from_numpy(v.copy()) for k, v in adapter.items()})
     assert not result.unexpected_keys, result.unexpected_keys
     return peft.eval()
-
-
-def checkpoint_adapter(bundle) -> dict[str, np.ndarray]:
-    """The bundle's initial adapter (A, B and DoRA's m), in PEFT layout."""
-    state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
-    return to_peft_layout({k: state.parameters[k].data for k in adapter_keys(read_manifest(bundle))})
 
 
 def perturbed_adapter(bundle, seed: int = 1, scale: float = 0.2) -> dict[str, np.ndarray]:

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from parity import inference_logits
+from parity import checkpoint_adapter, inference_logits
 from peft import get_peft_model_state_dict
-from peft_ref import batch, checkpoint_adapter, ids, ort_losses, peft_losses, peft_reference, perturbed_adapter
+from peft_ref import batch, ids, ort_losses, peft_losses, peft_reference, perturbed_adapter
 
 from edgetune.common.adapter_config import scaling
 from edgetune.common.manifest import read_manifest
@@ -71,7 +71,7 @@ def test_dora_training_matches_peft(arch, method_bundle, tiny_model_dir):
 
 
 def test_dora_merge_folds_the_rescaled_weight(method_bundle, tiny_model_dir, tmp_path):
-    from test_merge_util import prefill_logits
+    from merge_helpers import prefill_logits
 
     bundle = method_bundle("llama", "dora")
     manifest = read_manifest(bundle)

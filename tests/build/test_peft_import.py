@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from parity import inference_logits
+from parity import checkpoint_adapter, inference_logits
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft_ref import checkpoint_adapter, ids, perturbed_adapter
+from peft_ref import ids, perturbed_adapter
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from edgetune.build.bundle import build_bundle

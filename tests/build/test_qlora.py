@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from parity import inference_logits
-from peft_ref import batch, checkpoint_adapter, ids, ort_losses, peft_losses, peft_reference, perturbed_adapter
+from parity import checkpoint_adapter, inference_logits
+from peft_ref import batch, ids, ort_losses, peft_losses, peft_reference, perturbed_adapter
 from transformers import AutoModelForCausalLM
 
 from edgetune.build.bundle import build_bundle
@@ -120,7 +120,7 @@ def test_bad_quantization_settings_are_one_line_errors(kwargs, message, tiny_mod
 
 
 def test_qlora_merge_dequantizes_and_folds(method_bundle, tmp_path):
-    from test_merge_util import prefill_logits
+    from merge_helpers import prefill_logits
 
     from edgetune.runtime.adapters import save_adapter
     from edgetune.runtime.merge import MERGED_MODEL, merge

@@ -57,7 +57,12 @@ def build_bundle(
     block_size: int = 32,
     init_adapter: Path | None = None,
 ) -> dict:
-    """Build a bundle for `model` into `out` and return its manifest."""
+    """Build a bundle for `model` into `out` and return its manifest.
+
+    method: lora | dora | qlora. quant (qlora only): int8 | int4; block_size (int4 only):
+    32 | 64 | 128. init_adapter: a PEFT adapter folder that sets the adapter's config and
+    initial values (then leave targets and spec at their defaults).
+    """
     out = Path(out)
     if task not in TASKS:
         raise EdgetuneError(f"unknown task '{task}' (supported: {', '.join(TASKS)})")
