@@ -19,6 +19,8 @@ def _build(args: argparse.Namespace) -> None:
     manifest = build_bundle(
         args.model, Path(args.output), targets=args.targets, spec=spec,
         optimizer=args.optimizer, task=args.task, seed=args.seed, force=args.force,
+        method=args.method, quant=args.quant, block_size=args.block_size,
+        init_adapter=Path(args.init_adapter) if args.init_adapter else None,
     )
     size = sum(f["size"] for f in manifest["files"].values())
     print(f"built {args.output}: {manifest['architecture']}, "
@@ -153,6 +155,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_positive_float, default=16.0)
     p.add_argument("--dropout", type=_dropout, default=0.0)
     p.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(r) (PEFT's use_rslora)")
+    p.add_argument("--method", choices=("lora", "dora", "qlora"), default="lora",
+                   help="qlora: LoRA over a quantized frozen base (needs --quant)")
+    p.add_argument("--quant", choices=("int8", "int4"), default=None,
+                   help="qlora base: int8 per output channel, or int4 in blocks of --block-size")
+    p.add_argument("--block-size", type=int, default=32, help="int4 block size: 32, 64 or 128")
+    p.add_argument("--init-adapter", default=None, help="start from an existing PEFT LoRA/DoRA adapter folder")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     p.add_argument("--task", choices=("causal-lm",), default="causal-lm")
     p.add_argument("--seed", type=int, default=0, help="seed of the adapter's initial A")
