@@ -14,7 +14,6 @@ end, so an interrupted build never leaves a half bundle.
 
 import gc
 import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -33,6 +32,7 @@ from edgetune.build.quantize import check_block_size, check_quant_args, quantize
 from edgetune.build.registry import get_architecture, resolve_targets
 from edgetune.build.source import load_source
 from edgetune.build.weights import share_base_weights
+from edgetune.common.atomic import atomic_folder
 from edgetune.common import names
 from edgetune.common.adapter_config import make_adapter_config
 from edgetune.common.errors import EdgetuneError
@@ -86,9 +86,7 @@ def build_bundle(
         config_targets = peft_config["target_modules"]
         selected = target_matcher(config_targets, arch)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    try:
+    with atomic_folder(out, "building") as tmp:
         train_path, infer_path = export_graphs(source.model, tmp / "export")
         hf_config, vocab_size = source.model.config, source.model.config.vocab_size
         source.tokenizer.save_pretrained(tmp)
@@ -149,14 +147,7 @@ def build_bundle(
             "init_adapter": None if init_adapter is None else str(init_adapter),
             "onnx": {"opset": opset, "ir_version": inference.ir_version},
         })
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        return manifest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return manifest
 
 
 def _imported_method(config: dict, method: str, folder) -> str:

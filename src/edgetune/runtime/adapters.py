@@ -8,13 +8,12 @@ per layer, `<path>.lora_magnitude_vector`, the same in both layouts.
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from edgetune.common.atomic import atomic_folder
 from edgetune.common.adapter_config import check_supported
 from edgetune.common.errors import AdapterError
 from edgetune.common.manifest import write_json_atomic
@@ -46,9 +45,7 @@ to_peft_layout = to_graph_layout  # a transpose is its own inverse
 def save_adapter(folder: Path, weights: dict[str, np.ndarray], config: dict, base_sha256: str) -> None:
     """Write a PEFT adapter folder atomically (temp folder, fsync, rename). `weights` in PEFT layout."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.saving-"))
-    try:
+    with atomic_folder(folder, "saving") as tmp:
         save_file(
             {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
             tmp / ADAPTER_WEIGHTS, metadata={"format": "pt", BASE_SHA_KEY: base_sha256},
@@ -56,15 +53,6 @@ def save_adapter(folder: Path, weights: dict[str, np.ndarray], config: dict, bas
         with open(tmp / ADAPTER_WEIGHTS, "rb") as f:
             os.fsync(f.fileno())
         write_json_atomic(tmp / ADAPTER_CONFIG, config)
-        tmp.chmod(0o755)
-        old = folder.with_name(f".{folder.name}.old")
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_adapter_config(folder: Path) -> dict:

@@ -7,7 +7,6 @@ config.json and a manifest. It runs on the plain `onnxruntime` package.
 """
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 import edgetune
+from edgetune.common.atomic import atomic_folder
 from edgetune.common import names
 from edgetune.common.adapter_config import scaling
 from edgetune.common.hashing import sha256_file
@@ -36,9 +36,7 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
     fold_adapter(model, weights, config, manifest["adapted_modules"])
     onnx.checker.check_model(model)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.merging-"))
-    try:
+    with atomic_folder(out, "merging") as tmp:
         onnx.save(model, tmp / MERGED_MODEL, save_as_external_data=True, all_tensors_to_one_file=True,
                   location=MERGED_DATA, size_threshold=1024)
         for name in COPIED:
@@ -52,14 +50,7 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
             "adapter": {"path": str(adapter), "config": config,
                         "sha256": sha256_file(Path(adapter) / names.ADAPTER_WEIGHTS)},
         })
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        return result
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return result
 
 
 def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: list[str]) -> None:
