@@ -7,7 +7,7 @@ from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM
 
 from edgetune.common.manifest import read_manifest
-from edgetune.common.names import CHECKPOINT, INFERENCE_MODEL, LORA_SCALING
+from edgetune.common.names import CHECKPOINT, INFERENCE_MODEL, LORA_SCALING, MERGED_MODEL
 from edgetune.runtime.adapters import adapter_keys, to_graph_layout, to_peft_layout
 
 
@@ -51,3 +51,14 @@ def peft_model(model_dir, manifest: dict, adapter: dict):
     result = set_peft_model_state_dict(peft, {k: torch.from_numpy(v.copy()) for k, v in adapter.items()})
     assert not result.unexpected_keys, result.unexpected_keys
     return peft.eval()
+
+
+def prefill_logits(model_dir, ids: np.ndarray) -> np.ndarray:
+    """Logits (B, S, V) of a merged folder's model.onnx for `ids`, nothing cached."""
+    sess = ort.InferenceSession(str(model_dir / MERGED_MODEL), providers=["CPUExecutionProvider"])
+    b, s = ids.shape
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(s), (b, 1))}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values."):
+            feeds[i.name] = np.zeros((b, i.shape[1], 0, i.shape[3]), np.float32)
+    return sess.run(["logits"], {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})[0]

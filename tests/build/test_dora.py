@@ -71,7 +71,7 @@ def test_dora_training_matches_peft(arch, method_bundle, tiny_model_dir):
 
 
 def test_dora_merge_folds_the_rescaled_weight(method_bundle, tiny_model_dir, tmp_path):
-    from merge_helpers import prefill_logits
+    from parity import prefill_logits
 
     bundle = method_bundle("llama", "dora")
     manifest = read_manifest(bundle)

@@ -120,7 +120,7 @@ def test_bad_quantization_settings_are_one_line_errors(kwargs, message, tiny_mod
 
 
 def test_qlora_merge_dequantizes_and_folds(method_bundle, tmp_path):
-    from merge_helpers import prefill_logits
+    from parity import prefill_logits
 
     from edgetune.runtime.adapters import save_adapter
     from edgetune.runtime.merge import MERGED_MODEL, merge

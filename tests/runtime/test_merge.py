@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
-from parity import inference_logits, peft_model, random_adapter
+from parity import inference_logits, peft_model, prefill_logits, random_adapter
 
 from edgetune.common.adapter_config import scaling
 from edgetune.common.manifest import read_manifest, verify
@@ -31,21 +30,11 @@ def _merged(arch, tiny_bundle, tmp_path):
     return bundle, manifest, adapter, tmp_path / "merged"
 
 
-def _prefill_logits(model_dir: Path, ids: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(model_dir / MERGED_MODEL), providers=["CPUExecutionProvider"])
-    b, s = ids.shape
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(s), (b, 1))}
-    for i in sess.get_inputs():
-        if i.name.startswith("past_key_values."):
-            feeds[i.name] = np.zeros((b, i.shape[1], 0, i.shape[3]), np.float32)
-    return sess.run(["logits"], {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})[0]
-
-
 @pytest.mark.parametrize("arch", ["llama", "phi3", "gpt2"])
 def test_merged_matches_unmerged_and_peft(arch, tiny_bundle, tiny_model_dir, tmp_path):
     bundle, manifest, adapter, merged = _merged(arch, tiny_bundle, tmp_path)
     ids = np.random.default_rng(0).integers(3, 300, (2, 9)).astype(np.int64)
-    ours = _prefill_logits(merged, ids)
+    ours = prefill_logits(merged, ids)
     unmerged = inference_logits(bundle, ids, adapter, scaling(manifest["adapter_config"]))
     with torch.no_grad():
         ref = peft_model(tiny_model_dir(arch), manifest, adapter)(torch.from_numpy(ids)).logits.numpy()

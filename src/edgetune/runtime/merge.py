@@ -22,7 +22,7 @@ from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import verify, write_manifest
 from edgetune.runtime.adapters import MAGNITUDE, load_adapter
 
-MERGED_MODEL = "model.onnx"
+MERGED_MODEL = names.MERGED_MODEL
 MERGED_DATA = "model.onnx_data"
 COPIED = (names.HF_CONFIG, names.GENERATION_CONFIG, *names.TOKENIZER_FILES)
 
