@@ -1,6 +1,8 @@
-"""Markdown tables from a results file: `python benchmarks/report.py artifacts/bench/results-full.json`.
+"""Markdown tables from results files: `python benchmarks/report.py RESULTS.json [RERUN.json ...]`.
 
-BENCHMARKS.md pastes these tables as they are, so every figure in it comes from a run.
+A later file (e.g. from `run.py --only skill`) replaces the sections it ran, and its
+non-empty headline ratios. BENCHMARKS.md pastes these tables as they are, so every
+figure in it comes from a run.
 """
 
 import json
@@ -23,9 +25,10 @@ def machine(r: dict) -> str:
              f"- run: {r['mode']}, sections {', '.join(r['sections'])}, started {r['started']}, "
              f"{r['total_s'] / 60:.1f} min"]
     if hw.get("gemm_peak_flops"):
-        lines.append(f"- measured in the run: fp32 GEMM peak {hw['gemm_peak_flops'] / 1e9:.0f} GFLOP/s "
+        lines.append(f"- measured at the start of the run: fp32 GEMM {hw['gemm_peak_flops'] / 1e9:.0f} GFLOP/s "
                      f"(torch {hw['gemm_torch_flops'] / 1e9:.0f}, numpy {hw['gemm_numpy_flops'] / 1e9:.0f}; "
-                     f"{hw['gemm_n']}² matmul, 2 threads, best of 8), memory bandwidth "
+                     f"{hw['gemm_n']}² matmul, 2 threads, best of 8; MFU uses the best sample of the whole run, below), "
+                     f"memory bandwidth "
                      f"{hw['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (512 MiB numpy copy, read + write)")
     return "\n".join(lines)
 
@@ -153,6 +156,12 @@ def headline(r: dict) -> str:
 
 def main() -> None:
     r = json.load(open(sys.argv[1]))
+    for path in sys.argv[2:]:
+        rerun = json.load(open(path))
+        for name in rerun["sections"]:
+            r[name] = rerun[name]
+        r.update({k: v for k, v in rerun.items() if k.endswith("_ratio") and v is not None})
+        print(f"(sections {', '.join(rerun['sections'])} from the run started {rerun['started']})\n")
     for title, fn in (("Machine", machine), ("Headline", headline), ("Training", train), ("Checkpoint", checkpoint),
                       ("Decode", decode), ("Time to skill", skill), ("Build", build), ("Scaling", scaling)):
         print(f"### {title}\n\n{fn(r)}\n")

@@ -40,9 +40,10 @@ def measure(main_point: dict, steps: int = 2, warmup: int = 1) -> dict:
     return result
 
 
-def plot(result: dict, path: Path) -> Path:
+def plot(result: dict, path: Path) -> Path:  # re-plot a saved run: plot(json.load(f)["scaling"], path)
     """tokens/s and peak RSS vs seq-len (SmolLM2) and vs model size (seq-len 512), both contenders."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -63,8 +64,13 @@ def plot(result: dict, path: Path) -> Path:
     axes[1][0].set(xlabel="sequence length", ylabel="peak RSS (GiB)")
     axes[0][1].set(title="seq-len 512, batch 2", xscale="log")
     axes[1][1].set(xlabel="parameters (millions)", xscale="log")
+    failed = [k for _, k, v in by_size if "error" in v.get("build", {})]
+    if failed:
+        axes[0][1].annotate(f"no edgetune bundle for {', '.join(failed)}:\nbuild fails (protobuf 2 GB limit)",
+                            xy=(0.1, 0.6), xycoords="axes fraction", fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0][0].legend()
     fig.suptitle("LoRA r=8 q/v training on 2 shared CPU cores: edgetune (ORT) vs PyTorch+PEFT fp32")
     fig.tight_layout()

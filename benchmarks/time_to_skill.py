@@ -68,8 +68,11 @@ def run_torch(o: dict) -> dict:
     started = time.perf_counter()
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(o["model"])
+    # The bundle's tokenizer files (EOS <|im_end|>, no BOS added): transformers' GGUF loader
+    # makes EOS <|im_start|> (= BOS) for SmolLM2, which would teach the wrong end marker.
+    tokenizer = AutoTokenizer.from_pretrained(o["tokenizer"])
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer.padding_side = "right"  # this tokenizer pads on the left by default; labels are right-padded
     model = AutoModelForCausalLM.from_pretrained(o["model"], dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(lora_dropout=0.0, **common.LORA))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=HPARAMS["lr"],
@@ -127,7 +130,7 @@ def run_torch(o: dict) -> dict:
     return {"reached": history[-1]["accuracy"] >= o["goal"], "steps": step, "history": history}
 
 
-def measure(bundle: Path, model_dir: Path, every: int = 50, max_steps: int = 300, goal: float = 0.9,
+def measure(bundle: Path, model_dir: Path, every: int = 50, max_steps: int = 150, goal: float = 0.9,
             heldout: int = 50) -> dict:
     """edgetune first, then PyTorch (one round each: a round takes minutes)."""
     work = common.BENCH / "time_to_skill"
@@ -139,7 +142,7 @@ def measure(bundle: Path, model_dir: Path, every: int = 50, max_steps: int = 300
     common.log("time to skill: edgetune (CLI train + eval)")
     result["edgetune"] = run_edgetune(bundle, data, work, every, max_steps, goal)
     common.log("time to skill: PyTorch + PEFT, padded batches")
-    options = {"impl": "torch", "model": str(model_dir), "data": str(data), "every": every,
+    options = {"impl": "torch", "model": str(model_dir), "tokenizer": str(bundle), "data": str(data), "every": every,
                "max_steps": max_steps, "goal": goal}
     run = common.run_child(common.child_cmd("time_to_skill.py", options), timeout=3600, env=common.NO_SPIN)
     result["torch"] = ({**run["result"], "wall_s": run["wall_s"], "peak_rss_bytes": run["peak_rss_bytes"]}
