@@ -19,10 +19,10 @@ PAGE_ALIGN_BYTES = 1 << 16
 SMALL_ALIGN = 64         # small ones (scales, tiny layers) only cache-line aligned, not padded to a page
 
 
-def share_base_weights(model_paths: list[Path], keep_inline: set[str] = frozenset()) -> int:
+def share_base_weights(model_paths: list[Path]) -> int:
     """Move initializers of the given models into one shared, deduplicated weights file.
 
-    Returns the number of bytes written. Tensors named in `keep_inline` stay in the graph.
+    Returns the number of bytes written.
     """
     folder = model_paths[0].parent
     offsets: dict[bytes, tuple[int, int]] = {}
@@ -30,7 +30,7 @@ def share_base_weights(model_paths: list[Path], keep_inline: set[str] = frozense
         for path in model_paths:
             model = onnx.load(path)
             for tensor in model.graph.initializer:
-                if tensor.name in keep_inline or len(tensor.raw_data) < MIN_EXTERNAL_BYTES:
+                if len(tensor.raw_data) < MIN_EXTERNAL_BYTES:
                     continue
                 data = tensor.raw_data
                 key = hashlib.sha256(data).digest()
