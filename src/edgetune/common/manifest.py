@@ -38,12 +38,7 @@ def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
     if not Path(folder).is_dir():
         raise BundleError(f"{folder}: no such bundle folder")
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{path}: missing (not an edgetune bundle?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path}: unreadable manifest ({e})") from None
+    manifest = read_json(path, BundleError, missing="missing (not an edgetune bundle?)")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(f"{path}: schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
     return manifest
@@ -60,6 +55,16 @@ def verify(folder: Path, manifest: dict | None = None) -> dict:
         if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
             raise BundleError(f"{path}: sha256 does not match the manifest (corrupted or edited)")
     return manifest
+
+
+def read_json(path: Path, error: type[Exception], missing: str = "missing") -> dict:
+    """Parse a JSON file, raising `error` with one line naming the file if it is absent or malformed."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -6,7 +6,6 @@ two is a transpose of every tensor, nothing else. DoRA adds a magnitude vector m
 per layer, `<path>.lora_magnitude_vector`, the same in both layouts.
 """
 
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from safetensors.numpy import load_file, save_file
 from edgetune.common.atomic import atomic_folder
 from edgetune.common.adapter_config import check_supported
 from edgetune.common.errors import AdapterError
-from edgetune.common.manifest import write_json_atomic
+from edgetune.common.manifest import read_json, write_json_atomic
 from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX
 
 BASE_SHA_KEY = "edgetune.base_weights_sha256"  # safetensors metadata; PEFT ignores it
@@ -61,12 +60,7 @@ def read_adapter_config(folder: Path) -> dict:
     config_path = folder / ADAPTER_CONFIG
     if not folder.is_dir():
         raise AdapterError(f"{folder}: no such adapter folder")
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise AdapterError(f"{config_path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"{config_path}: not valid JSON ({e})") from None
+    config = read_json(config_path, AdapterError)
     check_supported(config, str(config_path))
     return config
 
