@@ -62,3 +62,20 @@ def prefill_logits(model_dir, ids: np.ndarray) -> np.ndarray:
         if i.name.startswith("past_key_values."):
             feeds[i.name] = np.zeros((b, i.shape[1], 0, i.shape[3]), np.float32)
     return sess.run(["logits"], {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})[0]
+
+
+def ort_training(bundle, adapter: dict, lr: float | None = None):
+    """ORT's (state, Module, Optimizer) on the bundle with `adapter` (PEFT layout) loaded, in train mode."""
+    from onnxruntime.training.api import CheckpointState, Module, Optimizer
+
+    from edgetune.common.names import EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL
+
+    state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
+    module = Module(str(bundle / TRAINING_MODEL), state, str(bundle / EVAL_MODEL))
+    for key, value in to_graph_layout(adapter).items():  # only once a Module owns the state
+        state.parameters[key] = value
+    optimizer = Optimizer(str(bundle / OPTIMIZER_MODEL), module)
+    if lr is not None:
+        optimizer.set_learning_rate(lr)
+    module.train()
+    return state, module, optimizer

@@ -2,15 +2,13 @@
 
 import numpy as np
 import torch
-from onnxruntime.training.api import CheckpointState, Module, Optimizer
-from parity import checkpoint_adapter
+from parity import checkpoint_adapter, ort_training
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from tiny_models import VOCAB
 from transformers import AutoModelForCausalLM
 
 from edgetune.common.manifest import read_manifest
-from edgetune.common.names import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL
-from edgetune.runtime.adapters import adapter_keys, to_graph_layout, to_peft_layout
+from edgetune.runtime.adapters import adapter_keys, to_peft_layout
 
 
 def ids(batch=2, seq=12, seed=0) -> np.ndarray:
@@ -63,13 +61,7 @@ def perturbed_adapter(bundle, seed: int = 1, scale: float = 0.2) -> dict[str, np
 def ort_losses(bundle, adapter: dict, batches: list, lr: float) -> tuple[list[float], dict]:
     """Losses of AdamW/SGD steps on the bundle's training graph, and the first step's gradients."""
     manifest = read_manifest(bundle)
-    state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
-    module = Module(str(bundle / TRAINING_MODEL), state, str(bundle / EVAL_MODEL))
-    for key, value in to_graph_layout(adapter).items():  # only once a Module owns the state
-        state.parameters[key] = value
-    opt = Optimizer(str(bundle / OPTIMIZER_MODEL), module)
-    opt.set_learning_rate(lr)
-    module.train()
+    state, module, opt = ort_training(bundle, adapter, lr)
     losses, grads = [], None
     for x, labels in batches:
         losses.append(float(module(x, np.ones_like(x), np.tile(np.arange(x.shape[1]), (x.shape[0], 1)), labels)))

@@ -85,19 +85,13 @@ def test_dora_merge_folds_the_rescaled_weight(method_bundle, tiny_model_dir, tmp
 
 def test_dora_with_dropout_trains_and_evaluates_like_peft(method_bundle, tiny_model_dir):
     """With LoRA dropout PEFT recomputes the base from dropout(x); the eval model has no dropout."""
-    from onnxruntime.training.api import CheckpointState, Module
-
-    from edgetune.common.names import CHECKPOINT, EVAL_MODEL, TRAINING_MODEL
-    from edgetune.runtime.adapters import to_graph_layout
+    from parity import ort_training
 
     bundle = method_bundle("llama", "dora", dropout=0.3)
     cfg = read_manifest(bundle)["adapter_config"]
     adapter = perturbed_adapter(bundle, seed=3, scale=0.05)
     x, labels = batch(seed=0)
-    state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
-    module = Module(str(bundle / TRAINING_MODEL), state, str(bundle / EVAL_MODEL))
-    for key, value in to_graph_layout(adapter).items():
-        state.parameters[key] = value
+    state, module, _ = ort_training(bundle, adapter)
     feeds = (x, np.ones_like(x), np.tile(np.arange(x.shape[1]), (x.shape[0], 1)), labels)
     train_loss = float(module.train()(*feeds))
     assert np.isfinite(train_loss)

@@ -3,15 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from onnxruntime.training.api import CheckpointState, Module, Optimizer
-from parity import checkpoint_adapter, inference_logits, peft_model, random_adapter
+from parity import checkpoint_adapter, inference_logits, ort_training, peft_model, random_adapter
 from tiny_models import ARCHS, VOCAB
 from transformers import AutoModelForCausalLM
 
 from edgetune.common.adapter_config import scaling
 from edgetune.common.manifest import read_manifest
-from edgetune.common.names import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL
-from edgetune.runtime.adapters import adapter_keys, to_graph_layout, to_peft_layout
+from edgetune.runtime.adapters import adapter_keys, to_peft_layout
 
 
 def _ids(batch=2, seq=12, seed=0):
@@ -71,13 +69,7 @@ def test_one_training_step_matches_peft(arch, optimizer, tiny_model_dir, tiny_bu
     ids, labels = _batch()
     lr = 1e-3  # the learning rate LoRA runs use
 
-    state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
-    module = Module(str(bundle / TRAINING_MODEL), state, str(bundle / EVAL_MODEL))
-    for key, value in to_graph_layout(adapter).items():  # only once a Module owns the state
-        state.parameters[key] = value
-    opt = Optimizer(str(bundle / OPTIMIZER_MODEL), module)
-    opt.set_learning_rate(lr)
-    module.train()
+    state, module, opt = ort_training(bundle, adapter, lr)
     loss = module(ids, np.ones_like(ids), np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1)), labels)
     grads = to_peft_layout({k: state.parameters[k].grad for k in adapter_keys(manifest)})
     opt.step()
