@@ -1,8 +1,9 @@
-"""ONNX Runtime's training API (CheckpointState, Module, Optimizer), also where torch is absent.
+"""ONNX Runtime's training API (CheckpointState, Module, Optimizer), without torch.
 
 In onnxruntime-training 1.19.2, `onnxruntime/training/__init__.py` imports its `optim`
-package, which imports torch; the `api` subpackage itself needs only ORT's C module.
-Without torch, `api` is loaded under a bare `onnxruntime.training` package instead.
+package, which imports torch (or fails where torch is absent); the `api` subpackage itself
+needs only ORT's C module. Unless the package is already imported (by the build side),
+`api` is loaded under a bare `onnxruntime.training` package instead.
 """
 
 import sys
@@ -11,16 +12,14 @@ from pathlib import Path
 
 
 def _training_api() -> types.ModuleType:
-    """`onnxruntime.training.api`, importable with or without torch installed."""
-    try:
-        import onnxruntime.training.api as api
-    except ImportError:
+    """`onnxruntime.training.api`, loaded without importing torch."""
+    if "onnxruntime.training" not in sys.modules:
         import onnxruntime
 
         package = types.ModuleType("onnxruntime.training")
         package.__path__ = [str(Path(onnxruntime.__file__).parent / "training")]
         sys.modules["onnxruntime.training"] = package
-        import onnxruntime.training.api as api
+    import onnxruntime.training.api as api
     return api
 
 
