@@ -24,7 +24,7 @@ from edgetune.build import lora
 from edgetune.build.artifacts import generate_training_artifacts
 from edgetune.build.dora import add_dora, weight_norms
 from edgetune.build.export import export_graphs, load_exported
-from edgetune.build.graph import find_linears
+from edgetune.build.graph import drop_nan_guards, find_linears
 from edgetune.build.lora import LoraSpec, add_lora
 from edgetune.build.loss import add_causal_lm_loss
 from edgetune.build.peft_import import import_weights, read_init_adapter, target_matcher
@@ -88,7 +88,7 @@ def build_bundle(
 
     with atomic_folder(out, "building") as tmp:
         train_path, infer_path = export_graphs(source.model, tmp / "export")
-        hf_config, vocab_size = source.model.config, source.model.config.vocab_size
+        hf_config = source.model.config
         source.tokenizer.save_pretrained(tmp)
         hf_config.save_pretrained(tmp)
         if source.model.generation_config is not None:
@@ -105,7 +105,8 @@ def build_bundle(
         else:
             weights = import_weights(Path(init_adapter), train_sites, peft_config, source.weights_sha256)
         trainable = _rewrite(train_graph, train_sites, spec, weights, method, quant, block_size, training=True)
-        add_causal_lm_loss(train_graph, vocab_size)
+        drop_nan_guards(train_graph.graph)
+        add_causal_lm_loss(train_graph)
         onnx.checker.check_model(train_graph)
         generate_training_artifacts(train_graph, trainable, optimizer, tmp)
         del train_graph
