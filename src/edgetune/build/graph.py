@@ -135,7 +135,7 @@ def drop_nan_guards(graph: onnx.GraphProto) -> int:
         node.input[:] = [renamed.get(name, name) for name in node.input]
     kept = [n for n in graph.node if id(n) not in dropped]
     used = {name for n in kept for name in n.input}
-    kept = [n for n in kept if n.op_type != "IsNaN" or n.output[0] in used]
+    kept = [n for n in kept if n.op_type not in ("IsNaN", "Constant") or n.output[0] in used]
     del graph.node[:]
     graph.node.extend(kept)
     return len(renamed)
