@@ -232,12 +232,43 @@ def text_tokens(n: int) -> list:
     return ids[:n]
 
 
-def fixed_batch(batch: int, seq_len: int, vocab: int):
-    """One (B, S) int64 batch of text tokens (ids folded into `vocab`): every contender sees it."""
+def fixed_batch(batch: int, seq_len: int, vocab: int, all_labels: bool = False):
+    """One (B, S) batch every contender sees -> (ids, labels), int64, labels already shifted.
+
+    Dates-task examples encoded exactly as `edgetune train` encodes them (prompt, completion,
+    EOS; the loss only on completion + EOS, as in instruction tuning), packed back to back
+    into B rows of S tokens, ids folded into `vocab`. all_labels: every next token is a
+    target instead (plain-text training).
+    """
     import numpy as np
 
-    ids = np.array(text_tokens(batch * seq_len), np.int64).reshape(batch, seq_len) % vocab
-    return ids
+    from edgetune.runtime.batching import encode_example, load_tokenizer
+    from edgetune.tasks.dates import make_examples
+
+    tokenizer, info = load_tokenizer(SMOLLM2_BUNDLE)
+    ids, labels, k = [], [], 0
+    while len(ids) < batch * seq_len + 1:
+        for example in make_examples(500, seed=k):
+            encoded = encode_example(example, tokenizer, info, 1 << 20)
+            ids += encoded.input_ids
+            labels += encoded.labels
+        k += 1
+    flat = np.array(ids[:batch * seq_len + 1], np.int64) % vocab
+    if all_labels:
+        targets = flat[1:]
+    else:
+        targets = np.array(labels[:batch * seq_len], np.int64)
+        targets = np.where(targets >= 0, targets % vocab, targets)
+    ids, labels = flat[:-1].reshape(batch, seq_len), targets.reshape(batch, seq_len).copy()
+    labels[:, -1] = -100  # a row's last target lies in the next row
+    return ids, labels
+
+
+def hf_labels(labels):
+    """Shifted labels (target of position t at t) -> the unshifted form transformers shifts itself."""
+    import numpy as np
+
+    return np.concatenate([np.full((labels.shape[0], 1), -100, np.int64), labels[:, :-1]], axis=1)
 
 
 def matmul_params(config: dict) -> int:
@@ -274,6 +305,13 @@ def train_flops_per_token(config: dict) -> int:
     score/value matmuls and the loss are left out. 6N-based MFU would be 1.5x these figures.
     """
     return 4 * matmul_params(config) + lora_flops_per_token(config)
+
+
+def train_flops_per_step(config: dict, tokens: int, labelled: int) -> int:
+    """Model FLOPs one step needs: `train_flops_per_token` for every token, except that the
+    LM head (4 d V) counts only at the `labelled` positions; the others need no logits."""
+    head = 4 * config["hidden_size"] * config["vocab_size"]
+    return tokens * (train_flops_per_token(config) - head) + labelled * head
 
 
 def read_config(folder: Path) -> dict:

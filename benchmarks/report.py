@@ -37,7 +37,7 @@ def train(r: dict) -> str:
     t = r.get("train", {})
     rows = ["| contender | tokens/s | step (s) | CPU s/step | peak RSS | MFU | load (s) | runs (tokens/s) | load avg |",
             "|---|---|---|---|---|---|---|---|---|"]
-    for name in ("edgetune", "torch_fp32", "torch_bf16", "torch_fp32_spin"):
+    for name in ("edgetune", "torch_fp32", "edgetune_all_labels", "torch_bf16", "torch_fp32_spin"):
         f = t.get(name)
         if not f:
             continue
@@ -48,9 +48,13 @@ def train(r: dict) -> str:
         rows.append(f"| {name} | {f['tokens_per_s']:.1f} | {f['step_s']:.2f} | {_f(f.get('cpu_s_per_step'))} | "
                     f"{f['peak_rss_bytes'] / GiB:.2f} GiB | {_f(f.get('mfu'), '{:.1%}')} | {f['load_s']:.1f} | "
                     f"{runs} | {_f(f.get('loadavg_1min'), '{:.1f}')} |")
+    tokens = (t.get("batch") or 0) * (t.get("seq_len") or 0)
     head = f"SmolLM2-135M, batch {t.get('batch')}, seq-len {t.get('seq_len')}, {t.get('steps')} timed steps per run " \
-           f"after 1 warm-up step; model FLOPs/token = {t.get('flops_per_token', 0) / 1e6:.0f} M; MFU against the " \
-           f"run's best fp32 GEMM sample, {_f(t.get('gemm_peak_flops'), '{:.0f}', 1e9)} GFLOP/s"
+           f"after 1 warm-up step; packed dates-task examples with the loss on completions: " \
+           f"{_f(t.get('labelled_tokens'), '{:.0f}')} of {tokens} positions labelled (`edgetune_all_labels`: every " \
+           f"position); model FLOPs = {t.get('flops_per_token', 0) / 1e6:.0f} M per labelled token, less the " \
+           f"LM head's 4·d·V elsewhere; MFU against the run's best fp32 GEMM sample, " \
+           f"{_f(t.get('gemm_peak_flops'), '{:.0f}', 1e9)} GFLOP/s"
     return head + "\n\n" + "\n".join(rows)
 
 

@@ -35,7 +35,7 @@ def section_train(results: dict, s: dict) -> None:
                                     s["steps"], s["warmup"], extras=True)
     main = {k: points[k] for k in ("edgetune", "torch_fp32")}
     train = train_speed.measure(main, s["rounds"])
-    references = ("torch_bf16", "torch_fp32_spin") if s["spin_reference"] else ("torch_bf16",)
+    references = ("edgetune_all_labels", "torch_bf16") + (("torch_fp32_spin",) if s["spin_reference"] else ())
     common.log(f"  references (one run each): {', '.join(references)}")
     train.update(train_speed.measure({k: points[k] for k in references}, 1))
     samples = [f["gemm_flops_max"] for f in train.values() if f.get("gemm_flops_max")]
@@ -45,7 +45,7 @@ def section_train(results: dict, s: dict) -> None:
             figures["mfu"] = figures["model_flops_per_s"] / peak
     results["train"] = {"batch": s["batch"], "seq_len": s["seq_len"], "steps": s["steps"], "gemm_peak_flops": peak,
                         "flops_per_token": common.train_flops_per_token(common.read_config(common.SMOLLM2_HF)),
-                        **train}
+                        "labelled_tokens": (train.get("edgetune") or {}).get("labelled_tokens"), **train}
 
 
 def section_decode(results: dict, s: dict) -> None:

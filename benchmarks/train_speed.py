@@ -5,7 +5,9 @@ edgetune side: a tight loop on the same ORT training API and session options as
 graphs, `allow_spinning=0`), so the figures are the runtime's, without data loading.
 PyTorch side: transformers + PEFT LoRA (same r, alpha, targets), torch.optim.AdamW, fp32;
 and a bf16-autocast line as a reference only (it is not what the target compares with).
-Both see the same fixed (B, S) batch of real text tokens; both count B*S tokens per step.
+Both see the same fixed (B, S) batch (`common.fixed_batch`: packed dates-task examples, the
+loss on completions only, as in instruction tuning) and count B*S tokens per step; the
+`all_labels` variant makes every next token a target (plain-text training).
 After the timed steps each side saves a checkpoint (adapter + optimizer state).
 """
 
@@ -18,14 +20,14 @@ from pathlib import Path
 import common
 
 
-def _steps_report(step_times: list, cpu_times: list, batch: int, seq_len: int, flops_per_token: int,
-                  load_s: float, losses: list) -> dict:
+def _steps_report(step_times: list, cpu_times: list, config: dict, labels, load_s: float, losses: list) -> dict:
     """Medians over the timed steps; cpu_s_per_step (process CPU time) is less hurt by a busy machine."""
     step = common.median(step_times)
-    tokens = batch * seq_len
+    tokens, labelled = labels.size, int((labels != -100).sum())
     return {"step_s": step, "step_times": step_times, "tokens_per_s": tokens / step,
-            "cpu_s_per_step": common.median(cpu_times),
-            "model_flops_per_s": flops_per_token * tokens / step, "load_s": load_s, "losses": losses}
+            "labelled_tokens": labelled, "cpu_s_per_step": common.median(cpu_times),
+            "model_flops_per_s": common.train_flops_per_step(config, tokens, labelled) / step,
+            "load_s": load_s, "losses": losses}
 
 
 def run_edgetune(o: dict) -> dict:
@@ -40,10 +42,9 @@ def run_edgetune(o: dict) -> dict:
     started = time.perf_counter()
     bundle = Path(o["bundle"])
     config = common.read_config(bundle)
-    ids = common.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"])  # (B, S)
-    mask = np.ones_like(ids)
+    ids, labels = common.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"], o.get("all_labels", False))
+    mask = np.ones_like(ids)                                                    # (B, S)
     positions = np.tile(np.arange(o["seq_len"], dtype=np.int64), (o["batch"], 1))
-    labels = np.concatenate([ids[:, 1:], np.full((o["batch"], 1), -100, np.int64)], axis=1)  # shifted
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as edgetune train
     state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
@@ -63,7 +64,7 @@ def run_edgetune(o: dict) -> dict:
             times.append(time.perf_counter() - t)
             cpu_times.append(time.process_time() - c)
         losses.append(float(loss))
-    report = _steps_report(times, cpu_times, o["batch"], o["seq_len"], common.train_flops_per_token(config), load_s, losses)
+    report = _steps_report(times, cpu_times, config, labels, load_s, losses)
     report["gemm_flops"] = max(gemm, common.gemm_flops())
     with tempfile.TemporaryDirectory(dir=common.BENCH) as tmp:  # same disk as the bundle
         t = time.perf_counter()
@@ -86,7 +87,8 @@ def run_torch(o: dict) -> dict:
     peft = get_peft_model(model, LoraConfig(lora_dropout=0.0, **common.LORA))
     trainable = [p for p in peft.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=2e-4, eps=1e-8, weight_decay=0.0)
-    ids = torch.from_numpy(common.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"]))
+    ids, labels = common.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"], o.get("all_labels", False))
+    inputs, targets = torch.from_numpy(ids), torch.from_numpy(common.hf_labels(labels))
     peft.train()
     load_s = time.perf_counter() - started
     gemm = common.gemm_flops()
@@ -94,7 +96,7 @@ def run_torch(o: dict) -> dict:
     for i in range(o["warmup"] + o["steps"]):
         t, c = time.perf_counter(), time.process_time()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(o.get("bf16"))):
-            loss = peft(input_ids=ids, labels=ids).loss  # HF shifts the labels itself
+            loss = peft(input_ids=inputs, labels=targets).loss  # HF shifts the labels itself
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -102,7 +104,7 @@ def run_torch(o: dict) -> dict:
             times.append(time.perf_counter() - t)
             cpu_times.append(time.process_time() - c)
         losses.append(float(loss))
-    report = _steps_report(times, cpu_times, o["batch"], o["seq_len"], common.train_flops_per_token(config), load_s, losses)
+    report = _steps_report(times, cpu_times, config, labels, load_s, losses)
     report["gemm_flops"] = max(gemm, common.gemm_flops())
     with tempfile.TemporaryDirectory(dir=common.BENCH) as tmp:
         t = time.perf_counter()
@@ -116,13 +118,16 @@ def contenders(bundle: Path, model_dir: Path, batch: int, seq_len: int, steps: i
                extras: bool = False) -> dict:
     """name -> child options for one (model, batch, seq_len) point.
 
-    extras: also PyTorch bf16 autocast, and PyTorch fp32 with OpenMP's default spin-waiting.
+    extras: also edgetune with every token labelled, PyTorch bf16 autocast, and PyTorch fp32
+    with OpenMP's default spin-waiting. (PyTorch computes every position's logits whatever
+    the labels, so its cost does not depend on them.)
     """
     base = {"batch": batch, "seq_len": seq_len, "steps": steps, "warmup": warmup}
     torch = {"impl": "torch", "model": str(model_dir), **base}
     found = {"edgetune": {"impl": "edgetune", "bundle": str(bundle), **base},
              "torch_fp32": {**torch, "env": common.NO_SPIN}}
     if extras:
+        found["edgetune_all_labels"] = {**found["edgetune"], "all_labels": True}
         found["torch_bf16"] = {**torch, "bf16": True, "env": common.NO_SPIN}
         found["torch_fp32_spin"] = torch
     return found
@@ -149,7 +154,7 @@ def measure(points: dict, rounds: int, timeout: float = 1800) -> dict:
             "model_flops_per_s": pick("model_flops_per_s"), "load_s": pick("load_s"),
             "peak_rss_bytes": common.median([r["peak_rss_bytes"] for r in ok]),
             "checkpoint_bytes": pick("checkpoint_bytes"), "checkpoint_save_s": pick("checkpoint_save_s"),
-            "cpu_s_per_step": pick("cpu_s_per_step"),
+            "cpu_s_per_step": pick("cpu_s_per_step"), "labelled_tokens": pick("labelled_tokens"),
             "gemm_flops_max": max(r["result"]["gemm_flops"] for r in ok),
             "loadavg_1min": common.median([sum(r["loadavg"]) / 2 for r in ok]),
             "runs_tokens_per_s": [r["result"]["tokens_per_s"] for r in ok],
