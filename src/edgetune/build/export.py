@@ -62,7 +62,7 @@ def load_exported(path: Path) -> onnx.ModelProto:
 def _attach_weights(model: onnx.ModelProto, params: dict, store: WeightStore) -> None:
     """Turn the weight inputs of an `export_params=False` graph into initializers, large ones in `store`."""
     if not params:
-        raise EdgetuneError("the ONNX export handed over no weights (is torch the pinned version?)")
+        raise EdgetuneError("the ONNX export handed over no weights (the build expects torch 2.13's exporter)")
     graph = model.graph
     inputs = []
     for value in graph.input:
@@ -90,8 +90,12 @@ def _weights_handed_over(params: dict):
     after constant folding, under the names the graph uses.
     """
     import torch
-    from torch.onnx._internal.torchscript_exporter import utils as torchscript
 
+    try:
+        from torch.onnx._internal.torchscript_exporter import utils as torchscript
+    except ImportError:
+        raise EdgetuneError(f"torch {torch.__version__} has no TorchScript ONNX exporter where the build "
+                            "expects it (torch.onnx._internal.torchscript_exporter; torch 2.13 has)") from None
     export, model_to_graph = torch.onnx.export, torchscript._model_to_graph
 
     def handing_over(*args, **kwargs):
