@@ -66,7 +66,7 @@ def plot(result: dict, path: Path) -> Path:  # re-plot a saved run: plot(json.lo
     axes[1][1].set(xlabel="parameters (millions)", xscale="log")
     failed = [k for _, k, v in by_size if "error" in v.get("build", {})]
     if failed:
-        axes[0][1].annotate(f"no edgetune bundle for {', '.join(failed)}:\nbuild fails (protobuf 2 GB limit)",
+        axes[0][1].annotate(f"no edgetune bundle for {', '.join(failed)}:\nits build failed",
                             xy=(0.1, 0.6), xycoords="axes fraction", fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)

@@ -1,12 +1,12 @@
 """Training artifacts from the LoRA training graph, via onnxruntime.training.artifacts.
 
 Only adapter tensors are trainable. Base weights are neither trainable nor listed as
-frozen parameters: they stay graph initializers (later moved to the shared weights
-file), so the checkpoint holds only the adapter — O(adapter), not O(model).
+frozen parameters: they stay graph initializers (external data, later moved to the
+shared weights file), so the checkpoint holds only the adapter — O(adapter), not O(model).
 
-While ORT builds the gradient graph it serializes the model several times; the base
-weights are lifted out as plain graph inputs for that step and put back afterwards,
-so the build never holds more than one copy of them.
+While ORT builds the gradient graph it serializes the model several times and cannot
+resolve external data; the base weights are lifted out as plain graph inputs for that
+step and put back afterwards, so ORT only ever sees the graph's structure.
 """
 
 import contextlib
@@ -29,8 +29,12 @@ TORCH_ADAMW_MODE = 0  # ORT's AdamWOptimizer: 0 = torch.optim.AdamW, 1 = transfo
 
 def generate_training_artifacts(
     model: onnx.ModelProto, trainable: list[str], optimizer: str, out_dir: Path
-) -> None:
-    """Write training/eval/optimizer models and the checkpoint into `out_dir`."""
+) -> dict[Path, onnx.ModelProto]:
+    """Write the optimizer model and the checkpoint into `out_dir`; return the training and eval models.
+
+    The two models come back by their paths in `out_dir`, with the base weights as
+    initializers again, for the caller to save once (see `weights.share_base_weights`).
+    """
     if optimizer not in OPTIMIZERS:
         raise EdgetuneError(f"unknown optimizer '{optimizer}' (choose: {', '.join(OPTIMIZERS)})")
     lifted = _lift_weights(model, keep=set(trainable))
@@ -43,9 +47,9 @@ def generate_training_artifacts(
             optimizer=OPTIMIZERS[optimizer],
             artifact_directory=out_dir,
         )
-    for name in (TRAINING_MODEL, EVAL_MODEL):
-        _restore_weights(out_dir / name, lifted)
+    models = {out_dir / name: _restored(out_dir / name, lifted) for name in (TRAINING_MODEL, EVAL_MODEL)}
     _use_torch_adamw(out_dir / OPTIMIZER_MODEL)  # ORT already turns Dropout off in the eval model
+    return models
 
 
 @contextlib.contextmanager
@@ -69,9 +73,10 @@ def _native_log_captured():
 
 
 def _lift_weights(model: onnx.ModelProto, keep: set[str]) -> dict[str, onnx.TensorProto]:
-    """Move large non-trainable initializers out of `model` into graph inputs; return them."""
+    """Move external and large non-trainable initializers out of `model` into graph inputs; return them."""
     graph = model.graph
-    lifted = {t.name: t for t in graph.initializer if t.name not in keep and len(t.raw_data) >= LIFT_MIN_BYTES}
+    lifted = {t.name: t for t in graph.initializer if t.name not in keep and (
+        t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) >= LIFT_MIN_BYTES)}
     kept = [t for t in graph.initializer if t.name not in lifted]
     for tensor in lifted.values():
         graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
@@ -80,8 +85,8 @@ def _lift_weights(model: onnx.ModelProto, keep: set[str]) -> dict[str, onnx.Tens
     return lifted
 
 
-def _restore_weights(path: Path, lifted: dict[str, onnx.TensorProto]) -> None:
-    """Turn the lifted graph inputs of a generated model back into initializers."""
+def _restored(path: Path, lifted: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """A generated model with its lifted graph inputs turned back into initializers."""
     model = onnx.load(path)
     graph = model.graph
     used = [i.name for i in graph.input if i.name in lifted]
@@ -89,7 +94,7 @@ def _restore_weights(path: Path, lifted: dict[str, onnx.TensorProto]) -> None:
     del graph.input[:]
     graph.input.extend(inputs)
     graph.initializer.extend(lifted[name] for name in used)
-    onnx.save(model, path)
+    return model
 
 
 def _use_torch_adamw(path: Path) -> None:

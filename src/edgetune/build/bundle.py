@@ -4,6 +4,10 @@
          -> training artifacts -> inference graph -> base weights shared once
          -> tokenizer, config -> manifest
 
+The base weights stay on disk from the export on (see `edgetune.build.weights`): the
+graphs are handled as structure only, so models over protobuf's 2 GB limit build too,
+and the build's memory is the torch model plus one export's constant-folded weights.
+
 method: "lora", "dora" (PEFT's use_dora), or "qlora" (LoRA over int8/int4 base weights of
 the adapted layers, see `edgetune.build.quantize`). `init_adapter` starts from a PEFT
 adapter folder, whose config then sets r, alpha, dropout, rsLoRA, DoRA and targets.
@@ -13,7 +17,6 @@ end, so an interrupted build never leaves a half bundle.
 """
 
 import gc
-import shutil
 from pathlib import Path
 
 import onnx
@@ -31,7 +34,7 @@ from edgetune.build.peft_import import import_weights, read_init_adapter, target
 from edgetune.build.quantize import check_block_size, check_quant_args, quantize_sites
 from edgetune.build.registry import get_architecture, resolve_targets
 from edgetune.build.source import load_source
-from edgetune.build.weights import share_base_weights
+from edgetune.build.weights import STAGING_WEIGHTS, WeightStore, load_weights, share_base_weights
 from edgetune.common.atomic import atomic_folder
 from edgetune.common import names
 from edgetune.common.adapter_config import make_adapter_config
@@ -40,6 +43,7 @@ from edgetune.common.manifest import write_manifest
 
 TASKS = ("causal-lm",)
 METHODS = ("lora", "dora", "qlora")
+READS_WEIGHTS = ("dora", "qlora")  # methods whose rewrite reads the adapted layers' weight values
 QUANT_SCHEMES = {"int8": "symmetric, per output channel", "int4": "asymmetric, blockwise along the input dimension"}
 
 
@@ -87,7 +91,8 @@ def build_bundle(
         selected = target_matcher(config_targets, arch)
 
     with atomic_folder(out, "building") as tmp:
-        train_path, infer_path = export_graphs(source.model, tmp / "export")
+        staging = WeightStore(tmp / STAGING_WEIGHTS)
+        train_path, infer_path = export_graphs(source.model, tmp, staging)
         hf_config = source.model.config
         source.tokenizer.save_pretrained(tmp)
         hf_config.save_pretrained(tmp)
@@ -98,6 +103,8 @@ def build_bundle(
 
         train_graph = load_exported(train_path)
         train_sites = _sites(train_graph, arch, selected, config_targets)
+        if method in READS_WEIGHTS:
+            load_weights(train_graph, {s.weight for s in train_sites}, tmp)
         if quant == "int4":
             check_block_size(train_sites, block_size)
         if init_adapter is None:
@@ -107,25 +114,26 @@ def build_bundle(
         trainable = _rewrite(train_graph, train_sites, spec, weights, method, quant, block_size, training=True)
         drop_nan_guards(train_graph.graph)
         add_causal_lm_loss(train_graph)
-        onnx.checker.check_model(train_graph)
-        generate_training_artifacts(train_graph, trainable, optimizer, tmp)
+        _checked(train_graph, train_path, staging, keep=set(trainable))  # ORT reads adapter values inline
+        graphs = generate_training_artifacts(train_graph, trainable, optimizer, tmp)
         del train_graph
 
         infer_graph = load_exported(infer_path)
         infer_sites = _sites(infer_graph, arch, selected, config_targets)
         if [s.module_path for s in train_sites] != [s.module_path for s in infer_sites]:
             raise EdgetuneError("the training and inference exports disagree on the adapted layers")
+        if method == "qlora":
+            load_weights(infer_graph, {s.weight for s in infer_sites}, tmp)
         _rewrite(infer_graph, infer_sites, spec, None, method, quant, block_size, training=False)
-        onnx.checker.check_model(infer_graph)
-        onnx.save(infer_graph, tmp / names.INFERENCE_MODEL)
-        del infer_graph
-        shutil.rmtree(tmp / "export")
+        _checked(infer_graph, infer_path, staging)
+        graphs[tmp / names.INFERENCE_MODEL] = infer_graph
+        staging.close()
 
-        share_base_weights(
-            [tmp / names.TRAINING_MODEL, tmp / names.EVAL_MODEL, tmp / names.INFERENCE_MODEL]
-        )
-        inference = onnx.load(tmp / names.INFERENCE_MODEL, load_external_data=False)
-        opset = next(o.version for o in inference.opset_import if o.domain in ("", "ai.onnx"))
+        share_base_weights(graphs, tmp)  # each graph saved once, pointing into base_weights.bin
+        for path in (train_path, infer_path, staging.path):
+            path.unlink()
+        onnx.checker.check_model(tmp / names.INFERENCE_MODEL)  # its references into base_weights.bin
+        opset = next(o.version for o in infer_graph.opset_import if o.domain in ("", "ai.onnx"))
         manifest = write_manifest(tmp, {
             "kind": "bundle",
             "edgetune_version": edgetune.__version__,
@@ -146,9 +154,20 @@ def build_bundle(
             "adapted_modules": [s.module_path for s in train_sites],
             "init_seed": seed,
             "init_adapter": None if init_adapter is None else str(init_adapter),
-            "onnx": {"opset": opset, "ir_version": inference.ir_version},
+            "onnx": {"opset": opset, "ir_version": infer_graph.ir_version},
         })
     return manifest
+
+
+def _checked(graph: onnx.ModelProto, path: Path, store: WeightStore, keep: set[str] = frozenset()) -> None:
+    """Move the graph's large tensors (but `keep`) to `store`, save it at `path` and check the file.
+
+    By path, because the checker resolves external data relative to the model file and
+    a proto in memory is limited to 2 GB.
+    """
+    store.externalize(graph, keep)
+    onnx.save(graph, path)
+    onnx.checker.check_model(path)
 
 
 def _imported_method(config: dict, method: str, folder) -> str:

@@ -1,15 +1,16 @@
-"""Store the frozen base weights once: every graph of a bundle points into one file.
+"""Base weights on disk, never in a ModelProto: a build handles graphs as structure only.
 
-The training, eval and inference graphs each carry the same base tensors (the exports
-fold them identically). Each tensor is written once to `base_weights.bin`, page-aligned
-so ONNX Runtime can map it, and every graph refers to it as external data.
+The export streams every weight into a staging `WeightStore` and the graphs refer to it
+as ONNX external data, so no graph proto nears protobuf's 2 GB limit and no step holds
+a second copy of the model. At the end `share_base_weights` copies the tensors the
+bundle's graphs still use into `base_weights.bin`, once each (deduplicated by content,
+page-aligned so ONNX Runtime can map them), and saves every graph pointing into it.
 """
 
 import hashlib
 from pathlib import Path
 
 import onnx
-from onnx.external_data_helper import set_external_data
 
 from edgetune.common.names import BASE_WEIGHTS
 
@@ -17,31 +18,122 @@ MIN_EXTERNAL_BYTES = 1024
 PAGE = 4096              # large tensors start on a page, so ORT can map them
 PAGE_ALIGN_BYTES = 1 << 16
 SMALL_ALIGN = 64         # small ones (scales, tiny layers) only cache-line aligned, not padded to a page
+CHUNK = 1 << 24          # copies between files go through buffers of this size
+STAGING_WEIGHTS = "staging_weights.bin"  # the build's working store, removed before the bundle is done
 
 
-def share_base_weights(model_paths: list[Path]) -> int:
-    """Move initializers of the given models into one shared, deduplicated weights file.
+class WeightStore:
+    """An append-only file of tensors, deduplicated by content, that graphs point into."""
 
-    Returns the number of bytes written.
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = open(self.path, "w+b")
+        self._end = 0
+        self._index: dict[bytes, tuple[int, int]] = {}  # sha256 -> (offset, length)
+        self._copied: dict[tuple, tuple[int, int]] = {}  # (source file, offset, length) -> (offset, length)
+
+    def put(self, tensor: onnx.TensorProto, data) -> None:
+        """Store `data` (a bytes-like object) once and make `tensor` refer to it."""
+        view = memoryview(data).cast("B")
+        key = hashlib.sha256(view).digest()
+        if key not in self._index:
+            self._index[key] = self._append(len(view), [view])
+        _point_at(tensor, self.path.name, *self._index[key])
+
+    def copy_from(self, tensor: onnx.TensorProto, base_dir: Path) -> None:
+        """Store the external data of `tensor` (relative to `base_dir`) once and point `tensor` here."""
+        location, offset, length = external_region(tensor)
+        source = (Path(base_dir) / location, offset, length)
+        if source not in self._copied:  # the graphs of a bundle share their regions: hash each once
+            with open(source[0], "rb") as src:
+                digest = hashlib.sha256()
+                for chunk in _chunks(src, offset, length):
+                    digest.update(chunk)
+                key = digest.digest()
+                if key not in self._index:
+                    self._index[key] = self._append(length, _chunks(src, offset, length))
+            self._copied[source] = self._index[key]
+        _point_at(tensor, self.path.name, *self._copied[source])
+
+    def externalize(self, model: onnx.ModelProto, keep: set[str] = frozenset()) -> None:
+        """Move every inline initializer of at least MIN_EXTERNAL_BYTES, except those in `keep`, into the store."""
+        for tensor in model.graph.initializer:
+            if (tensor.name not in keep and tensor.data_location != onnx.TensorProto.EXTERNAL
+                    and len(tensor.raw_data) >= MIN_EXTERNAL_BYTES):
+                self.put(tensor, tensor.raw_data)
+
+    def close(self) -> int:
+        """Close the file; return its size in bytes."""
+        self._file.close()
+        return self._end
+
+    def _append(self, length: int, chunks) -> tuple[int, int]:
+        """Write `length` bytes given as `chunks` at the next aligned offset; return (offset, length)."""
+        align = PAGE if length >= PAGE_ALIGN_BYTES else SMALL_ALIGN
+        offset = -(-self._end // align) * align
+        self._file.seek(offset)
+        for chunk in chunks:
+            self._file.write(chunk)
+        self._file.flush()  # graphs saved next to the store are checked and read by path
+        self._end = offset + length
+        return offset, length
+
+
+def share_base_weights(models: dict[Path, onnx.ModelProto], base_dir: Path) -> int:
+    """Copy every large initializer of `models` into `base_weights.bin` and save each model at its path.
+
+    External data is read relative to `base_dir`; all paths must lie in one folder, where
+    `base_weights.bin` is written. Returns the number of bytes written.
     """
-    folder = model_paths[0].parent
-    offsets: dict[bytes, tuple[int, int]] = {}
-    with open(folder / BASE_WEIGHTS, "wb") as out:
-        for path in model_paths:
-            model = onnx.load(path)
+    folder = next(iter(models)).parent
+    store = WeightStore(folder / BASE_WEIGHTS)
+    try:
+        for path, model in models.items():
             for tensor in model.graph.initializer:
-                if len(tensor.raw_data) < MIN_EXTERNAL_BYTES:
-                    continue
-                data = tensor.raw_data
-                key = hashlib.sha256(data).digest()
-                if key not in offsets:
-                    align = PAGE if len(data) >= PAGE_ALIGN_BYTES else SMALL_ALIGN
-                    out.seek((out.tell() + align - 1) // align * align)
-                    offsets[key] = (out.tell(), len(data))
-                    out.write(data)
-                offset, length = offsets[key]
-                set_external_data(tensor, BASE_WEIGHTS, offset=offset, length=length)
-                tensor.ClearField("raw_data")
-                tensor.data_location = onnx.TensorProto.EXTERNAL
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    store.copy_from(tensor, base_dir)
+                elif len(tensor.raw_data) >= MIN_EXTERNAL_BYTES:
+                    store.put(tensor, tensor.raw_data)
             onnx.save(model, path)
-        return out.tell()
+    finally:
+        size = store.close()
+    return size
+
+
+def load_weights(model: onnx.ModelProto, names: set[str], base_dir: Path) -> None:
+    """Bring the data of the named external initializers into the graph (for rewrites that read values)."""
+    for tensor in model.graph.initializer:
+        if tensor.name in names and tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location, offset, length = external_region(tensor)
+            with open(Path(base_dir) / location, "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = data
+
+
+def external_region(tensor: onnx.TensorProto) -> tuple[str, int, int]:
+    """(location, offset, length) of an external tensor."""
+    info = {e.key: e.value for e in tensor.external_data}
+    return info["location"], int(info.get("offset", 0)), int(info["length"])
+
+
+def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _chunks(f, offset: int, length: int):
+    """Read `length` bytes from `offset` in pieces of at most CHUNK."""
+    f.seek(offset)
+    while length > 0:
+        chunk = f.read(min(CHUNK, length))
+        if not chunk:
+            raise EOFError(f"{f.name}: {length} bytes missing at the end of a tensor")
+        length -= len(chunk)
+        yield chunk
