@@ -33,11 +33,10 @@ def _steps_report(step_times: list, cpu_times: list, config: dict, labels, load_
 def run_edgetune(o: dict) -> dict:
     """Tight loop: module(input_ids, attention_mask, position_ids, labels) -> optimizer.step()."""
     import numpy as np
-    import onnxruntime as ort
 
     from edgetune.common.names import CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL
     from edgetune.runtime import checkpoints
-    from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer
+    from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer, training_session_options
 
     started = time.perf_counter()
     bundle = Path(o["bundle"])
@@ -45,8 +44,7 @@ def run_edgetune(o: dict) -> dict:
     ids, labels = common.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"], o.get("all_labels", False))
     mask = np.ones_like(ids)                                                    # (B, S)
     positions = np.tile(np.arange(o["seq_len"], dtype=np.int64), (o["batch"], 1))
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as edgetune train
+    options = training_session_options()  # as edgetune train
     state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
     module = Module(str(bundle / TRAINING_MODEL), state, str(bundle / EVAL_MODEL), session_options=options)
     optimizer = Optimizer(str(bundle / OPTIMIZER_MODEL), module)

@@ -40,7 +40,7 @@ from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import verify, write_json_atomic
 from edgetune.common.names import BASE_WEIGHTS, CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL
 from edgetune.runtime import checkpoints
-from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer
+from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer, training_session_options
 from edgetune.runtime.adapters import adapter_keys, load_adapter, save_adapter, to_graph_layout, to_peft_layout
 from edgetune.runtime.batching import IGNORE, encode_examples, load_tokenizer, make_batches
 from edgetune.runtime.data import read_examples
@@ -172,8 +172,7 @@ class _Recipe:
         o = self.o
         self.ort_seed = int(np.random.SeedSequence([o.seed, self.start_step]).generate_state(1)[0])
         ort.set_seed(self.ort_seed)  # LoRA dropout masks (not restorable: a resume draws new ones)
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # 2 shared cores: don't spin
+        options = training_session_options()
         try:
             self.state = CheckpointState.load_checkpoint(str(checkpoint))
         except RuntimeError:
