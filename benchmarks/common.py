@@ -195,6 +195,14 @@ def _timed(fn) -> float:
 
 # ---- models and data --------------------------------------------------------------------
 
+def ensure_smollm2_bundle() -> Path:
+    """The SmolLM2 bundle every edgetune contender uses (r=8 on q/v, AdamW), built once from the GGUF."""
+    if not (SMOLLM2_BUNDLE / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "edgetune.cli", "build", str(smollm2_gguf()), "-o", str(SMOLLM2_BUNDLE),
+                        "--targets", "q_proj,v_proj", "--rank", "8", "--alpha", "16", "--force"], check=True)
+    return SMOLLM2_BUNDLE
+
+
 def ensure_smollm2_hf() -> Path:
     """SmolLM2-135M-Instruct from the GGUF, dequantized to fp32 and saved once as a HF folder.
 

@@ -118,6 +118,7 @@ def main() -> None:
     settings = QUICK if args.quick else FULL
     sections = args.only or (QUICK_SECTIONS if args.quick else SECTIONS)
     common.BENCH.mkdir(parents=True, exist_ok=True)
+    common.ensure_smollm2_bundle()
     common.ensure_smollm2_hf()
     started = time.perf_counter()
     results = {"mode": "quick" if args.quick else "full", "settings": settings, "sections": list(sections),
