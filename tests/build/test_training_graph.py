@@ -2,8 +2,10 @@
 
 import numpy as np
 import onnx
+import pytest
 
 from parity import checkpoint_adapter, ort_training
+from tiny_models import ARCHS
 
 from edgetune.common.names import EVAL_MODEL, INFERENCE_MODEL, TRAINING_MODEL
 
@@ -44,3 +46,15 @@ def test_only_the_training_graph_drops_the_softmax_nan_guards(tiny_bundle):
     eval_graph = onnx.load(tiny_bundle("llama") / EVAL_MODEL, load_external_data=False).graph
     used = {name for node in eval_graph.node for name in node.input}
     assert all(n.output[0] in used for n in eval_graph.node if n.op_type == "Constant")  # ORT would warn
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_backward_reads_recomputed_attention_probs(arch, tiny_bundle):
+    graph = onnx.load(tiny_bundle(arch) / TRAINING_MODEL, load_external_data=False).graph
+    softmaxes = [n for n in graph.node if n.op_type == "Softmax"]
+    copies = [n for n in softmaxes if n.name.endswith("/recompute")]
+    assert copies and len(copies) * 2 == len(softmaxes)
+    readers = {name: [n.op_type for n in graph.node if name in n.input] for name in
+               [n.output[0] for n in softmaxes]}
+    for original in (n for n in softmaxes if n not in copies):
+        assert readers[original.output[0]] == ["MatMul"]  # the forward P·V only

@@ -28,26 +28,17 @@ CheckpointState, Module, Optimizer = _api.CheckpointState, _api.Module, _api.Opt
 
 
 def training_session_options() -> "onnxruntime.SessionOptions":
-    """Session options for a training Module: no spin-waiting, and a lean memory arena.
+    """Session options for a training Module: no spin-waiting, and no buffer reuse.
 
-    Spinning threads waste the few cores of a shared device. ORT's CPU arena grows by
-    powers of two by default; over one training step (activations pile up through the
-    forward pass, then drain) that left about 330 MB more resident at batch 2 x seq 512
-    on SmolLM2 than an arena that grows by what is asked, at the same speed. That arena
-    is registered once per process and shared by the sessions that ask for it.
+    Spinning threads waste the few cores of a shared device. ORT's allocation planner
+    hands a freed buffer to a later tensor of the same size; in a training graph that
+    ties short-lived forward buffers to tensors kept until the backward pass, and at
+    batch 2 x seq 512 on SmolLM2 it held about 0.9 GB more at the forward/backward turn
+    than planning without reuse (3.62 vs 2.70 GB peak RSS), at the same CPU time per step.
     """
     import onnxruntime as ort
 
-    global _lean_arena
-    if not _lean_arena:
-        same_as_requested = 1  # OrtArenaCfg arena_extend_strategy
-        memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, same_as_requested, -1, -1))
-        _lean_arena = True
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.use_env_allocators", "1")
+    options.enable_mem_reuse = False
     return options
-
-
-_lean_arena = False
