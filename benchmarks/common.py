@@ -315,6 +315,15 @@ def train_flops_per_token(config: dict) -> int:
     return 4 * matmul_params(config) + lora_flops_per_token(config)
 
 
+def attention_flops_per_token(config: dict, seq_len: int) -> int:
+    """Attention's score and value matmuls per token, causal (a query sees (S+1)/2 keys on
+    average): 2·d·S forward and twice that backward per layer, d = heads x head_dim. Not
+    in `train_flops_per_token`; the report shows MFU with and without them."""
+    d, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or d // heads
+    return 6 * config["num_hidden_layers"] * heads * head_dim * seq_len
+
+
 def train_flops_per_step(config: dict, tokens: int, labelled: int) -> int:
     """Model FLOPs one step needs: `train_flops_per_token` for every token, except that the
     LM head (4 d V) counts only at the `labelled` positions; the others need no logits."""

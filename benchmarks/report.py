@@ -8,6 +8,8 @@ figure in it comes from a run.
 import json
 import sys
 
+import common
+
 GiB = 2**30
 
 
@@ -35,18 +37,22 @@ def machine(r: dict) -> str:
 
 def train(r: dict) -> str:
     t = r.get("train", {})
-    rows = ["| contender | tokens/s | step (s) | CPU s/step | peak RSS | MFU | load (s) | runs (tokens/s) | load avg |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| contender | tokens/s | step (s) | CPU s/step | peak RSS | MFU | MFU with attention | load (s) | "
+            "runs (tokens/s) | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+    peak, seq_len = t.get("gemm_peak_flops"), t.get("seq_len") or 0
+    attention = common.attention_flops_per_token(common.read_config(common.SMOLLM2_HF), seq_len)
     for name in ("edgetune", "torch_fp32", "edgetune_all_labels", "torch_bf16", "torch_fp32_spin"):
         f = t.get(name)
         if not f:
             continue
         if "error" in f:
-            rows.append(f"| {name} | failed: {f['error'][:120]} |||||||")
+            rows.append(f"| {name} | failed: {f['error'][:120]} ||||||||")
             continue
         runs = ", ".join(f"{x:.1f}" for x in f["runs_tokens_per_s"])
         rows.append(f"| {name} | {f['tokens_per_s']:.1f} | {f['step_s']:.2f} | {_f(f.get('cpu_s_per_step'))} | "
-                    f"{f['peak_rss_bytes'] / GiB:.2f} GiB | {_f(f.get('mfu'), '{:.1%}')} | {f['load_s']:.1f} | "
+                    f"{f['peak_rss_bytes'] / GiB:.2f} GiB | {_f(f.get('mfu'), '{:.1%}')} | "
+                    f"{_f(peak and (f['model_flops_per_s'] + attention * f['tokens_per_s']) / peak, '{:.1%}')} | "
+                    f"{f['load_s']:.1f} | "
                     f"{runs} | {_f(f.get('loadavg_1min'), '{:.1f}')} |")
     tokens = (t.get("batch") or 0) * (t.get("seq_len") or 0)
     head = f"SmolLM2-135M, batch {t.get('batch')}, seq-len {t.get('seq_len')}, {t.get('steps')} timed steps per run " \
