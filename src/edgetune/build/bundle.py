@@ -32,7 +32,7 @@ from edgetune.build.lora import LoraSpec, add_lora
 from edgetune.build.loss import add_causal_lm_loss
 from edgetune.build.peft_import import import_weights, read_init_adapter, target_matcher
 from edgetune.build.quantize import check_block_size, check_quant_args, quantize_sites
-from edgetune.build.recompute import recompute_attention_probs
+from edgetune.build.recompute_attention import recompute_attention_probs
 from edgetune.build.registry import get_architecture, resolve_targets
 from edgetune.build.source import load_source
 from edgetune.build.weights import STAGING_WEIGHTS, WeightStore, load_weights, share_base_weights
