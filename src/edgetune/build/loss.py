@@ -45,14 +45,13 @@ def add_causal_lm_loss(model: onnx.ModelProto, logits: str = "logits") -> str:
     ignored = add_node(nodes, "Equal", [flat_labels, "/loss/ignore_index"], "/loss/ignored")  # (B·S,) bool
     labelled = add_node(nodes, "Not", [ignored], "/loss/labelled")
     where = add_node(nodes, "NonZero", [labelled], "/loss/nonzero")                            # (1, K)
-    index = add_node(nodes, "Reshape", [where, "/loss/rows"], "/loss/labelled_rows")           # (K,)
+    rows = add_node(nodes, "Reshape", [where, "/loss/rows"], "/loss/labelled_rows")            # (K,)
+    labels = add_node(nodes, "Gather", [flat_labels, rows], "/loss/labelled_labels", axis=0)  # (K,)
     # One ignored row is always kept, so the LM head never sees zero rows (ORT 1.19's
     # backward then dies with SIGFPE): row 0 with label -100, which the loss skips.
-    index = add_node(nodes, "Concat", ["/loss/ignored_row", index], "/loss/index", axis=0)    # (1 + K,)
+    index = add_node(nodes, "Concat", ["/loss/ignored_row", rows], "/loss/index", axis=0)     # (1 + K,)
     kept_hidden = add_node(nodes, "Gather", [flat_hidden, index], "/loss/kept_hidden", axis=0)  # (1 + K, H)
-    kept_labels = add_node(nodes, "Gather", [flat_labels, where], "/loss/labels_2d", axis=0)   # (1, K)
-    kept_labels = add_node(nodes, "Reshape", [kept_labels, "/loss/rows"], "/loss/labelled_labels")
-    kept_labels = add_node(nodes, "Concat", ["/loss/ignored_label", kept_labels], "/loss/kept_labels", axis=0)
+    kept_labels = add_node(nodes, "Concat", ["/loss/ignored_label", labels], "/loss/kept_labels", axis=0)
     lm_head.input[0] = kept_hidden                                                             # logits (1 + K, V)
     at = list(graph.node).index(lm_head)
     for offset, node in enumerate(nodes):  # the gather runs before the LM head
