@@ -14,7 +14,7 @@ from peft_ref import batch, ids, ort_losses, peft_losses, peft_reference, pertur
 from transformers import AutoModelForCausalLM
 
 from edgetune.build.bundle import build_bundle
-from edgetune.build.quantize import dequantize, quantize_int4, quantize_int8, quantized_tensor_names
+from edgetune.build.quantize import dequantize, quantize_int4, quantize_int8, read_quantized
 from edgetune.common import names
 from edgetune.common.adapter_config import scaling
 from edgetune.common.errors import EdgetuneError
@@ -23,16 +23,32 @@ from edgetune.common.manifest import read_manifest
 TOLERANCE = {"int8": (0.02, 0.003), "int4": (0.25, 0.04)}  # (max, mean) |logit difference|
 
 
-def _dequantized_base(bundle) -> dict[str, np.ndarray]:
-    """HF parameter name -> the float weight the bundle's graphs compute, in HF layout."""
-    manifest = read_manifest(bundle)
+def _dequantized_model_dir(bundle, model_dir, out) -> str:
+    """The source model with every weight the bundle quantized replaced by what its graphs compute.
+
+    Saved untied: a tied LM head and embedding are quantized differently (per column, per row).
+    """
     graph = onnx.load(bundle / names.INFERENCE_MODEL).graph
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
-    out = {}
-    for path in manifest["adapted_modules"]:
-        tensors = {part: inits[name] for part, name in quantized_tensor_names(path).items() if name in inits}
-        w = dequantize(tensors)                                                       # (in, out)
-        out[f"{path}.weight"] = w if manifest["adapter_config"]["fan_in_fan_out"] else np.ascontiguousarray(w.T)
+    readers = {name: n.op_type for n in graph.node for name in n.input}
+    fan_in_fan_out = read_manifest(bundle)["adapter_config"]["fan_in_fan_out"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    params = dict(model.named_parameters())
+    for name in inits:
+        if not (name.startswith("/quant/") and name.endswith("/q")):
+            continue
+        path = name[len("/quant/"):-len("/q")]
+        tensors = read_quantized(inits, path)
+        if readers[name] == "Gather":  # an embedding: int8 rows (V, H)
+            w = tensors["q"].astype(np.float32) * tensors["scale"][:, None]
+        else:
+            w = dequantize(tensors)                                               # (in, out)
+            w = w if fan_in_fan_out and path != "lm_head" else w.T
+        with torch.no_grad():
+            params[f"{path}.weight"].copy_(torch.from_numpy(np.ascontiguousarray(w)))
+    model.save_pretrained(out)
     return out
 
 
@@ -43,7 +59,7 @@ def test_quantizers_round_to_the_nearest_level(block_size):
     assert int8["q"].dtype == np.int8 and int8["scale"].shape == (48,)
     assert np.all(np.abs(dequantize(int8) - w) <= int8["scale"] / 2 + 1e-9)
     int4 = quantize_int4(w, block_size)
-    assert int4["q"].dtype == np.uint8 and int4["q"].size == 128 * 48  # two values a byte
+    assert int4["q"].dtype == np.uint8 and int4["q"].shape == (block_size, 256 // block_size * 48) and int4["q"].max() <= 15
     assert int4["scale"].shape == int4["offset"].shape == (256 // block_size, 48)
     err = np.abs(dequantize(int4) - w).reshape(256 // block_size, block_size, 48)
     assert np.all(err <= int4["scale"][:, None] / 2 + 1e-7)
@@ -63,13 +79,13 @@ def test_qlora_logits_stay_close_to_fp32(arch, quant, block_size, method_bundle,
 
 
 @pytest.mark.parametrize("arch,quant", [("llama", "int8"), ("llama", "int4"), ("gpt2", "int4")])
-def test_qlora_training_matches_peft_on_the_dequantized_model(arch, quant, method_bundle, tiny_model_dir):
+def test_qlora_training_matches_peft_on_the_dequantized_model(arch, quant, method_bundle, tiny_model_dir, tmp_path):
     """The graph computes exactly the dequantized weights: PEFT on them gives the same steps."""
     bundle = method_bundle(arch, "qlora", quant=quant)
     cfg = read_manifest(bundle)["adapter_config"]
     adapter = perturbed_adapter(bundle, seed=3, scale=0.05)
     x = ids(seed=6)
-    peft = peft_reference(tiny_model_dir(arch), cfg, adapter, base_weights=_dequantized_base(bundle))
+    peft = peft_reference(_dequantized_model_dir(bundle, tiny_model_dir(arch), tmp_path / "ref"), cfg, adapter)
     with torch.no_grad():
         np.testing.assert_allclose(inference_logits(bundle, x, adapter, scaling(cfg)),
                                    peft(torch.from_numpy(x)).logits.numpy(), atol=1e-4, rtol=0)
@@ -81,26 +97,27 @@ def test_qlora_training_matches_peft_on_the_dequantized_model(arch, quant, metho
         assert np.abs(our_grads[key] - grad).max() <= 1e-4 * np.abs(grad).max(), key
 
 
-def test_qlora_bundle_shrinks_and_graphs_share_the_quantized_tensors(method_bundle, tiny_model_dir):
+def test_qlora_quantizes_the_whole_frozen_base_once_for_every_graph(method_bundle, tiny_model_dir):
+    """Every Linear, the LM head and the embedding, whatever the LoRA targets; stored once."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
-    adapted = sum(m.weight.numel() * 4 for n, m in model.named_modules()
-                  if isinstance(m, torch.nn.Linear) and n != "lm_head")            # fp32 bytes
-    lora = (method_bundle("llama", "lora") / names.BASE_WEIGHTS).stat().st_size
-    int8 = method_bundle("llama", "qlora", quant="int8")
-    int4 = method_bundle("llama", "qlora", quant="int4", block_size=32)
-    assert lora - (int8 / names.BASE_WEIGHTS).stat().st_size >= 0.70 * adapted  # 1 byte + scales vs 4 bytes
-    assert lora - (int4 / names.BASE_WEIGHTS).stat().st_size >= 0.78 * adapted  # ½ byte + scales, offsets
+    modules = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
+    fp32 = sum(m.weight.numel() * 4 for n, m in model.named_modules() if n in modules)  # the tied head counted twice
+    lora = (method_bundle("llama", "lora", targets="q_proj,v_proj") / names.BASE_WEIGHTS).stat().st_size
+    int8 = method_bundle("llama", "qlora", targets="q_proj,v_proj", quant="int8")
+    int4 = method_bundle("llama", "qlora", targets="q_proj,v_proj", quant="int4", block_size=32)
+    assert lora - (int8 / names.BASE_WEIGHTS).stat().st_size >= 0.68 * fp32  # 1 byte + scales vs 4 bytes
+    assert lora - (int4 / names.BASE_WEIGHTS).stat().st_size >= 0.72 * fp32  # ½ byte + scales, offsets
     for bundle in (int8, int4):
         where = {}
         for graph_file in (names.TRAINING_MODEL, names.EVAL_MODEL, names.INFERENCE_MODEL):
             graph = onnx.load(bundle / graph_file, load_external_data=False).graph
-            matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.name.endswith("_proj/MatMul")]
-            assert matmuls and all(n.input[1].startswith("/quant/") for n in matmuls)  # no fp32 copy left
+            floats = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
+            assert all(name.startswith((names.PEFT_PREFIX, "/quant/")) for name in floats), floats  # no fp32 base left
             quantized = {t.name: {e.key: e.value for e in t.external_data} for t in graph.initializer
                          if t.name.startswith("/quant/") and t.name.endswith("/q")}
             assert all(e["location"] == names.BASE_WEIGHTS for e in quantized.values())
             where[graph_file] = {k: (e["offset"], e["length"]) for k, e in quantized.items()}
-        assert len(where[names.INFERENCE_MODEL]) == 14
+        assert {k[len("/quant/"):-len("/q")] for k in where[names.INFERENCE_MODEL]} == modules
         assert where[names.TRAINING_MODEL] == where[names.EVAL_MODEL] == where[names.INFERENCE_MODEL]
 
 
@@ -134,7 +151,9 @@ def test_qlora_merge_dequantizes_and_folds(method_bundle, tmp_path):
     unmerged = inference_logits(bundle, x, adapter, scaling(manifest["adapter_config"]))
     np.testing.assert_allclose(prefill_logits(tmp_path / "merged", x), unmerged, atol=1e-4, rtol=0)
     graph = onnx.load(tmp_path / "merged" / MERGED_MODEL, load_external_data=False).graph
-    assert not any(n.name.startswith(("/quant/", "/lora/")) for n in graph.node)
+    folded = tuple(f"/quant/{path}/" for path in manifest["adapted_modules"])
+    assert not any(n.name.startswith(("/lora/", *folded)) for n in graph.node)  # adapted layers now float
+    assert any(n.name.startswith("/quant/") for n in graph.node)                  # the others stay quantized
 
 
 def test_int4_reproduces_gguf_q4_1_weights_exactly():

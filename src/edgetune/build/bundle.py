@@ -4,8 +4,8 @@
          -> training artifacts -> inference graph -> base weights shared once
          -> tokenizer, config -> manifest
 
-method: "lora", "dora" (PEFT's use_dora), or "qlora" (LoRA over int8/int4 base weights of
-the adapted layers, see `edgetune.build.quantize`). `init_adapter` starts from a PEFT
+method: "lora", "dora" (PEFT's use_dora), or "qlora" (LoRA over an int8/int4 frozen base:
+every Linear, the LM head and the embeddings, see `edgetune.build.quantize`). `init_adapter` starts from a PEFT
 adapter folder, whose config then sets r, alpha, dropout, rsLoRA, DoRA and targets.
 
 Everything is written into a temporary sibling folder that is renamed into place at the
@@ -28,7 +28,8 @@ from edgetune.build.graph import find_linears
 from edgetune.build.lora import LoraSpec, add_lora
 from edgetune.build.loss import add_causal_lm_loss
 from edgetune.build.peft_import import import_weights, read_init_adapter, target_matcher
-from edgetune.build.quantize import check_block_size, check_quant_args, quantize_sites
+from edgetune.build.quantize import check_quant_args, quantize_frozen_base
+from edgetune.build.recompute import recompute_dequantized_weights
 from edgetune.build.registry import get_architecture, resolve_targets
 from edgetune.build.source import load_source
 from edgetune.build.weights import share_base_weights
@@ -98,8 +99,6 @@ def build_bundle(
 
         train_graph = load_exported(train_path)
         train_sites = _sites(train_graph, arch, selected, config_targets)
-        if quant == "int4":
-            check_block_size(train_sites, block_size)
         if init_adapter is None:
             weights = _fresh_adapter(train_graph, train_sites, spec, method, seed)
         else:
@@ -108,6 +107,8 @@ def build_bundle(
         add_causal_lm_loss(train_graph, vocab_size)
         onnx.checker.check_model(train_graph)
         generate_training_artifacts(train_graph, trainable, optimizer, tmp)
+        if quant is not None:  # float weights rebuilt per use, not kept from forward to backward
+            recompute_dequantized_weights(tmp / names.TRAINING_MODEL)
         del train_graph
 
         infer_graph = load_exported(infer_path)
@@ -174,7 +175,7 @@ def _fresh_adapter(graph, sites, spec: LoraSpec, method: str, seed: int) -> dict
 def _rewrite(graph, sites, spec, weights, method, quant, block_size, training: bool) -> list[str]:
     """Quantize (qlora) and add the adapter branches to one graph; return the adapter tensor names."""
     if method == "qlora":
-        quantize_sites(graph, sites, quant, block_size)
+        quantize_frozen_base(graph, quant, block_size)
     if method == "dora":
         return add_dora(graph, sites, spec, weights, training)
     return add_lora(graph, sites, spec, weights, training)
