@@ -175,7 +175,7 @@ def _fresh_adapter(graph, sites, spec: LoraSpec, method: str, seed: int) -> dict
 def _rewrite(graph, sites, spec, weights, method, quant, block_size, training: bool) -> list[str]:
     """Quantize (qlora) and add the adapter branches to one graph; return the adapter tensor names."""
     if method == "qlora":
-        quantize_frozen_base(graph, quant, block_size)
+        quantize_frozen_base(graph, quant, block_size, training)
     if method == "dora":
         return add_dora(graph, sites, spec, weights, training)
     return add_lora(graph, sites, spec, weights, training)

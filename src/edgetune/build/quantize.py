@@ -1,35 +1,36 @@
 """QLoRA's frozen base: every Linear, the LM head and the embeddings stored as int8 or int4.
 
-As bitsandbytes/PEFT QLoRA does, every frozen Linear is quantized, whatever the LoRA
-targets are; here the token embedding and the LM head too (see benchmarks/METHODS.md for
-what each saves). Linear weights are quantized in the graph's (in, out) MatMul layout:
+As bitsandbytes/PEFT QLoRA does, every frozen Linear but the LM head is quantized,
+whatever the LoRA targets are; here the token embedding too. Linear weights W are
+(in, out) as the graph's MatMul reads them:
 
 - int8: symmetric, per output channel. s = max|W[:, j]| / 127, q = round(W / s) in
-  [-127, 127]; the graph restores W ≈ q·s with one `DequantizeLinear(axis=1)`.
-- int4: asymmetric, blockwise along the input dimension. Per block of `block_size` input
-  rows and per output column: s = (max - min) / 15, q = round((W - min) / s) in [0, 15],
-  W ≈ q·s + min. This is GGUF's Q4_1 form with a float offset (not an integer zero point),
-  so weights loaded from a Q4_1 GGUF with block 32 (the embedded SmolLM2) come back exactly
-  (SmolLM2, all-linear: logits within 7e-5 of the fp32 bundle; an integer zero point lost
-  ~10% of each weight there and agreed on only 71% of top-1 tokens).
-  q is a UINT4 tensor (two values a byte) laid out (bs, in/bs·out): column b·out + j
-  holds block b of output j, so ORT's `com.microsoft.DequantizeLinear(axis=1)` takes the
-  1-D scale; an Add(min) and a Reshape / Transpose give back (in, out).
-- Embeddings (V, H), both quant types: int8 symmetric per row. The graph gathers the int8
-  rows of the batch's tokens and scales them, so no float copy of the table exists.
-- The LM head is quantized as a Linear, in int8 for both quant types: its 4-bit form
-  would need a float Transpose copy of the largest weight per use. A tied head (the exporter stores it as a
-  transposed float copy of the embedding) cannot read the embedding's int8 table: ORT
-  1.19 has no gradient for FusedMatMul(transB=1), and its QDQ propagation breaks
-  `Transpose(DequantizeLinear(q, s, axis=0))` (it inserts a QuantizeLinear of the wrong type).
+  [-127, 127], W ≈ q·s.
+- int4: asymmetric, in blocks of `block_size` inputs per output. s = (max - min) / 15,
+  q = round((W - min) / s) in [0, 15], W ≈ q·s + min: GGUF's Q4_1 form with a float
+  offset, so weights loaded from a Q4_1 GGUF with block 32 (the embedded SmolLM2) come
+  back exactly (an integer zero point lost ~10% of each
+  weight there and agreed on only 71% of top-1 tokens). q is a UINT4 tensor laid out as
+  ORT's MatMulNBits reads it: (out·in/bs, bs), two values a byte, low nibble first.
+- Embeddings (V, H), both quant types: int8 symmetric per row. Every graph gathers the
+  int8 rows of the batch's tokens and scales them: no float copy of the table exists.
+- The LM head stays float32. Quantized (int8) it saves 81 MB on disk for SmolLM2 but
+  raises training peak RSS by 24 MB: its float weight (113 MB) is then rebuilt at the
+  moment of peak memory, next to the logits and their gradient. A tied head cannot read
+  the embedding's int8 table either: ORT 1.19 has no gradient for FusedMatMul(transB=1),
+  and its QDQ propagation breaks `Transpose(DequantizeLinear(q, s, axis=0))`.
 
-ORT never constant-folds DequantizeLinear, and nothing before it is foldable, so the
-weights stay quantized in memory and are rebuilt in float per use; see
-`edgetune.build.recompute` for keeping them from living until the backward pass.
-Only standard ops and ORT's contrib DequantizeLinear, on paths from constants: ORT needs
-no gradient for them, so LoRA trains on top; fused kernels (MatMulNBits, MatMulInteger)
-have no gradient. The training and inference graphs quantize the same weights to the same
-bytes, so the shared weights file stores each quantized tensor once.
+The training graph rebuilds each float weight per use with `DequantizeLinear` (ORT's
+contrib one for 4-bit) in front of a standard MatMul: ORT never constant-folds it, and
+nothing before it is foldable, so the weights stay quantized in memory. Fused kernels
+have no gradient, but ORT needs none on paths from constants, so LoRA trains on top. See
+`edgetune.build.recompute` for keeping each float weight alive only around its reader.
+
+The inference graph runs once per generated token, where rebuilding every weight per run
+made decoding ~5x slower on SmolLM2: int4 Linears use `MatMulNBits` (4-bit in memory),
+int8 ones a Cast/Mul that ORT folds into float weights at load (memory as for LoRA).
+Both read the same bytes as the training graph, so the shared weights file stores each
+quantized tensor once.
 """
 
 import numpy as np
@@ -44,7 +45,7 @@ BLOCK_SIZES = (32, 64, 128)
 INT8_MAX = 127
 INT4_MAX = 15
 CONTRIB = "com.microsoft"
-LOGITS = "logits"       # the exported graph's output: the LM head's MatMul writes it
+LOGITS = "logits"       # the exported graph's output: the LM head's MatMul writes it, left in float
 UINT4_IR_VERSION = 10  # the first IR version with 4-bit tensors; ORT 1.19 reads up to 10
 
 
@@ -69,25 +70,21 @@ def quantize_int8(w: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def quantize_int4(w: np.ndarray, block_size: int) -> dict[str, np.ndarray]:
-    """W (in, out) -> {q uint8 in [0, 15] (bs, in/bs·out), scale (in/bs, out), offset (in/bs, out)}."""
-    n_in, n_out = w.shape
-    blocks = w.reshape(n_in // block_size, block_size, n_out)            # (in/bs, bs, out)
-    lo, hi = blocks.min(axis=1, keepdims=True), blocks.max(axis=1, keepdims=True)  # (in/bs, 1, out)
+    """W (in, out) -> {q uint8 in [0, 15] (out·in/bs, bs), scale (out·in/bs,), offset (out·in/bs, 1)}."""
+    blocks = np.ascontiguousarray(w.T).reshape(-1, block_size)           # (out·in/bs, bs)
+    lo, hi = blocks.min(axis=1), blocks.max(axis=1)                      # (out·in/bs,)
     scale = np.where(hi > lo, (hi - lo) / INT4_MAX, 1.0).astype(np.float32)
-    q = np.clip(np.rint((blocks - lo) / scale), 0, INT4_MAX).astype(np.uint8)
-    q = q.transpose(1, 0, 2).reshape(block_size, -1)                     # (bs, in/bs·out)
-    return {"q": q, "scale": scale[:, 0], "offset": lo[:, 0].astype(np.float32)}
+    q = np.clip(np.rint((blocks - lo[:, None]) / scale[:, None]), 0, INT4_MAX).astype(np.uint8)
+    return {"q": q, "scale": scale, "offset": lo[:, None].astype(np.float32)}
 
 
-def dequantize(tensors: dict[str, np.ndarray]) -> np.ndarray:
-    """The float32 (in, out) weight the graph computes from a Linear's quantized tensors, in numpy."""
-    q = tensors["q"]
+def dequantize(tensors: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """The float32 (in, out) weight of `shape` the training graph computes from quantized tensors, in numpy."""
+    q, scale = tensors["q"], tensors["scale"]
     if "offset" not in tensors:  # int8
-        return q.astype(np.float32) * tensors["scale"]
-    values = q.astype(np.float32) * tensors["scale"].reshape(-1) + tensors["offset"].reshape(-1)  # (bs, in/bs·out)
-    n_blocks, n_out = tensors["scale"].shape
-    blocks = values.reshape(-1, n_blocks, n_out).transpose(1, 0, 2)      # (in/bs, bs, out)
-    return blocks.reshape(-1, n_out)
+        return q.astype(np.float32) * scale
+    blocks = q.reshape(scale.size, -1).astype(np.float32) * scale[:, None] + tensors["offset"]  # (out·in/bs, bs)
+    return blocks.reshape(shape[1], shape[0]).T                                  # (in, out)
 
 
 def quantized_tensor_names(module: str) -> dict[str, str]:
@@ -98,22 +95,24 @@ def quantized_tensor_names(module: str) -> dict[str, str]:
 def read_quantized(inits: dict[str, np.ndarray], module: str) -> dict[str, np.ndarray]:
     """A module's quantized tensors from an initializer dict (4-bit q comes back one value a byte)."""
     out = {part: inits[name] for part, name in quantized_tensor_names(module).items() if name in inits}
-    out["q"] = np.asarray(out["q"]).view(np.uint8) if out["q"].dtype.names or out["q"].dtype.fields else out["q"]
+    if out["q"].dtype.fields or out["q"].dtype.names:  # onnx's uint4 numpy type
+        out["q"] = np.asarray(out["q"]).view(np.uint8)
     return out
 
 
-def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int) -> list[str]:
-    """Quantize every Linear (MatMul/Gemm over a 2-D float constant) and embedding in place.
+def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, training: bool) -> list[str]:
+    """Quantize every Linear (MatMul/Gemm over a 2-D float constant) but the LM head, and the embeddings, in place.
 
     Returns the module paths quantized. Fails, before changing anything, on a Linear whose
     input dimension the int4 block size does not divide.
     """
     graph = model.graph
     inits = initializer_map(graph)
-    linears = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and _is_float_matrix(inits.get(n.input[1]))]
+    linears = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.output[0] != LOGITS
+               and _is_float_matrix(inits.get(n.input[1]))]
     gathers = [n for n in graph.node if n.op_type == "Gather" and _is_float_matrix(inits.get(n.input[0]))]
     if quant == "int4":
-        for node in (n for n in linears if n.output[0] != LOGITS):
+        for node in linears:
             trans_b = any(a.name == "transB" and a.i for a in node.attribute)
             n_in = inits[node.input[1]].dims[1 if trans_b else 0]
             if n_in % block_size:
@@ -131,9 +130,15 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int) ->
             w, trans_b[0].i = w.T, 0
         w = np.ascontiguousarray(w, np.float32)                          # (in, out)
         nodes: list[onnx.NodeProto] = []
-        int8 = quant == "int8" or node.output[0] == LOGITS  # the LM head: no float Transpose copy
-        tensors = quantize_int8(w) if int8 else quantize_int4(w, block_size)
-        node.input[1] = _dequantize_nodes(graph, nodes, path, tensors, w.shape)
+        if quant == "int8":
+            tensors = _add_tensors(graph, path, quantize_int8(w))
+            node.input[1] = _int8_weight(nodes, path, tensors, training)
+        else:
+            tensors = _add_tensors(graph, path, quantize_int4(w, block_size))
+            if training or node.op_type != "MatMul":
+                node.input[1] = _int4_weight(graph, nodes, path, tensors, w.shape)
+            else:
+                _use_matmul_nbits(graph, nodes, node, path, tensors, w.shape, block_size)
         rewired[id(node)] = (nodes, [])
     new_nodes = []
     for node in graph.node:  # each layer's dequantization just before its use
@@ -172,38 +177,59 @@ def _quantize_embedding(graph, node: onnx.NodeProto, table: np.ndarray, path: st
     return before, after
 
 
-def _uint4_initializer(graph, name: str, q: np.ndarray) -> str:
-    """A UINT4 initializer from values in [0, 15]: two consecutive values a byte, low nibble first."""
-    flat = q.reshape(-1)
-    flat = np.concatenate([flat, np.zeros(flat.size % 2, np.uint8)])
-    packed = flat[0::2] | (flat[1::2] << 4)
-    graph.initializer.append(helper.make_tensor(name, TensorProto.UINT4, list(q.shape), packed.tobytes(), raw=True))
-    return name
-
-
-def _dequantize_nodes(graph, nodes: list, path: str, tensors: dict, shape: tuple[int, int]) -> str:
-    """Append the nodes that rebuild the float (in, out) weight; return its tensor name."""
+def _add_tensors(graph, path: str, tensors: dict[str, np.ndarray]) -> dict[str, str]:
+    """Add a Linear's quantized tensors as initializers (q of int4 as UINT4); return part -> name."""
     names = quantized_tensor_names(path)
+    for part, array in tensors.items():
+        if part == "q" and "offset" in tensors:  # two values a byte, low nibble first
+            packed = array[:, 0::2] | (array[:, 1::2] << 4)
+            graph.initializer.append(helper.make_tensor(names[part], TensorProto.UINT4, list(array.shape),
+                                                        packed.tobytes(), raw=True))
+        else:
+            add_initializer(graph, names[part], array)
+    return {part: names[part] for part in tensors}
+
+
+def _int8_weight(nodes: list, path: str, names: dict, training: bool) -> str:
+    """The float (in, out) weight: DequantizeLinear per use (training), or a Cast/Mul ORT folds at load."""
     p = f"/quant/{path}"
-    if "offset" not in tensors:  # int8
-        add_initializer(graph, names["q"], tensors["q"])
-        add_initializer(graph, names["scale"], tensors["scale"])
+    if training:
         return add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/weight", axis=1)
-    n_blocks, n_out = tensors["scale"].shape
-    _uint4_initializer(graph, names["q"], tensors["q"])
-    add_initializer(graph, names["scale"], tensors["scale"])
-    add_initializer(graph, names["offset"], tensors["offset"])
+    w = add_node(nodes, "Cast", [names["q"]], f"{p}/float", to=TensorProto.FLOAT)
+    return add_node(nodes, "Mul", [w, names["scale"]], f"{p}/weight")
+
+
+def _int4_weight(graph, nodes: list, path: str, names: dict, shape: tuple[int, int]) -> str:
+    """The float (in, out) weight rebuilt per use from 4-bit blocks: W = q·s + min."""
+    p = f"/quant/{path}"
+    add_initializer(graph, f"{p}/transposed_shape", np.array(shape[::-1], np.int64))
+    w = add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/scaled", axis=0)  # q·s (out·in/bs, bs)
+    nodes[-1].domain = CONTRIB                                                                   # 4-bit input
+    w = add_node(nodes, "Add", [w, names["offset"]], f"{p}/shifted")                           # + min
+    w = add_node(nodes, "Reshape", [w, f"{p}/transposed_shape"], f"{p}/weight_t")             # (out, in)
+    return add_node(nodes, "Transpose", [w], f"{p}/weight", perm=[1, 0])                      # (in, out)
+
+
+def _use_matmul_nbits(graph, nodes: list, node: onnx.NodeProto, path: str, names: dict,
+                      shape: tuple[int, int], block_size: int) -> None:
+    """Turn an inference MatMul into MatMulNBits over the same 4-bit bytes (read as uint8 blocks).
+
+    Its float zero point z = -min/s (W = (q - z)·s) is computed from the stored offsets; ORT folds it at load.
+    """
+    n_in, n_out = shape
+    q = next(t for t in graph.initializer if t.name == names["q"])
+    blob = helper.make_tensor(f"{names['q']}/blocks", TensorProto.UINT8,
+                              [n_out, n_in // block_size, block_size // 2], q.raw_data, raw=True)
+    graph.initializer.append(blob)
+    node.op_type, node.domain = "MatMulNBits", CONTRIB
+    p = f"/quant/{path}"
     add_initializer(graph, f"{p}/flat", np.array([-1], np.int64))
-    add_initializer(graph, f"{p}/blocked_shape", np.array([-1, n_blocks, n_out], np.int64))
-    add_initializer(graph, f"{p}/weight_shape", np.array(shape, np.int64))
-    scale = add_node(nodes, "Reshape", [names["scale"], f"{p}/flat"], f"{p}/flat_scale")     # (in/bs·out,)
-    offset = add_node(nodes, "Reshape", [names["offset"], f"{p}/flat"], f"{p}/flat_offset")
-    w = add_node(nodes, "DequantizeLinear", [names["q"], scale], f"{p}/scaled", axis=1)       # q·s (bs, in/bs·out)
-    nodes[-1].domain = CONTRIB                                                                 # 4-bit input
-    w = add_node(nodes, "Add", [w, offset], f"{p}/shifted")                                  # q·s + min
-    w = add_node(nodes, "Reshape", [w, f"{p}/blocked_shape"], f"{p}/blocked")               # (bs, in/bs, out)
-    w = add_node(nodes, "Transpose", [w], f"{p}/blocks", perm=[1, 0, 2])                    # (in/bs, bs, out)
-    return add_node(nodes, "Reshape", [w, f"{p}/weight_shape"], f"{p}/weight")               # (in, out)
+    offset = add_node(nodes, "Reshape", [names["offset"], f"{p}/flat"], f"{p}/flat_offset")      # (out·in/bs,)
+    zero_point = add_node(nodes, "Div", [offset, names["scale"]], f"{p}/minus_zero_point")
+    zero_point = add_node(nodes, "Neg", [zero_point], f"{p}/zero_point")                     # (out·in/bs,)
+    node.input[1:] = [blob.name, names["scale"], zero_point]
+    node.attribute.extend([helper.make_attribute(k, v) for k, v in
+                           (("K", n_in), ("N", n_out), ("bits", 4), ("block_size", block_size))])
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
