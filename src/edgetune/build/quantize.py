@@ -20,9 +20,11 @@ whatever the LoRA targets are; here the token embedding too. Linear weights W ar
   the embedding's int8 table either: ORT 1.19 has no gradient for FusedMatMul(transB=1),
   and its QDQ propagation breaks `Transpose(DequantizeLinear(q, s, axis=0))`.
 
-The training graph rebuilds each float weight per use with `DequantizeLinear` (ORT's
-contrib one for 4-bit) in front of a standard MatMul: ORT never constant-folds it, and
-nothing before it is foldable, so the weights stay quantized in memory. Fused kernels
+The training graph rebuilds each float weight per use with ORT's contrib
+`com.microsoft.DequantizeLinear` in front of a standard MatMul: ORT never constant-folds
+it, and nothing before it is foldable, so the weights stay quantized in memory. (With
+the standard-domain op for int8, ORT optimizes the training graph differently and its
+peak RSS on SmolLM2, batch 8 x 64, was 2006 MB against 1839 MB.) Fused kernels
 have no gradient, but ORT needs none on paths from constants, so LoRA trains on top. See
 `edgetune.build.recompute` for keeping each float weight alive only around its reader.
 
@@ -200,7 +202,9 @@ def _int8_weight(nodes: list, path: str, names: dict, training: bool) -> str:
     """The float (in, out) weight: DequantizeLinear per use (training), or a Cast/Mul ORT folds at load."""
     p = f"/quant/{path}"
     if training:
-        return add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/weight", axis=1)
+        w = add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/weight", axis=1)
+        nodes[-1].domain = CONTRIB  # see the module docstring
+        return w
     w = add_node(nodes, "Cast", [names["q"]], f"{p}/float", to=TensorProto.FLOAT)
     return add_node(nodes, "Mul", [w, names["scale"]], f"{p}/weight")
 
