@@ -5,8 +5,9 @@
          -> tokenizer, config -> manifest
 
 method: "lora", "dora" (PEFT's use_dora), or "qlora" (LoRA over an int8/int4 frozen base:
-every Linear, the LM head and the embeddings, see `edgetune.build.quantize`). `init_adapter` starts from a PEFT
-adapter folder, whose config then sets r, alpha, dropout, rsLoRA, DoRA and targets.
+every Linear but the LM head, and the embeddings, see `edgetune.build.quantize`).
+`init_adapter` starts from a PEFT adapter folder, whose config then sets r, alpha,
+dropout, rsLoRA, DoRA and targets.
 
 Everything is written into a temporary sibling folder that is renamed into place at the
 end, so an interrupted build never leaves a half bundle.

@@ -36,7 +36,8 @@ against 13 s). So the two quant types trade differently:
   the folding's temporaries included).
 - int4 Linears run as `MatMulNBits` over the same 4-bit bytes: 4-bit in memory (eval peak
   RSS 0.62 GB) but 44 s, since its fast kernels do not take float zero points, and an
-  integer zero point would lose GGUF Q4_1's exactness.
+  integer zero point would lose GGUF Q4_1's exactness. (Gemm layers, GPT-2's, keep the
+  training graph's per-use dequantization.)
 Both read the same bytes as the training graph, so the shared weights file stores each
 quantized tensor once.
 """
@@ -108,11 +109,11 @@ def read_quantized(inits: dict[str, np.ndarray], module: str) -> dict[str, np.nd
     return out
 
 
-def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, training: bool) -> list[str]:
+def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, training: bool) -> None:
     """Quantize every Linear (MatMul/Gemm over a 2-D float constant) but the LM head, and the embeddings, in place.
 
-    Returns the module paths quantized. Fails, before changing anything, on a Linear whose
-    input dimension the int4 block size does not divide.
+    Fails, before changing anything, on a Linear whose input dimension the int4 block size
+    does not divide.
     """
     graph = model.graph
     inits = initializer_map(graph)
@@ -159,10 +160,10 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
         model.ir_version = max(model.ir_version, UINT4_IR_VERSION)
     if not any(o.domain == CONTRIB for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(CONTRIB, 1))
-    return [module_path(n.name) for n in gathers + linears]
 
 
 def _is_float_matrix(tensor: onnx.TensorProto | None) -> bool:
+    """A 2-D float32 constant: a Linear's weight or an embedding table."""
     return tensor is not None and tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2
 
 
