@@ -30,14 +30,15 @@ have no gradient, but ORT needs none on paths from constants, so LoRA trains on 
 
 The inference graph runs once per generated token; rebuilding every weight per run there
 made decoding 3-5x slower than LoRA's on SmolLM2 (eval of 20 held-out examples: 42-67 s
-against 13 s). So the two quant types trade differently:
-- int8 Linears are a Cast/Mul that ORT folds into float weights at load: decoding as fast
-  as LoRA's (7.7 s), but float weights in memory (eval peak RSS 1.8 GB against 0.97 GB,
-  the folding's temporaries included).
-- int4 Linears run as `MatMulNBits` over the same 4-bit bytes: 4-bit in memory (eval peak
-  RSS 0.62 GB) but 44 s, since its fast kernels do not take float zero points, and an
-  integer zero point would lose GGUF Q4_1's exactness. (Gemm layers, GPT-2's, keep the
-  training graph's per-use dequantization.)
+against 13 s). Instead:
+- int4 Linears run as ORT's `MatMulNBits` over the same 4-bit bytes: 14.3 s against
+  LoRA's 12.6 s, eval peak RSS 0.66 GB against 0.98 GB. Its fast kernels take no float
+  zero point (with one: 44 s), and an integer zero point would lose Q4_1's exactness, so
+  it computes x·((q - 8)·s) and two small MatMuls add the offsets' share (see
+  `_use_matmul_nbits`). Gemm layers (GPT-2's) keep the per-use dequantization.
+- int8 Linears are a Cast/Mul that ORT folds into float weights at load: as fast as
+  LoRA (7.7 s), but float weights in memory (eval peak RSS 1.8 GB with the folding's
+  temporaries); MatMulNBits has no 8-bit kernel in ORT 1.19.
 Both read the same bytes as the training graph, so the shared weights file stores each
 quantized tensor once.
 """
@@ -139,6 +140,7 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
             w, trans_b[0].i = w.T, 0
         w = np.ascontiguousarray(w, np.float32)                          # (in, out)
         nodes: list[onnx.NodeProto] = []
+        after: list[onnx.NodeProto] = []
         if quant == "int8":
             tensors = _add_tensors(graph, path, quantize_int8(w))
             node.input[1] = _int8_weight(nodes, path, tensors, training)
@@ -147,8 +149,8 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
             if training or node.op_type != "MatMul":
                 node.input[1] = _int4_weight(graph, nodes, path, tensors, w.shape)
             else:
-                _use_matmul_nbits(graph, nodes, node, path, tensors, w.shape, block_size)
-        rewired[id(node)] = (nodes, [])
+                after = _use_matmul_nbits(graph, nodes, node, path, tensors, w.shape, block_size)
+        rewired[id(node)] = (nodes, after)
     new_nodes = []
     for node in graph.node:  # each layer's dequantization just before its use
         before, after = rewired.get(id(node), ([], []))
@@ -222,25 +224,40 @@ def _int4_weight(graph, nodes: list, path: str, names: dict, shape: tuple[int, i
 
 
 def _use_matmul_nbits(graph, nodes: list, node: onnx.NodeProto, path: str, names: dict,
-                      shape: tuple[int, int], block_size: int) -> None:
-    """Turn an inference MatMul into MatMulNBits over the same 4-bit bytes (read as uint8 blocks).
+                      shape: tuple[int, int], block_size: int) -> list[onnx.NodeProto]:
+    """Turn an inference MatMul into MatMulNBits over the same 4-bit bytes, plus the offsets' share.
 
-    Its float zero point z = -min/s (W = (q - z)·s) is computed from the stored offsets; ORT folds it at load.
+    MatMulNBits' fast kernels take only integer zero points; without one it computes
+    x·((q - 8)·s). The rest of x·W, W = q·s + min, is blockwise constant along the input:
+    Σ_b (Σ_{i∈b} x_i)·(8·s_b + min_b), two small MatMuls over block sums of x.
     """
     n_in, n_out = shape
+    n_blocks = n_in // block_size
     q = next(t for t in graph.initializer if t.name == names["q"])
     blob = helper.make_tensor(f"{names['q']}/blocks", TensorProto.UINT8,
-                              [n_out, n_in // block_size, block_size // 2], q.raw_data, raw=True)
+                              [n_out, n_blocks, block_size // 2], q.raw_data, raw=True)
     graph.initializer.append(blob)
+    p, x, y = f"/quant/{path}", node.input[0], node.output[0]
     node.op_type, node.domain = "MatMulNBits", CONTRIB
-    p = f"/quant/{path}"
-    add_initializer(graph, f"{p}/flat", np.array([-1], np.int64))
-    offset = add_node(nodes, "Reshape", [names["offset"], f"{p}/flat"], f"{p}/flat_offset")      # (out·in/bs,)
-    zero_point = add_node(nodes, "Div", [offset, names["scale"]], f"{p}/minus_zero_point")
-    zero_point = add_node(nodes, "Neg", [zero_point], f"{p}/zero_point")                     # (out·in/bs,)
-    node.input[1:] = [blob.name, names["scale"], zero_point]
+    node.input[1:] = [blob.name, names["scale"]]
+    node.output[0] = f"{p}/centered_output"                                                  # x·((q - 8)·s)
     node.attribute.extend([helper.make_attribute(k, v) for k, v in
                            (("K", n_in), ("N", n_out), ("bits", 4), ("block_size", block_size))])
+    summer = f"/quant/block_sums/{n_in}x{block_size}"   # (in, in/bs): 1 where input i is in block b
+    if summer not in {t.name for t in graph.initializer}:
+        add_initializer(graph, summer, np.kron(np.eye(n_blocks, dtype=np.float32), np.ones((block_size, 1), np.float32)))
+    add_initializer(graph, f"{p}/eight", np.array(8.0, np.float32))
+    add_initializer(graph, f"{p}/blocks_by_out", np.array([n_out, n_blocks], np.int64))
+    offset = add_node(nodes, "Mul", [names["scale"], f"{p}/eight"], f"{p}/eight_s")          # folded at load
+    offset = add_node(nodes, "Reshape", [names["offset"], f"{p}/blocks_by_out"], f"{p}/min_blocks")
+    offset = add_node(nodes, "Add", [add_node(nodes, "Reshape", [f"{p}/eight_s", f"{p}/blocks_by_out"],
+                                              f"{p}/eight_s_blocks"), offset], f"{p}/block_offset")
+    offset = add_node(nodes, "Transpose", [offset], f"{p}/block_offset_t", perm=[1, 0])      # (in/bs, out)
+    after: list[onnx.NodeProto] = []
+    sums = add_node(after, "MatMul", [x, summer], f"{p}/block_sums")                         # (..., in/bs)
+    share = add_node(after, "MatMul", [sums, offset], f"{p}/offset_share")                   # (..., out)
+    add_node(after, "Add", [node.output[0], share], y)
+    return after
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:

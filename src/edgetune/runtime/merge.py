@@ -121,13 +121,17 @@ def _constant(model: onnx.ModelProto, name: str, inits: dict, producers: dict) -
 
 
 def _nbits_weight(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, producers: dict) -> np.ndarray:
-    """The float (in, out) weight of a MatMulNBits node (4 bits, float zero points): W = (q - z)·s."""
+    """The float (in, out) weight a MatMulNBits node multiplies by: W = (q - z)·s, z = 8 if it has none.
+
+    (A QLoRA int4 layer adds its offsets' share after the node; that stays as it is.)
+    """
     attrs = {a.name: a.i for a in node.attribute}
     n_out, block = attrs["N"], attrs["block_size"]
     blob = numpy_helper.to_array(inits[node.input[1]])                     # (out, in/bs, bs/2) uint8
     q = np.stack([blob & 0x0F, blob >> 4], axis=-1).reshape(n_out, -1, block).astype(np.float32)  # low nibble first
     scale = _constant(model, node.input[2], inits, producers).reshape(n_out, -1, 1)   # (out, in/bs, 1)
-    zero = _constant(model, node.input[3], inits, producers).reshape(n_out, -1, 1)
+    has_zero = len(node.input) > 3 and node.input[3]
+    zero = _constant(model, node.input[3], inits, producers).reshape(n_out, -1, 1) if has_zero else 8.0
     return ((q - zero) * scale).reshape(n_out, attrs["K"]).T
 
 
