@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EDGETUNE = ROOT / ".venv" / "bin" / "edgetune"
+EDGETUNE = Path(sys.executable).parent / "edgetune"  # the CLI next to the Python running this
 OUT = ROOT / "artifacts" / "methods"
 REPORT = ROOT / "benchmarks" / "METHODS.md"
 COMMAND = ".venv/bin/python benchmarks/methods.py"

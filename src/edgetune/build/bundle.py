@@ -8,9 +8,10 @@ The base weights stay on disk from the export on (see `edgetune.build.weights`):
 graphs are handled as structure only, so models over protobuf's 2 GB limit build too,
 and the build's memory is the torch model plus one export's constant-folded weights.
 
-method: "lora", "dora" (PEFT's use_dora), or "qlora" (LoRA over int8/int4 base weights of
-the adapted layers, see `edgetune.build.quantize`). `init_adapter` starts from a PEFT
-adapter folder, whose config then sets r, alpha, dropout, rsLoRA, DoRA and targets.
+method: "lora", "dora" (PEFT's use_dora), or "qlora" (LoRA over an int8/int4 frozen base:
+every Linear but the LM head, and the embeddings, see `edgetune.build.quantize`).
+`init_adapter` starts from a PEFT adapter folder, whose config then sets r, alpha,
+dropout, rsLoRA, DoRA and targets.
 
 Everything is written into a temporary sibling folder that is renamed into place at the
 end, so an interrupted build never leaves a half bundle.
@@ -31,8 +32,9 @@ from edgetune.build.graph import drop_nan_guards, find_linears
 from edgetune.build.lora import LoraSpec, add_lora
 from edgetune.build.loss import add_causal_lm_loss
 from edgetune.build.peft_import import import_weights, read_init_adapter, target_matcher
-from edgetune.build.quantize import check_block_size, check_quant_args, quantize_sites
+from edgetune.build.quantize import check_quant_args, quantize_frozen_base
 from edgetune.build.recompute_attention import recompute_attention_probs
+from edgetune.build.recompute_weights import recompute_dequantized_weights
 from edgetune.build.registry import get_architecture, resolve_targets
 from edgetune.build.source import load_source
 from edgetune.build.weights import STAGING_WEIGHTS, WeightStore, load_weights, share_base_weights
@@ -44,7 +46,7 @@ from edgetune.common.manifest import write_manifest
 
 TASKS = ("causal-lm",)
 METHODS = ("lora", "dora", "qlora")
-READS_WEIGHTS = ("dora", "qlora")  # methods whose rewrite reads the adapted layers' weight values
+READS_WEIGHTS = ("dora", "qlora")  # methods whose rewrite reads weight values (see _weights_read)
 QUANT_SCHEMES = {"int8": "symmetric, per output channel", "int4": "asymmetric, blockwise along the input dimension"}
 
 
@@ -105,9 +107,7 @@ def build_bundle(
         train_graph = load_exported(train_path)
         train_sites = _sites(train_graph, arch, selected, config_targets)
         if method in READS_WEIGHTS:
-            load_weights(train_graph, {s.weight for s in train_sites}, tmp)
-        if quant == "int4":
-            check_block_size(train_sites, block_size)
+            load_weights(train_graph, _weights_read(train_graph, train_sites, method), tmp)
         if init_adapter is None:
             weights = _fresh_adapter(train_graph, train_sites, spec, method, seed)
         else:
@@ -117,7 +117,10 @@ def build_bundle(
         add_causal_lm_loss(train_graph)
         _checked(train_graph, train_path, staging, keep=set(trainable))  # ORT reads adapter values inline
         graphs = generate_training_artifacts(train_graph, trainable, optimizer, tmp)
-        recompute_attention_probs(graphs[tmp / names.TRAINING_MODEL].graph)
+        training = graphs[tmp / names.TRAINING_MODEL]
+        recompute_attention_probs(training.graph)
+        if quant is not None:  # float weights rebuilt per use, not kept from forward to backward
+            recompute_dequantized_weights(training)
         del train_graph
 
         infer_graph = load_exported(infer_path)
@@ -125,7 +128,7 @@ def build_bundle(
         if [s.module_path for s in train_sites] != [s.module_path for s in infer_sites]:
             raise EdgetuneError("the training and inference exports disagree on the adapted layers")
         if method == "qlora":
-            load_weights(infer_graph, {s.weight for s in infer_sites}, tmp)
+            load_weights(infer_graph, _weights_read(infer_graph, infer_sites, method), tmp)
         _rewrite(infer_graph, infer_sites, spec, None, method, quant, block_size, training=False)
         _checked(infer_graph, infer_path, staging)
         graphs[tmp / names.INFERENCE_MODEL] = infer_graph
@@ -172,6 +175,13 @@ def _checked(graph: onnx.ModelProto, path: Path, store: WeightStore, keep: set[s
     onnx.checker.check_model(path)
 
 
+def _weights_read(graph: onnx.ModelProto, sites, method: str) -> set[str]:
+    """DoRA reads the adapted layers' weights; QLoRA quantizes every 2-D float constant it may."""
+    if method == "qlora":
+        return {t.name for t in graph.graph.initializer if len(t.dims) == 2 and t.data_type == onnx.TensorProto.FLOAT}
+    return {s.weight for s in sites}
+
+
 def _imported_method(config: dict, method: str, folder) -> str:
     """A DoRA adapter makes a DoRA bundle; a LoRA one a LoRA or QLoRA bundle."""
     if config.get("use_dora") and method == "lora":
@@ -196,7 +206,7 @@ def _fresh_adapter(graph, sites, spec: LoraSpec, method: str, seed: int) -> dict
 def _rewrite(graph, sites, spec, weights, method, quant, block_size, training: bool) -> list[str]:
     """Quantize (qlora) and add the adapter branches to one graph; return the adapter tensor names."""
     if method == "qlora":
-        quantize_sites(graph, sites, quant, block_size)
+        quantize_frozen_base(graph, quant, block_size, training)
     if method == "dora":
         return add_dora(graph, sites, spec, weights, training)
     return add_lora(graph, sites, spec, weights, training)

@@ -1,41 +1,62 @@
-"""QLoRA's frozen base: the adapted Linear weights stored as int8 or int4, dequantized in-graph.
+"""QLoRA's frozen base: every Linear, the LM head and the embeddings stored as int8 or int4.
 
-Weights are quantized in the graph's (in, out) MatMul layout:
+As bitsandbytes/PEFT QLoRA does, every frozen Linear but the LM head is quantized,
+whatever the LoRA targets are; here the token embedding too. Linear weights W are
+(in, out) as the graph's MatMul reads them:
 
 - int8: symmetric, per output channel. s = max|W[:, j]| / 127, q = round(W / s) in
-  [-127, 127]; the graph restores W ≈ q·s with one `DequantizeLinear(axis=1)`.
-- int4: asymmetric, blockwise along the input dimension. Per block of `block_size` input
-  rows and per output column: s = (max - min) / 15, q = round((W - min) / s) in [0, 15],
-  W ≈ q·s + min. This is GGUF's Q4_1 form with a float offset (not an integer zero point),
-  so weights loaded from a Q4_1 GGUF with block 32 (the embedded SmolLM2) come back exactly
-  (SmolLM2, all-linear: logits within 7e-5 of the fp32 bundle; an integer zero point lost
-  ~10% of each weight there and agreed on only 71% of top-1 tokens).
-  Opset 18 has no 4-bit type and its DequantizeLinear only takes a 1-D scale, so q is
-  stored as (bs, in/bs·out): column b·out + j holds block b of output j, and two values
-  share a uint8 (rows [0, bs/2) in the low nibble, [bs/2, bs) in the high one). The graph
-  unpacks with BitwiseAnd / BitShift / Concat, then DequantizeLinear(axis=1) + Add(min)
-  and a Reshape / Transpose back to (in, out). ORT constant-folds the unpacking at load
-  (1 byte per weight in memory) but never folds DequantizeLinear, so the float weights
-  are rebuilt per step and not held as fp32 constants (SmolLM2, all-linear, batch 2x256:
-  peak RSS 4.4 GB at 3.5 s/step; with Cast/Mul instead, folded to fp32: 5.5 GB, 2.9 s).
+  [-127, 127], W ≈ q·s.
+- int4: asymmetric, in blocks of `block_size` inputs per output. s = (max - min) / 15,
+  q = round((W - min) / s) in [0, 15], W ≈ q·s + min: GGUF's Q4_1 form with a float
+  offset, so weights loaded from a Q4_1 GGUF with block 32 (the embedded SmolLM2) come
+  back exactly (an integer zero point lost ~10% of each
+  weight there and agreed on only 71% of top-1 tokens). q is a UINT4 tensor laid out as
+  ORT's MatMulNBits reads it: (out·in/bs, bs), two values a byte, low nibble first.
+- Embeddings (V, H), both quant types: int8 symmetric per row. Every graph gathers the
+  int8 rows of the batch's tokens and scales them: no float copy of the table exists.
+- The LM head stays float32. Quantized (int8) it saves 81 MB on disk for SmolLM2 but
+  raises training peak RSS by 24 MB: its float weight (113 MB) is then rebuilt at the
+  moment of peak memory, next to the logits and their gradient. A tied head cannot read
+  the embedding's int8 table either: ORT 1.19 has no gradient for FusedMatMul(transB=1),
+  and its QDQ propagation breaks `Transpose(DequantizeLinear(q, s, axis=0))`.
 
-Only standard ops, and only on paths from constants: ORT needs no gradient for them, so
-LoRA trains on top; fused kernels (MatMulNBits, MatMulInteger) have no gradient. The
-training and inference graphs quantize the same weights to the same bytes, so the shared
-weights file stores each quantized tensor once.
+The training graph rebuilds each float weight per use with ORT's contrib
+`com.microsoft.DequantizeLinear` in front of a standard MatMul: ORT never constant-folds
+it, and nothing before it is foldable, so the weights stay quantized in memory. (With
+the standard-domain op for int8, ORT optimizes the training graph differently and its
+peak RSS on SmolLM2, batch 8 x 64, was 2006 MB against 1839 MB.) Fused kernels
+have no gradient, but ORT needs none on paths from constants, so LoRA trains on top. See
+`edgetune.build.recompute` for keeping each float weight alive only around its reader.
+
+The inference graph runs once per generated token; rebuilding every weight per run there
+made decoding 3-5x slower than LoRA's on SmolLM2 (eval of 20 held-out examples: 42-67 s
+against 13 s). Instead:
+- int4 Linears run as ORT's `MatMulNBits` over the same 4-bit bytes: 14.3 s against
+  LoRA's 12.6 s, eval peak RSS 0.66 GB against 0.98 GB. Its fast kernels take no float
+  zero point (with one: 44 s), and an integer zero point would lose Q4_1's exactness, so
+  it computes x·((q - 8)·s) and two small MatMuls add the offsets' share (see
+  `_use_matmul_nbits`). Gemm layers (GPT-2's) keep the per-use dequantization.
+- int8 Linears are a Cast/Mul that ORT folds into float weights at load: as fast as
+  LoRA (7.7 s), but float weights in memory (eval peak RSS 1.8 GB with the folding's
+  temporaries); MatMulNBits has no 8-bit kernel in ORT 1.19.
+Both read the same bytes as the training graph, so the shared weights file stores each
+quantized tensor once.
 """
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
-from edgetune.build.graph import LinearSite, add_initializer, add_node, initializer_map
+from edgetune.build.graph import add_initializer, add_node, initializer_map, module_path
 from edgetune.common.errors import EdgetuneError
 
 QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
 INT8_MAX = 127
 INT4_MAX = 15
+CONTRIB = "com.microsoft"
+LOGITS = "logits"       # the exported graph's output: the LM head's MatMul writes it, left in float
+UINT4_IR_VERSION = 10  # the first IR version with 4-bit tensors; ORT 1.19 reads up to 10
 
 
 def check_quant_args(method: str, quant: str | None, block_size: int) -> None:
@@ -50,14 +71,6 @@ def check_quant_args(method: str, quant: str | None, block_size: int) -> None:
         raise EdgetuneError(f"block size {block_size} is not supported (choose: {', '.join(map(str, BLOCK_SIZES))})")
 
 
-def check_block_size(sites: list[LinearSite], block_size: int) -> None:
-    """int4 blocks run along the input dimension: every adapted layer's must be a multiple."""
-    for site in sites:
-        if site.in_features % block_size:
-            raise EdgetuneError(f"block size {block_size} does not divide the input dimension "
-                                f"{site.in_features} of {site.module_path}")
-
-
 def quantize_int8(w: np.ndarray) -> dict[str, np.ndarray]:
     """W (in, out) -> {q int8 (in, out), scale (out,)}: symmetric per output channel."""
     absmax = np.abs(w).max(axis=0)                                       # (out,)
@@ -67,80 +80,188 @@ def quantize_int8(w: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def quantize_int4(w: np.ndarray, block_size: int) -> dict[str, np.ndarray]:
-    """W (in, out) -> {q packed uint8 (bs/2, in/bs·out), scale (in/bs, out), offset (in/bs, out)}."""
-    n_in, n_out = w.shape
-    blocks = w.reshape(n_in // block_size, block_size, n_out)            # (in/bs, bs, out)
-    lo, hi = blocks.min(axis=1, keepdims=True), blocks.max(axis=1, keepdims=True)  # (in/bs, 1, out)
+    """W (in, out) -> {q uint8 in [0, 15] (out·in/bs, bs), scale (out·in/bs,), offset (out·in/bs, 1)}."""
+    blocks = np.ascontiguousarray(w.T).reshape(-1, block_size)           # (out·in/bs, bs)
+    lo, hi = blocks.min(axis=1), blocks.max(axis=1)                      # (out·in/bs,)
     scale = np.where(hi > lo, (hi - lo) / INT4_MAX, 1.0).astype(np.float32)
-    q = np.clip(np.rint((blocks - lo) / scale), 0, INT4_MAX).astype(np.uint8)
-    q = q.transpose(1, 0, 2).reshape(block_size, -1)                     # (bs, in/bs·out)
-    packed = q[: block_size // 2] | (q[block_size // 2:] << 4)           # (bs/2, in/bs·out)
-    return {"q": packed, "scale": scale[:, 0], "offset": lo[:, 0].astype(np.float32)}
+    q = np.clip(np.rint((blocks - lo[:, None]) / scale[:, None]), 0, INT4_MAX).astype(np.uint8)
+    return {"q": q, "scale": scale, "offset": lo[:, None].astype(np.float32)}
 
 
-def dequantize(tensors: dict[str, np.ndarray]) -> np.ndarray:
-    """The float32 (in, out) weight the graph computes from quantized tensors, in numpy."""
-    q = tensors["q"]
-    if q.dtype == np.int8:
-        return q.astype(np.float32) * tensors["scale"]
-    values = np.concatenate([q & 0x0F, q >> 4]).astype(np.float32)       # (bs, in/bs·out)
-    values = values * tensors["scale"].reshape(-1) + tensors["offset"].reshape(-1)
-    n_blocks, n_out = tensors["scale"].shape
-    blocks = values.reshape(-1, n_blocks, n_out).transpose(1, 0, 2)      # (in/bs, bs, out)
-    return blocks.reshape(-1, n_out)
+def dequantize(tensors: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """The float32 (in, out) weight of `shape` the training graph computes from quantized tensors, in numpy."""
+    q, scale = tensors["q"], tensors["scale"]
+    if "offset" not in tensors:  # int8
+        return q.astype(np.float32) * scale
+    blocks = q.reshape(scale.size, -1).astype(np.float32) * scale[:, None] + tensors["offset"]  # (out·in/bs, bs)
+    return blocks.reshape(shape[1], shape[0]).T                                  # (in, out)
 
 
-def quantized_tensor_names(module_path: str) -> dict[str, str]:
-    """Initializer names of one layer's quantized weight, shared by every graph of a bundle."""
-    return {part: f"/quant/{module_path}/{part}" for part in ("q", "scale", "offset")}
+def quantized_tensor_names(module: str) -> dict[str, str]:
+    """Initializer names of one module's quantized weight, shared by every graph of a bundle."""
+    return {part: f"/quant/{module}/{part}" for part in ("q", "scale", "offset")}
 
 
-def quantize_sites(model: onnx.ModelProto, sites: list[LinearSite], quant: str, block_size: int) -> None:
-    """Store each site's weight quantized and feed its MatMul/Gemm the dequantized value, in place."""
+def read_quantized(inits: dict[str, np.ndarray], module: str) -> dict[str, np.ndarray]:
+    """A module's quantized tensors from an initializer dict (4-bit q comes back one value a byte)."""
+    out = {part: inits[name] for part, name in quantized_tensor_names(module).items() if name in inits}
+    if out["q"].dtype.fields or out["q"].dtype.names:  # onnx's uint4 numpy type
+        out["q"] = np.asarray(out["q"]).view(np.uint8)
+    return out
+
+
+def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, training: bool) -> None:
+    """Quantize every Linear (MatMul/Gemm over a 2-D float constant) but the LM head, and the embeddings, in place.
+
+    Fails, before changing anything, on a Linear whose input dimension the int4 block size
+    does not divide.
+    """
     graph = model.graph
     inits = initializer_map(graph)
-    by_name = {s.node_name: s for s in sites}
-    new_nodes: list[onnx.NodeProto] = []
-    for node in graph.node:
-        site = by_name.get(node.name)
-        if site is not None:  # dequantize just before the MatMul: one layer's temporaries at a time
-            w = numpy_helper.to_array(inits[site.weight])
-            trans_b = [a for a in node.attribute if a.name == "transB" and a.i]
-            if trans_b:  # Gemm with W (out, in): quantize W.T and feed it untransposed
-                w, trans_b[0].i = w.T, 0
-            w = np.ascontiguousarray(w, np.float32)                      # (in, out)
-            tensors = quantize_int8(w) if quant == "int8" else quantize_int4(w, block_size)
-            node.input[1] = _dequantize_nodes(graph, new_nodes, site.module_path, tensors, w.shape)
-        new_nodes.append(node)
+    linears = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.output[0] != LOGITS
+               and _is_float_matrix(inits.get(n.input[1]))]
+    gathers = [n for n in graph.node if n.op_type == "Gather" and _is_float_matrix(inits.get(n.input[0]))]
+    if quant == "int4":
+        for node in linears:
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            n_in = inits[node.input[1]].dims[1 if trans_b else 0]
+            if n_in % block_size:
+                raise EdgetuneError(f"block size {block_size} does not divide the input dimension "
+                                    f"{n_in} of {module_path(node.name)}")
+    rewired: dict[int, tuple[list, list]] = {}  # id(node) -> (nodes to put before it, nodes after it)
+    for node in gathers:
+        table = numpy_helper.to_array(inits[node.input[0]])             # (V, H)
+        rewired[id(node)] = _quantize_embedding(graph, node, table, module_path(node.name))
+    for node in linears:
+        path = module_path(node.name)
+        w = numpy_helper.to_array(inits[node.input[1]])
+        trans_b = [a for a in node.attribute if a.name == "transB" and a.i]
+        if trans_b:  # Gemm with W (out, in): quantize W.T and feed it untransposed
+            w, trans_b[0].i = w.T, 0
+        w = np.ascontiguousarray(w, np.float32)                          # (in, out)
+        nodes: list[onnx.NodeProto] = []
+        after: list[onnx.NodeProto] = []
+        if quant == "int8":
+            tensors = _add_tensors(graph, path, quantize_int8(w))
+            node.input[1] = _int8_weight(nodes, path, tensors, training)
+        else:
+            tensors = _add_tensors(graph, path, quantize_int4(w, block_size))
+            if training or node.op_type != "MatMul":
+                node.input[1] = _int4_weight(graph, nodes, path, tensors, w.shape)
+            else:
+                after = _use_matmul_nbits(graph, nodes, node, path, tensors, w.shape, block_size)
+        rewired[id(node)] = (nodes, after)
+    new_nodes = []
+    for node in graph.node:  # each layer's dequantization just before its use
+        before, after = rewired.get(id(node), ([], []))
+        new_nodes += [*before, node, *after]
     del graph.node[:]
     graph.node.extend(new_nodes)
+    _drop_unused_initializers(graph)
+    if quant == "int4":
+        model.ir_version = max(model.ir_version, UINT4_IR_VERSION)
+    if not any(o.domain == CONTRIB for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(CONTRIB, 1))
+
+
+def _is_float_matrix(tensor: onnx.TensorProto | None) -> bool:
+    """A 2-D float32 constant: a Linear's weight or an embedding table."""
+    return tensor is not None and tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2
+
+
+def _quantize_embedding(graph, node: onnx.NodeProto, table: np.ndarray, path: str) -> tuple[list, list]:
+    """Gather int8 rows and their scales instead of float rows; return the nodes to put before and after."""
+    q = quantize_int8(np.ascontiguousarray(table.T))                    # per row of the (V, H) table
+    names = quantized_tensor_names(path)
+    add_initializer(graph, names["q"], np.ascontiguousarray(q["q"].T))  # (V, H) int8
+    add_initializer(graph, names["scale"], q["scale"])                   # (V,)
+    p = f"/quant/{path}"
+    add_initializer(graph, f"{p}/last_axis", np.array([-1], np.int64))
+    ids, out = node.input[1], node.output[0]
+    before: list[onnx.NodeProto] = []
+    scale = add_node(before, "Gather", [names["scale"], ids], f"{p}/row_scale")           # (B, S)
+    scale = add_node(before, "Unsqueeze", [scale, f"{p}/last_axis"], f"{p}/row_scale_3d")  # (B, S, 1)
+    node.input[0], node.output[0] = names["q"], f"{p}/rows"                                # (B, S, H) int8
+    after: list[onnx.NodeProto] = []
+    rows = add_node(after, "Cast", [f"{p}/rows"], f"{p}/float_rows", to=TensorProto.FLOAT)
+    add_node(after, "Mul", [rows, scale], out)                                             # (B, S, H)
+    return before, after
+
+
+def _add_tensors(graph, path: str, tensors: dict[str, np.ndarray]) -> dict[str, str]:
+    """Add a Linear's quantized tensors as initializers (q of int4 as UINT4); return part -> name."""
+    names = quantized_tensor_names(path)
+    for part, array in tensors.items():
+        if part == "q" and "offset" in tensors:  # two values a byte, low nibble first
+            packed = array[:, 0::2] | (array[:, 1::2] << 4)
+            graph.initializer.append(helper.make_tensor(names[part], TensorProto.UINT4, list(array.shape),
+                                                        packed.tobytes(), raw=True))
+        else:
+            add_initializer(graph, names[part], array)
+    return {part: names[part] for part in tensors}
+
+
+def _int8_weight(nodes: list, path: str, names: dict, training: bool) -> str:
+    """The float (in, out) weight: DequantizeLinear per use (training), or a Cast/Mul ORT folds at load."""
+    p = f"/quant/{path}"
+    if training:
+        w = add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/weight", axis=1)
+        nodes[-1].domain = CONTRIB  # see the module docstring
+        return w
+    w = add_node(nodes, "Cast", [names["q"]], f"{p}/float", to=TensorProto.FLOAT)
+    return add_node(nodes, "Mul", [w, names["scale"]], f"{p}/weight")
+
+
+def _int4_weight(graph, nodes: list, path: str, names: dict, shape: tuple[int, int]) -> str:
+    """The float (in, out) weight rebuilt per use from 4-bit blocks: W = q·s + min."""
+    p = f"/quant/{path}"
+    add_initializer(graph, f"{p}/transposed_shape", np.array(shape[::-1], np.int64))
+    w = add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/scaled", axis=0)  # q·s (out·in/bs, bs)
+    nodes[-1].domain = CONTRIB                                                                   # 4-bit input
+    w = add_node(nodes, "Add", [w, names["offset"]], f"{p}/shifted")                           # + min
+    w = add_node(nodes, "Reshape", [w, f"{p}/transposed_shape"], f"{p}/weight_t")             # (out, in)
+    return add_node(nodes, "Transpose", [w], f"{p}/weight", perm=[1, 0])                      # (in, out)
+
+
+def _use_matmul_nbits(graph, nodes: list, node: onnx.NodeProto, path: str, names: dict,
+                      shape: tuple[int, int], block_size: int) -> list[onnx.NodeProto]:
+    """Turn an inference MatMul into MatMulNBits over the same 4-bit bytes, plus the offsets' share.
+
+    MatMulNBits' fast kernels take only integer zero points; without one it computes
+    x·((q - 8)·s). The rest of x·W, W = q·s + min, is blockwise constant along the input:
+    Σ_b (Σ_{i∈b} x_i)·(8·s_b + min_b), two small MatMuls over block sums of x.
+    """
+    n_in, n_out = shape
+    n_blocks = n_in // block_size
+    q = next(t for t in graph.initializer if t.name == names["q"])
+    blob = helper.make_tensor(f"{names['q']}/blocks", TensorProto.UINT8,
+                              [n_out, n_blocks, block_size // 2], q.raw_data, raw=True)
+    graph.initializer.append(blob)
+    p, x, y = f"/quant/{path}", node.input[0], node.output[0]
+    node.op_type, node.domain = "MatMulNBits", CONTRIB
+    node.input[1:] = [blob.name, names["scale"]]
+    node.output[0] = f"{p}/centered_output"                                                  # x·((q - 8)·s)
+    node.attribute.extend([helper.make_attribute(k, v) for k, v in
+                           (("K", n_in), ("N", n_out), ("bits", 4), ("block_size", block_size))])
+    summer = f"/quant/block_sums/{n_in}x{block_size}"   # (in, in/bs): 1 where input i is in block b
+    if summer not in {t.name for t in graph.initializer}:
+        add_initializer(graph, summer, np.kron(np.eye(n_blocks, dtype=np.float32), np.ones((block_size, 1), np.float32)))
+    add_initializer(graph, f"{p}/eight", np.array(8.0, np.float32))
+    add_initializer(graph, f"{p}/blocks_by_out", np.array([n_out, n_blocks], np.int64))
+    offset = add_node(nodes, "Mul", [names["scale"], f"{p}/eight"], f"{p}/eight_s")          # folded at load
+    offset = add_node(nodes, "Reshape", [names["offset"], f"{p}/blocks_by_out"], f"{p}/min_blocks")
+    offset = add_node(nodes, "Add", [add_node(nodes, "Reshape", [f"{p}/eight_s", f"{p}/blocks_by_out"],
+                                              f"{p}/eight_s_blocks"), offset], f"{p}/block_offset")
+    offset = add_node(nodes, "Transpose", [offset], f"{p}/block_offset_t", perm=[1, 0])      # (in/bs, out)
+    after: list[onnx.NodeProto] = []
+    sums = add_node(after, "MatMul", [x, summer], f"{p}/block_sums")                         # (..., in/bs)
+    share = add_node(after, "MatMul", [sums, offset], f"{p}/offset_share")                   # (..., out)
+    add_node(after, "Add", [node.output[0], share], y)
+    return after
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {name for n in graph.node for name in n.input}
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-
-
-def _dequantize_nodes(graph, nodes: list, path: str, tensors: dict, shape: tuple[int, int]) -> str:
-    """Append the nodes that rebuild the float (in, out) weight; return its tensor name."""
-    names = quantized_tensor_names(path)
-    for part, array in tensors.items():
-        add_initializer(graph, names[part], array)
-    p = f"/quant/{path}"
-    if "offset" not in tensors:  # int8
-        return add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/weight", axis=1)
-    n_blocks, n_out = tensors["scale"].shape
-    add_initializer(graph, f"{p}/low_mask", np.array(0x0F, np.uint8))
-    add_initializer(graph, f"{p}/shift", np.array(4, np.uint8))
-    add_initializer(graph, f"{p}/flat", np.array([-1], np.int64))
-    add_initializer(graph, f"{p}/blocked_shape", np.array([-1, n_blocks, n_out], np.int64))
-    add_initializer(graph, f"{p}/weight_shape", np.array(shape, np.int64))
-    low = add_node(nodes, "BitwiseAnd", [names["q"], f"{p}/low_mask"], f"{p}/low")          # (bs/2, in/bs·out)
-    high = add_node(nodes, "BitShift", [names["q"], f"{p}/shift"], f"{p}/high", direction="RIGHT")
-    q = add_node(nodes, "Concat", [low, high], f"{p}/unpacked", axis=0)                      # (bs, in/bs·out)
-    scale = add_node(nodes, "Reshape", [names["scale"], f"{p}/flat"], f"{p}/flat_scale")     # (in/bs·out,)
-    offset = add_node(nodes, "Reshape", [names["offset"], f"{p}/flat"], f"{p}/flat_offset")
-    w = add_node(nodes, "DequantizeLinear", [q, scale], f"{p}/scaled", axis=1)               # q·s
-    w = add_node(nodes, "Add", [w, offset], f"{p}/shifted")                                  # q·s + min
-    w = add_node(nodes, "Reshape", [w, f"{p}/blocked_shape"], f"{p}/blocked")               # (bs, in/bs, out)
-    w = add_node(nodes, "Transpose", [w], f"{p}/blocks", perm=[1, 0, 2])                    # (in/bs, bs, out)
-    return add_node(nodes, "Reshape", [w, f"{p}/weight_shape"], f"{p}/weight")               # (in, out)

@@ -57,7 +57,8 @@ def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: l
     """Replace each adapter branch of the inference graph by updated base weights, in place.
 
     LoRA: W' = W + s·Aᵀ·Bᵀ. DoRA (PEFT's merge): W' = m/‖W + s·Aᵀ·Bᵀ‖ · (W + s·Aᵀ·Bᵀ), the
-    norm per output feature. QLoRA: W is dequantized first, so merged layers are float32.
+    norm per output feature. QLoRA: W is dequantized first, so merged layers are float32;
+    the layers without an adapter stay quantized.
     """
     graph = model.graph
     scale, dora = scaling(config), bool(config.get("use_dora"))
@@ -72,8 +73,14 @@ def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: l
         prefix, key = f"/lora/{path}/", f"{names.PEFT_PREFIX}{path}"
         base = producers[f"{prefix}base_output"]
         trans_b = any(attr.name == "transB" and attr.i for attr in base.attribute)
-        w = _constant(model, base.input[1], inits, producers)
-        w = w.T if trans_b else w                                           # (in, out)
+        if base.op_type == "MatMulNBits":  # QLoRA int4: becomes a float MatMul
+            w = _nbits_weight(model, base, inits, producers)               # (in, out)
+            base.op_type, base.domain = "MatMul", ""
+            del base.input[2:]
+            del base.attribute[:]
+        else:
+            w = _constant(model, base.input[1], inits, producers)
+            w = w.T if trans_b else w                                       # (in, out)
         a, b = weights[f"{key}.lora_A.weight"], weights[f"{key}.lora_B.weight"]  # (r, in), (out, r)
         merged = w + (scale * (a.T @ b.T)).astype(np.float32)              # (in, out)
         if dora:
@@ -111,6 +118,21 @@ def _constant(model: onnx.ModelProto, name: str, inits: dict, producers: dict) -
     onnx.checker.check_model(sub)
     session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run([name], {})[0]
+
+
+def _nbits_weight(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, producers: dict) -> np.ndarray:
+    """The float (in, out) weight a MatMulNBits node multiplies by: W = (q - z)·s, z = 8 if it has none.
+
+    (A QLoRA int4 layer adds its offsets' share after the node; that stays as it is.)
+    """
+    attrs = {a.name: a.i for a in node.attribute}
+    n_out, block = attrs["N"], attrs["block_size"]
+    blob = numpy_helper.to_array(inits[node.input[1]])                     # (out, in/bs, bs/2) uint8
+    q = np.stack([blob & 0x0F, blob >> 4], axis=-1).reshape(n_out, -1, block).astype(np.float32)  # low nibble first
+    scale = _constant(model, node.input[2], inits, producers).reshape(n_out, -1, 1)   # (out, in/bs, 1)
+    has_zero = len(node.input) > 3 and node.input[3]
+    zero = _constant(model, node.input[3], inits, producers).reshape(n_out, -1, 1) if has_zero else 8.0
+    return ((q - zero) * scale).reshape(n_out, attrs["K"]).T
 
 
 def _prune(graph: onnx.GraphProto) -> None:
