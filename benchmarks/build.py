@@ -100,8 +100,8 @@ def build_random(name: str, rebuild: bool = False) -> dict:
         return {"error": f"random model: {made['error']}"}
     folder = Path(made["result"]["folder"])
     out = common.BENCH / "bundles" / name
-    record = out.with_name(name + ".build.json")  # the last attempt's figures (a build takes minutes)
-    if record.is_file() and not rebuild:
+    record = out.with_name(name + ".build.json")  # the last build's figures (a build takes minutes)
+    if record.is_file() and (out / "manifest.json").is_file() and not rebuild:  # a failure is tried again
         return {**json.loads(record.read_text()), "from_earlier_run": True}
     common.log(f"  building {name} (free memory {common._mem_available() / 2**30:.1f} GiB)")
     run = common.run_child(common.child_cmd("build.py", {"impl": "build", "model": str(folder), "out": str(out)}),
