@@ -1,7 +1,7 @@
 """Markdown tables from results files: `python benchmarks/report.py RESULTS.json [RERUN.json ...]`.
 
 A later file (e.g. from `run.py --only skill`) replaces the sections it ran, and its
-non-empty headline ratios. BENCHMARKS.md pastes these tables as they are, so every
+non-empty headline ratios and MFU. BENCHMARKS.md pastes these tables as they are, so every
 figure in it comes from a run.
 """
 
@@ -170,7 +170,7 @@ def main() -> None:
         rerun = json.load(open(path))
         for name in rerun["sections"]:
             r[name] = rerun[name]
-        r.update({k: v for k, v in rerun.items() if k.endswith("_ratio") and v is not None})
+        r.update({k: v for k, v in rerun.items() if (k.endswith("_ratio") or k.startswith("mfu")) and v is not None})
         print(f"(sections {', '.join(rerun['sections'])} from the run started {rerun['started']})\n")
     for title, fn in (("Machine", machine), ("Headline", headline), ("Training", train), ("Checkpoint", checkpoint),
                       ("Decode", decode), ("Time to skill", skill), ("Build", build), ("Scaling", scaling)):
