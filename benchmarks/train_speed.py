@@ -20,7 +20,20 @@ from pathlib import Path
 import common
 
 
-def _steps_report(step_times: list, cpu_times: list, config: dict, labels, load_s: float, losses: list) -> dict:
+def _timed_steps(step, warmup: int, steps: int) -> tuple[list, list, list]:
+    """Run `step` (one optimizer step, returns the loss) warmup + steps times -> wall and CPU
+    times of the timed steps, and every loss."""
+    times, cpu_times, losses = [], [], []
+    for i in range(warmup + steps):
+        t, c = time.perf_counter(), time.process_time()
+        losses.append(step())
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+            cpu_times.append(time.process_time() - c)
+    return times, cpu_times, losses
+
+
+def _steps_report(step_times: list, cpu_times: list, losses: list, config: dict, labels, load_s: float) -> dict:
     """Medians over the timed steps; cpu_s_per_step (process CPU time) is less hurt by a busy machine."""
     step = common.median(step_times)
     tokens, labelled = labels.size, int((labels != -100).sum())
@@ -52,21 +65,17 @@ def run_edgetune(o: dict) -> dict:
     module.train()
     load_s = time.perf_counter() - started
     gemm = common.gemm_flops()
-    times, cpu_times, losses = [], [], []
-    for i in range(o["warmup"] + o["steps"]):
-        t, c = time.perf_counter(), time.process_time()
+    def step() -> float:
         loss = module(ids, mask, positions, labels)
         optimizer.step()
         module.lazy_reset_grad()
-        if i >= o["warmup"]:
-            times.append(time.perf_counter() - t)
-            cpu_times.append(time.process_time() - c)
-        losses.append(float(loss))
-    report = _steps_report(times, cpu_times, config, labels, load_s, losses)
+        return float(loss)
+
+    report = _steps_report(*_timed_steps(step, o["warmup"], o["steps"]), config, labels, load_s)
     report["gemm_flops"] = max(gemm, common.gemm_flops())
     with tempfile.TemporaryDirectory(dir=common.BENCH) as tmp:  # same disk as the bundle
         t = time.perf_counter()
-        folder, size = checkpoints.save(Path(tmp), state, {"step": len(losses)})
+        folder, size = checkpoints.save(Path(tmp), state, {"step": len(report["losses"])})
         report.update(checkpoint_save_s=time.perf_counter() - t, checkpoint_bytes=size)
     return report
 
@@ -90,19 +99,15 @@ def run_torch(o: dict) -> dict:
     peft.train()
     load_s = time.perf_counter() - started
     gemm = common.gemm_flops()
-    times, cpu_times, losses = [], [], []
-    for i in range(o["warmup"] + o["steps"]):
-        t, c = time.perf_counter(), time.process_time()
+    def step() -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(o.get("bf16"))):
             loss = peft(input_ids=inputs, labels=targets).loss  # HF shifts the labels itself
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if i >= o["warmup"]:
-            times.append(time.perf_counter() - t)
-            cpu_times.append(time.process_time() - c)
-        losses.append(float(loss))
-    report = _steps_report(times, cpu_times, config, labels, load_s, losses)
+        return float(loss)
+
+    report = _steps_report(*_timed_steps(step, o["warmup"], o["steps"]), config, labels, load_s)
     report["gemm_flops"] = max(gemm, common.gemm_flops())
     with tempfile.TemporaryDirectory(dir=common.BENCH) as tmp:
         t = time.perf_counter()
