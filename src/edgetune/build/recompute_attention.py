@@ -16,7 +16,8 @@ originals in that input, so ORT's common-subexpression pass does not merge them 
 """
 
 import onnx
-from onnx import helper
+
+from edgetune.build.graph import add_node
 
 SCORE_OPS = ("Add", "Sub", "Mul", "Div", "Where")  # scaling and masking between Q·Kᵀ and Softmax
 
@@ -60,11 +61,10 @@ def _score_chain(softmax, producers) -> list | None:
 def _copy_for_backward(chain: list, d_out: str, backward: list) -> list:
     """The copied chain, fed from Reshape(Q, Shape(dO)); `backward` nodes read its softmax."""
     tag = chain[-1].name or chain[-1].output[0]
-    shape = helper.make_node("Shape", [d_out], [f"{tag}/recompute/dO_shape"], name=f"{tag}/recompute/dO_shape")
-    late_q = helper.make_node("Reshape", [chain[0].input[0], shape.output[0]], [f"{tag}/recompute/Q"],
-                              name=f"{tag}/recompute/Q")
-    renamed = {chain[0].input[0]: late_q.output[0]}
-    copied = [shape, late_q]
+    copied: list = []
+    shape = add_node(copied, "Shape", [d_out], f"{tag}/recompute/dO_shape")
+    late_q = add_node(copied, "Reshape", [chain[0].input[0], shape], f"{tag}/recompute/Q")
+    renamed = {chain[0].input[0]: late_q}
     for node in chain:
         copy = onnx.NodeProto()
         copy.CopyFrom(node)

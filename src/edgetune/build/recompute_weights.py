@@ -24,8 +24,9 @@ external data), so it works on a model of any size.
 import heapq
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
+from edgetune.build.graph import add_node
 from edgetune.common.names import LOSS
 
 SUFFIX = "/recompute"
@@ -125,7 +126,7 @@ class _Chain:
         if id(node) in self.scales:
             return
         self.scales[id(node)] = node.input[1]
-        node.input[1] = self._node(new_nodes, "Mul", [node.input[1], self._one(activation, new_nodes)],
+        node.input[1] = add_node(new_nodes, "Mul", [node.input[1], self._one(activation, new_nodes)],
                                    f"{node.output[0]}/anchored_scale")                  # scale·1, same shape
 
     def _copy(self, name: str, activation: str, new_nodes: list) -> str:
@@ -139,7 +140,7 @@ class _Chain:
                 copy.input[i] = self._copy(source, activation, new_nodes)
         if node.op_type == "DequantizeLinear":
             scale = self.scales.get(id(node), node.input[1])  # not the forward's anchored one
-            copy.input[1] = self._node(new_nodes, "Mul", [scale, self._one(activation, new_nodes)],
+            copy.input[1] = add_node(new_nodes, "Mul", [scale, self._one(activation, new_nodes)],
                                        f"{node.output[0]}{SUFFIX}/anchored_scale")
         for i, out in enumerate(node.output):
             copy.output[i] = out + SUFFIX
@@ -149,12 +150,7 @@ class _Chain:
     def _one(self, activation: str, new_nodes: list) -> str:
         """A float scalar 1 that ORT can only compute once `activation` exists."""
         if activation not in self.ones:
-            size = self._node(new_nodes, "Size", [activation], f"{activation}/anchor_size")     # B·S·... elements
-            size = self._node(new_nodes, "Cast", [size], f"{activation}/anchor_float", to=TensorProto.FLOAT)
-            self.ones[activation] = self._node(new_nodes, "Div", [size, size], f"{activation}/anchor_one")
+            size = add_node(new_nodes, "Size", [activation], f"{activation}/anchor_size")     # B·S·... elements
+            size = add_node(new_nodes, "Cast", [size], f"{activation}/anchor_float", to=TensorProto.FLOAT)
+            self.ones[activation] = add_node(new_nodes, "Div", [size, size], f"{activation}/anchor_one")
         return self.ones[activation]
-
-    @staticmethod
-    def _node(new_nodes: list, op: str, inputs: list[str], output: str, **attrs) -> str:
-        new_nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
