@@ -4,6 +4,7 @@ Each helper takes the graph and tensor names and returns the names it produced, 
 style of onnxblock, so a rewrite reads top to bottom.
 """
 
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,53 @@ def add_node(nodes: list, op: str, inputs: list[str], output: str, **attrs) -> s
     """Append one node producing `output` and return that name."""
     nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
     return output
+
+
+def ancestors(outputs: list[str], producers: dict[str, onnx.NodeProto]) -> set[int]:
+    """ids of the nodes (among `producers`' values) that the tensors `outputs` depend on.
+
+    For a training graph and the loss, that is the forward pass.
+    """
+    seen: set[int] = set()
+    wanted = list(outputs)
+    while wanted:
+        node = producers.get(wanted.pop())
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            wanted.extend(node.input)
+    return seen
+
+
+def constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Initializers and every tensor computed from initializers alone (a topologically sorted graph)."""
+    constants = {t.name for t in graph.initializer}
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        if inputs and all(name in constants for name in inputs):
+            constants.update(node.output)
+    return constants
+
+
+def topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """`nodes` sorted so that every node follows its inputs' producers, otherwise in list order."""
+    produced_by = {o: i for i, n in enumerate(nodes) for o in n.output}
+    waiting = [sum(1 for x in set(n.input) if x in produced_by) for n in nodes]  # distinct producer inputs
+    readers: dict[int, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for x in set(n.input):
+            if x in produced_by:
+                readers.setdefault(produced_by[x], []).append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for j in readers.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    return order
 
 
 def make_input(name: str, elem_type: int, shape: list) -> onnx.ValueInfoProto:

@@ -21,12 +21,10 @@ It rewrites the training model's nodes only: initializers stay where they are (i
 external data), so it works on a model of any size.
 """
 
-import heapq
-
 import onnx
 from onnx import TensorProto
 
-from edgetune.build.graph import add_node
+from edgetune.build.graph import add_node, ancestors, topological
 from edgetune.common.names import LOSS
 
 SUFFIX = "/recompute"
@@ -36,7 +34,7 @@ def recompute_dequantized_weights(model: onnx.ModelProto) -> int:
     """Rewrite a training model in place; return the number of weights given a backward copy."""
     graph = model.graph
     chain = _Chain(graph)
-    forward = _ancestors(LOSS, chain.producers)
+    forward = ancestors([LOSS], chain.producers)
     new_nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         if id(node) not in chain.weight_nodes:
@@ -46,42 +44,8 @@ def recompute_dequantized_weights(model: onnx.ModelProto) -> int:
                     node.input[i] = chain.read(name, node, backward, new_nodes)
         new_nodes.append(node)
     del graph.node[:]
-    graph.node.extend(_topological(new_nodes))
+    graph.node.extend(topological(new_nodes))
     return chain.backward_copies
-
-
-def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """`nodes` sorted so that every node follows its inputs' producers, otherwise in list order."""
-    produced_by = {o: i for i, n in enumerate(nodes) for o in n.output}
-    waiting = [sum(1 for x in set(n.input) if x in produced_by) for n in nodes]  # distinct producer inputs
-    readers: dict[int, list[int]] = {}
-    for i, n in enumerate(nodes):
-        for x in set(n.input):
-            if x in produced_by:
-                readers.setdefault(produced_by[x], []).append(i)
-    ready = [i for i, count in enumerate(waiting) if count == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(nodes[i])
-        for j in readers.get(i, []):
-            waiting[j] -= 1
-            if waiting[j] == 0:
-                heapq.heappush(ready, j)
-    return order
-
-
-def _ancestors(output: str, producers: dict) -> set[int]:
-    """ids of the nodes `output` depends on: the forward pass, for the loss."""
-    seen: set[int] = set()
-    stack = [output]
-    while stack:
-        node = producers.get(stack.pop())
-        if node is not None and id(node) not in seen:
-            seen.add(id(node))
-            stack.extend(node.input)
-    return seen
 
 
 class _Chain:
