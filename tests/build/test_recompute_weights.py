@@ -5,9 +5,12 @@ optimized model, nodes in execution order): ORT must neither merge the backward 
 back into the forward ones nor run a dequantization long before its reader.
 """
 
+import re
+
 import onnx
 import pytest
 
+from edgetune.build import recompute_layers
 from edgetune.build.recompute_weights import SUFFIX
 from edgetune.common import names
 
@@ -28,12 +31,15 @@ def test_backward_reads_its_own_dequantized_weights(quant, method_bundle):
     graph = onnx.load(bundle / names.TRAINING_MODEL, load_external_data=False).graph
     readers = _readers(graph)
     weights = [n.output[0] for n in graph.node
-               if n.name.startswith("/quant/") and n.output[0].endswith(("/weight", "/weight" + SUFFIX))]
-    copies = [w for w in weights if w.endswith(SUFFIX)]
-    assert copies and len(weights) - len(copies) >= len(copies)
+               if n.name.startswith("/quant/") and re.fullmatch(f".*/weight({SUFFIX}\\d*)?", n.output[0])]
+    copies = [w for w in weights if SUFFIX in w]
+    originals = set(weights) - set(copies)
+    assert {c.split(SUFFIX)[0] for c in copies} == originals  # for the gradient and the layer's recomputation
+    assert len(copies) > len(originals)
     for weight in weights:
-        kinds = {"backward" if "_Grad/" in graph.node[i].name else "forward" for i in readers[weight]}
-        assert kinds == ({"backward"} if weight.endswith(SUFFIX) else {"forward"}), (weight, kinds)
+        kinds = {"backward" if "_Grad/" in graph.node[i].name or graph.node[i].name.endswith(recompute_layers.SUFFIX)
+                 else "forward" for i in readers[weight]}
+        assert kinds == ({"backward"} if SUFFIX in weight else {"forward"}), (weight, kinds)
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])

@@ -11,7 +11,9 @@ and the build's memory is the torch model plus one export's constant-folded weig
 method: "lora", "dora" (PEFT's use_dora), or "qlora" (LoRA over an int8/int4 frozen base:
 every Linear but the LM head, and the embeddings, see `edgetune.build.quantize`).
 `init_adapter` starts from a PEFT adapter folder, whose config then sets r, alpha,
-dropout, rsLoRA, DoRA and targets.
+dropout, rsLoRA, DoRA and targets. `gradient_checkpointing` recomputes each decoder layer
+in the backward pass (`edgetune.build.recompute_layers`); by default only for qlora, as in
+PEFT's QLoRA recipe (`prepare_model_for_kbit_training`), whose point is memory.
 
 Everything is written into a temporary sibling folder that is renamed into place at the
 end, so an interrupted build never leaves a half bundle.
@@ -34,6 +36,7 @@ from edgetune.build.loss import add_causal_lm_loss
 from edgetune.build.peft_import import import_weights, read_init_adapter, target_matcher
 from edgetune.build.quantize import check_quant_args, quantize_frozen_base
 from edgetune.build.recompute_attention import recompute_attention_probs
+from edgetune.build.recompute_layers import recompute_layers
 from edgetune.build.recompute_weights import recompute_dequantized_weights
 from edgetune.build.registry import get_architecture, resolve_targets
 from edgetune.build.source import load_source
@@ -63,12 +66,14 @@ def build_bundle(
     quant: str | None = None,
     block_size: int = 32,
     init_adapter: Path | None = None,
+    gradient_checkpointing: bool | None = None,
 ) -> dict:
     """Build a bundle for `model` into `out` and return its manifest.
 
     method: lora | dora | qlora. quant (qlora only): int8 | int4; block_size (int4 only):
     32 | 64 | 128. init_adapter: a PEFT adapter folder that sets the adapter's config and
-    initial values (then leave targets and spec at their defaults).
+    initial values (then leave targets and spec at their defaults). gradient_checkpointing:
+    recompute each decoder layer in the backward pass (default: for qlora only).
     """
     out = Path(out)
     if task not in TASKS:
@@ -76,6 +81,8 @@ def build_bundle(
     if method not in METHODS:
         raise EdgetuneError(f"unknown method '{method}' (choose: {', '.join(METHODS)})")
     check_quant_args(method, quant, block_size)
+    if gradient_checkpointing is None:
+        gradient_checkpointing = method == "qlora"
     if init_adapter is not None and (targets is not None or spec != LoraSpec()):
         raise EdgetuneError("init_adapter sets r, lora_alpha, lora_dropout, use_rslora and targets from its "
                             "adapter_config.json: do not pass targets or LoRA settings as well")
@@ -118,7 +125,10 @@ def build_bundle(
         _checked(train_graph, train_path, staging, keep=set(trainable))  # ORT reads adapter values inline
         graphs = generate_training_artifacts(train_graph, trainable, optimizer, tmp)
         training = graphs[tmp / names.TRAINING_MODEL]
-        recompute_attention_probs(training.graph)
+        if gradient_checkpointing:
+            _checkpoint_layers(training.graph)
+        else:
+            recompute_attention_probs(training.graph)
         if quant is not None:  # float weights rebuilt per use, not kept from forward to backward
             recompute_dequantized_weights(training)
         del train_graph
@@ -157,6 +167,7 @@ def build_bundle(
                 arch.fan_in_fan_out, spec.use_rslora, use_dora=method == "dora",
             ),
             "adapted_modules": [s.module_path for s in train_sites],
+            "gradient_checkpointing": gradient_checkpointing,
             "init_seed": seed,
             "init_adapter": None if init_adapter is None else str(init_adapter),
             "onnx": {"opset": opset, "ir_version": infer_graph.ir_version},
@@ -173,6 +184,13 @@ def _checked(graph: onnx.ModelProto, path: Path, store: WeightStore, keep: set[s
     store.externalize(graph, keep)
     onnx.save(graph, path)
     onnx.checker.check_model(path)
+
+
+def _checkpoint_layers(graph: onnx.GraphProto) -> None:
+    """Recompute every decoder layer in the backward pass, or fail if the graph shows none."""
+    if recompute_layers(graph) == 0:
+        raise EdgetuneError("gradient checkpointing found no decoder layer in the training graph "
+                            "(node names without layers.N or h.N)")
 
 
 def _weights_read(graph: onnx.ModelProto, sites, method: str) -> set[str]:

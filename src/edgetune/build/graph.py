@@ -112,6 +112,9 @@ def topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
             waiting[j] -= 1
             if waiting[j] == 0:
                 heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        stuck = next(n for n in nodes if all(n is not m for m in order))
+        raise ValueError(f"the graph has a cycle through node {stuck.name or stuck.output[0]}")
     return order
 
 

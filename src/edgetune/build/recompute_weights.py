@@ -31,7 +31,7 @@ SUFFIX = "/recompute"
 
 
 def recompute_dequantized_weights(model: onnx.ModelProto) -> int:
-    """Rewrite a training model in place; return the number of weights given a backward copy."""
+    """Rewrite a training model in place; return the number of backward copies made."""
     graph = model.graph
     chain = _Chain(graph)
     forward = ancestors([LOSS], chain.producers)
@@ -65,19 +65,26 @@ class _Chain:
                     self.dequantized.update(node.output)
         self.scales: dict[int, str] = {}     # DequantizeLinear node anchored -> its own scale input
         self.ones: dict[str, str] = {}       # activation -> a float 1 computed from it
-        self.copies: dict[str, str] = {}     # float weight -> its backward copy
+        self.copies: dict[tuple[str, str], str] = {}  # (float weight, activation) -> a backward copy
         self.backward_copies = 0
 
     def read(self, name: str, reader: onnx.NodeProto, backward: bool, new_nodes: list) -> str:
-        """The tensor `reader` should read for weight `name`: the forward chain, or a backward copy."""
+        """The tensor `reader` should read for weight `name`: the forward chain, or a backward copy.
+
+        Each backward activation gets its own copy: with gradient checkpointing a weight has
+        two backward readers, the layer's recomputed forward and the gradient dY·Wᵀ, and one
+        copy anchored on dY would make the recomputation wait for its own result.
+        """
         activation = next(x for x in reader.input if x and x not in self.derived)
         if not backward:
             self._anchor(name, activation, new_nodes)
             return name
-        if name not in self.copies:
-            self.copies[name] = self._copy(name, activation, new_nodes)
+        if (name, activation) not in self.copies:
+            count = sum(1 for weight, _ in self.copies if weight == name)
+            suffix = SUFFIX if count == 0 else f"{SUFFIX}{count + 1}"
+            self.copies[name, activation] = self._copy(name, activation, suffix, new_nodes)
             self.backward_copies += 1
-        return self.copies[name]
+        return self.copies[name, activation]
 
     def _anchor(self, name: str, activation: str, new_nodes: list) -> None:
         """Make the DequantizeLinear upstream of `name` wait for `activation`."""
@@ -93,21 +100,21 @@ class _Chain:
         node.input[1] = add_node(new_nodes, "Mul", [node.input[1], self._one(activation, new_nodes)],
                                    f"{node.output[0]}/anchored_scale")                  # scale·1, same shape
 
-    def _copy(self, name: str, activation: str, new_nodes: list) -> str:
+    def _copy(self, name: str, activation: str, suffix: str, new_nodes: list) -> str:
         """A copy of the chain computing `name`, its DequantizeLinear anchored on `activation`."""
         node = self.producers[name]
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
-        copy.name = node.name + SUFFIX
+        copy.name = node.name + suffix
         for i, source in enumerate(node.input):
             if source in self.dequantized:
-                copy.input[i] = self._copy(source, activation, new_nodes)
+                copy.input[i] = self._copy(source, activation, suffix, new_nodes)
         if node.op_type == "DequantizeLinear":
             scale = self.scales.get(id(node), node.input[1])  # not the forward's anchored one
             copy.input[1] = add_node(new_nodes, "Mul", [scale, self._one(activation, new_nodes)],
-                                       f"{node.output[0]}{SUFFIX}/anchored_scale")
+                                       f"{node.output[0]}{suffix}/anchored_scale")
         for i, out in enumerate(node.output):
-            copy.output[i] = out + SUFFIX
+            copy.output[i] = out + suffix
         new_nodes.append(copy)
         return copy.output[list(node.output).index(name)]
 
