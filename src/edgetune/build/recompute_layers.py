@@ -105,10 +105,12 @@ def _copy_layer(members: list, anchor: str, constants: set, backward_readers: di
             if out:
                 renamed[out] = copy.output[i] = out + SUFFIX
         copied.append(copy)
-    rewired = [out for out in produced - kept if out in renamed and out in backward_readers]
+    rewired = [out for out in produced - kept if out in renamed
+               and any(r.op_type != "Shape" for r in backward_readers.get(out, []))]
     for out in rewired:
         for reader in backward_readers[out]:
-            reader.input[:] = [renamed[out] if name == out else name for name in reader.input]
+            if reader.op_type != "Shape":  # runs in the forward pass: reads the original, keeps nothing
+                reader.input[:] = [renamed[out] if name == out else name for name in reader.input]
     needed = ancestors([renamed[out] for out in rewired], {o: n for n in gates + copied for o in n.output})
     return [n for n in gates + copied if id(n) in needed]
 
