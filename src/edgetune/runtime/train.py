@@ -177,14 +177,14 @@ class _Recipe:
             self.state = CheckpointState.load_checkpoint(str(checkpoint))
         except RuntimeError:
             raise checkpoints.CheckpointError(f"{checkpoint}: not a readable ORT checkpoint") from None
-        self.module = Module(str(o.bundle / TRAINING_MODEL), self.state, str(o.bundle / EVAL_MODEL),
-                             session_options=options)
+        eval_model = str(o.bundle / EVAL_MODEL) if o.eval_data else None  # a session costs ~25 MB
+        self.module = Module(str(o.bundle / TRAINING_MODEL), self.state, eval_model, session_options=options)
         for key, value in to_graph_layout(init_weights or {}).items():  # only once a Module owns the state
             self.state.parameters[key] = value
         self.optimizer = Optimizer(str(o.bundle / OPTIMIZER_MODEL), self.module)
         self.sgd = self.manifest["optimizer"] == "sgd"
         self.train_inputs = self.module.input_names()         # names of Batch fields, in graph order
-        self.eval_inputs = self.module.eval().input_names()
+        self.eval_inputs = self.module.eval().input_names() if eval_model else []
         self.module.train()
 
     # ---- train -------------------------------------------------------------------------
