@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 BENCH = ROOT / "artifacts" / "bench"            # git-ignored scratch space
 SMOLLM2_BUNDLE = ROOT / "artifacts" / "smollm2"  # built by the team (r=8 on q/v, adamw)
+SMOLLM2_CHECKPOINTED = ROOT / "artifacts" / "smollm2-checkpointing"  # the same with --gradient-checkpointing
 SMOLLM2_HF = BENCH / "smollm2-hf"                # the same weights as a plain fp32 HF folder
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
 MEM_GUARD_BYTES = 3 * 2**30                      # kill a child when the machine gets this close to OOM
@@ -195,12 +196,17 @@ def _timed(fn) -> float:
 
 # ---- models and data --------------------------------------------------------------------
 
-def ensure_smollm2_bundle() -> Path:
-    """The SmolLM2 bundle every edgetune contender uses (r=8 on q/v, AdamW), built once from the GGUF."""
-    if not (SMOLLM2_BUNDLE / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "edgetune.cli", "build", str(smollm2_gguf()), "-o", str(SMOLLM2_BUNDLE),
-                        "--targets", "q_proj,v_proj", "--rank", "8", "--alpha", "16", "--force"], check=True)
-    return SMOLLM2_BUNDLE
+def ensure_smollm2_bundle(checkpointing: bool = False) -> Path:
+    """The SmolLM2 bundle every edgetune contender uses (r=8 on q/v, AdamW), built once from the GGUF.
+
+    checkpointing: the same built with --gradient-checkpointing.
+    """
+    out = SMOLLM2_CHECKPOINTED if checkpointing else SMOLLM2_BUNDLE
+    if not (out / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "edgetune.cli", "build", str(smollm2_gguf()), "-o", str(out),
+                        "--targets", "q_proj,v_proj", "--rank", "8", "--alpha", "16", "--force",
+                        *(["--gradient-checkpointing"] if checkpointing else [])], check=True)
+    return out
 
 
 def ensure_smollm2_hf() -> Path:

@@ -41,7 +41,8 @@ def train(r: dict) -> str:
             "runs (tokens/s) | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
     peak, seq_len = t.get("gemm_peak_flops"), t.get("seq_len") or 0
     attention = common.attention_flops_per_token(common.read_config(common.SMOLLM2_HF), seq_len)
-    for name in ("edgetune", "torch_fp32", "edgetune_all_labels", "torch_bf16", "torch_fp32_spin"):
+    for name in ("edgetune", "torch_fp32", "edgetune_all_labels", "torch_bf16", "torch_fp32_spin",
+                 "edgetune_checkpointing", "torch_fp32_checkpointing"):
         f = t.get(name)
         if not f:
             continue
@@ -159,8 +160,9 @@ def scaling(r: dict) -> str:
 
 
 def headline(r: dict) -> str:
-    keys = ("train_speed_ratio", "train_rss_ratio", "mfu", "mfu_torch_fp32", "decode_speed_ratio", "ttft_ratio",
-            "time_to_skill_ratio", "checkpoint_save_ratio")
+    keys = ("train_speed_ratio", "train_rss_ratio", "mfu", "mfu_torch_fp32", "train_checkpointing_speed_ratio",
+            "train_checkpointing_rss_ratio", "decode_speed_ratio", "ttft_ratio", "time_to_skill_ratio",
+            "checkpoint_save_ratio")
     return "\n".join(f"- `{k}` = {_f(r.get(k), '{:.3f}')}" for k in keys)
 
 

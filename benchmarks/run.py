@@ -32,9 +32,12 @@ def section_train(results: dict, s: dict) -> None:
     import train_speed
 
     points = train_speed.contenders(common.SMOLLM2_BUNDLE, common.SMOLLM2_HF, s["batch"], s["seq_len"],
-                                    s["steps"], s["warmup"], extras=True)
+                                    s["steps"], s["warmup"], extras=True,
+                                    checkpointed_bundle=common.ensure_smollm2_bundle(checkpointing=True))
     main = {k: points[k] for k in ("edgetune", "torch_fp32")}
     train = train_speed.measure(main, s["rounds"])
+    checkpointing = ("edgetune_checkpointing", "torch_fp32_checkpointing")
+    train.update(train_speed.measure({k: points[k] for k in checkpointing}, s["rounds"]))
     references = ("edgetune_all_labels", "torch_bf16") + (("torch_fp32_spin",) if s["spin_reference"] else ())
     common.log(f"  references (one run each): {', '.join(references)}")
     train.update(train_speed.measure({k: points[k] for k in references}, 1))
@@ -98,6 +101,10 @@ def headline(results: dict) -> dict:
         "train_speed_ratio": ratio(get("train", "edgetune", "tokens_per_s"), get("train", "torch_fp32", "tokens_per_s")),
         "train_rss_ratio": ratio(get("train", "edgetune", "peak_rss_bytes"), get("train", "torch_fp32", "peak_rss_bytes")),
         "mfu": get("train", "edgetune", "mfu"),
+        "train_checkpointing_speed_ratio": ratio(get("train", "edgetune_checkpointing", "tokens_per_s"),
+                                                 get("train", "torch_fp32_checkpointing", "tokens_per_s")),
+        "train_checkpointing_rss_ratio": ratio(get("train", "edgetune_checkpointing", "peak_rss_bytes"),
+                                               get("train", "torch_fp32_checkpointing", "peak_rss_bytes")),
         "mfu_torch_fp32": get("train", "torch_fp32", "mfu"),
         "decode_speed_ratio": ratio(get("decode", "edgetune", "decode_tokens_per_s"),
                                     get("decode", "transformers", "decode_tokens_per_s")),
@@ -151,10 +158,11 @@ def print_tables(r: dict) -> None:
     if hw.get("gemm_peak_flops"):
         print(f"fp32 GEMM peak {hw['gemm_peak_flops'] / 1e9:.0f} GFLOP/s, "
               f"memory bandwidth {hw['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s")
-    for name in ("edgetune", "torch_fp32", "torch_bf16", "torch_fp32_spin"):
+    for name in ("edgetune", "torch_fp32", "torch_bf16", "torch_fp32_spin", "edgetune_checkpointing",
+                 "torch_fp32_checkpointing"):
         f = r.get("train", {}).get(name, {})
         if f.get("tokens_per_s"):
-            print(f"train {name:11} {f['tokens_per_s']:7.1f} tok/s  step {f['step_s']:.2f} s  "
+            print(f"train {name:24} {f['tokens_per_s']:7.1f} tok/s  step {f['step_s']:.2f} s  "
                   f"peak RSS {gb(f['peak_rss_bytes'])}  MFU {f.get('mfu', 0):.1%}  "
                   f"ckpt {f['checkpoint_bytes'] / 1e6:.1f} MB in {f['checkpoint_save_s']:.3f} s")
     for name in ("edgetune", "transformers", "transformers_spin"):
@@ -162,7 +170,8 @@ def print_tables(r: dict) -> None:
         if f.get("decode_tokens_per_s"):
             print(f"decode {name:12} TTFT {f['ttft_s'] * 1000:.0f} ms  {f['decode_tokens_per_s']:.1f} tok/s  "
                   f"peak RSS {gb(f['peak_rss_bytes'])}  {f.get('fraction_of_bound', 0):.0%} of bound")
-    for key in ("train_speed_ratio", "train_rss_ratio", "mfu", "decode_speed_ratio", "time_to_skill_ratio"):
+    for key in ("train_speed_ratio", "train_rss_ratio", "mfu", "train_checkpointing_speed_ratio",
+                "train_checkpointing_rss_ratio", "decode_speed_ratio", "time_to_skill_ratio"):
         value = r.get(key)
         print(f"{key}: {value:.3f}" if value is not None else f"{key}: -")
 

@@ -5,6 +5,9 @@ edgetune side: a tight loop on the same ORT training API and session options as
 graphs, `allow_spinning=0`), so the figures are the runtime's, without data loading.
 PyTorch side: transformers + PEFT LoRA (same r, alpha, targets), torch.optim.AdamW, fp32;
 and a bf16-autocast line as a reference only (it is not what the target compares with).
+The `_checkpointing` pair recomputes each layer in the backward pass on both sides: a
+bundle built with `--gradient-checkpointing` against transformers'
+`gradient_checkpointing_enable()` (non-reentrant, as PEFT's QLoRA recipe sets it).
 Both see the same fixed (B, S) batch (`common.fixed_batch`: packed dates-task examples, the
 loss on completions only, as in instruction tuning) and count B*S tokens per step; the
 `all_labels` variant makes every next token a target (plain-text training).
@@ -91,6 +94,8 @@ def run_torch(o: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(o["model"], dtype=torch.float32)
     model.config.use_cache = False
     config = model.config.to_dict()
+    if o.get("checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft = get_peft_model(model, LoraConfig(lora_dropout=0.0, **common.LORA))
     trainable = [p for p in peft.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=2e-4, eps=1e-8, weight_decay=0.0)
@@ -118,12 +123,13 @@ def run_torch(o: dict) -> dict:
 
 
 def contenders(bundle: Path, model_dir: Path, batch: int, seq_len: int, steps: int, warmup: int,
-               extras: bool = False) -> dict:
+               extras: bool = False, checkpointed_bundle: Path | None = None) -> dict:
     """name -> child options for one (model, batch, seq_len) point.
 
     extras: also edgetune with every token labelled, PyTorch bf16 autocast, and PyTorch fp32
     with OpenMP's default spin-waiting. (PyTorch computes every position's logits whatever
-    the labels, so its cost does not depend on them.)
+    the labels, so its cost does not depend on them.) checkpointed_bundle: also the
+    gradient-checkpointing pair.
     """
     base = {"batch": batch, "seq_len": seq_len, "steps": steps, "warmup": warmup}
     torch = {"impl": "torch", "model": str(model_dir), **base}
@@ -133,6 +139,9 @@ def contenders(bundle: Path, model_dir: Path, batch: int, seq_len: int, steps: i
         found["edgetune_all_labels"] = {**found["edgetune"], "all_labels": True}
         found["torch_bf16"] = {**torch, "bf16": True, "env": common.NO_SPIN}
         found["torch_fp32_spin"] = torch
+    if checkpointed_bundle is not None:
+        found["edgetune_checkpointing"] = {**found["edgetune"], "bundle": str(checkpointed_bundle)}
+        found["torch_fp32_checkpointing"] = {**found["torch_fp32"], "checkpointing": True}
     return found
 
 
