@@ -9,7 +9,7 @@ graphs are handled as structure only, so models over protobuf's 2 GB limit build
 and the build's memory is the torch model plus one export's constant-folded weights.
 
 method: "lora", "dora" (PEFT's use_dora), or "qlora" (LoRA over an int8/int4 frozen base:
-every Linear but the LM head, and the embeddings, see `edgetune.build.quantize`).
+every Linear and the embeddings, and the LM head in int8, see `edgetune.build.quantize`).
 `init_adapter` starts from a PEFT adapter folder, whose config then sets r, alpha,
 dropout, rsLoRA, DoRA and targets.
 
@@ -32,7 +32,7 @@ from edgetune.build.graph import drop_nan_guards, find_linears
 from edgetune.build.lora import LoraSpec, add_lora
 from edgetune.build.loss import add_causal_lm_loss
 from edgetune.build.peft_import import import_weights, read_init_adapter, target_matcher
-from edgetune.build.quantize import check_quant_args, quantize_frozen_base
+from edgetune.build.quantize import check_quant_args, quantize_frozen_base, quantize_lm_head
 from edgetune.build.recompute_attention import recompute_attention_probs
 from edgetune.build.recompute_weights import recompute_dequantized_weights
 from edgetune.build.registry import get_architecture, resolve_targets
@@ -115,6 +115,8 @@ def build_bundle(
         trainable = _rewrite(train_graph, train_sites, spec, weights, method, quant, block_size, training=True)
         drop_nan_guards(train_graph.graph)
         add_causal_lm_loss(train_graph)
+        if method == "qlora":  # the head reads the loss block's labelled rows (see quantize_lm_head)
+            quantize_lm_head(train_graph, training=True)
         _checked(train_graph, train_path, staging, keep=set(trainable))  # ORT reads adapter values inline
         graphs = generate_training_artifacts(train_graph, trainable, optimizer, tmp)
         training = graphs[tmp / names.TRAINING_MODEL]
@@ -130,6 +132,8 @@ def build_bundle(
         if method == "qlora":
             load_weights(infer_graph, _weights_read(infer_graph, infer_sites, method), tmp)
         _rewrite(infer_graph, infer_sites, spec, None, method, quant, block_size, training=False)
+        if method == "qlora":
+            quantize_lm_head(infer_graph, training=False)
         _checked(infer_graph, infer_path, staging)
         graphs[tmp / names.INFERENCE_MODEL] = infer_graph
         staging.close()

@@ -1,7 +1,7 @@
-"""QLoRA's frozen base: every Linear, the LM head and the embeddings stored as int8 or int4.
+"""QLoRA's frozen base: every Linear and the embeddings as int8 or int4, the LM head as int8.
 
-As bitsandbytes/PEFT QLoRA does, every frozen Linear but the LM head is quantized,
-whatever the LoRA targets are; here the token embedding too. Linear weights W are
+As bitsandbytes/PEFT QLoRA does, every frozen Linear is quantized, whatever the LoRA
+targets are; here the token embedding and the LM head too. Linear weights W are
 (in, out) as the graph's MatMul reads them:
 
 - int8: symmetric, per output channel. s = max|W[:, j]| / 127, q = round(W / s) in
@@ -14,11 +14,18 @@ whatever the LoRA targets are; here the token embedding too. Linear weights W ar
   ORT's MatMulNBits reads it: (out·in/bs, bs), two values a byte, low nibble first.
 - Embeddings (V, H), both quant types: int8 symmetric per row. Every graph gathers the
   int8 rows of the batch's tokens and scales them: no float copy of the table exists.
-- The LM head stays float32. Quantized (int8) it saves 81 MB on disk for SmolLM2 but
-  raises training peak RSS by 24 MB: its float weight (113 MB) is then rebuilt at the
-  moment of peak memory, next to the logits and their gradient. A tied head cannot read
-  the embedding's int8 table either: ORT 1.19 has no gradient for FusedMatMul(transB=1),
-  and its QDQ propagation breaks `Transpose(DequantizeLinear(q, s, axis=0))`.
+- The LM head (H, V), both quant types: int8 symmetric per output channel (per vocabulary
+  entry). Its rounding goes straight into every logit, so its precision matters most:
+  it stays int8 under int4 too (bitsandbytes QLoRA leaves it in 16 bits).
+  It is stored as HEAD_CHUNKS row chunks (V/8, H) (`quantize_lm_head`). The training
+  graph dequantizes each chunk right before its own Gemm(x, rows, transB=1) and
+  concatenates the chunks' logits, so only one chunk's float weight (SmolLM2: 14 of
+  113 MB) exists at a time, in forward and backward. Quantized whole, the head's float
+  weight was rebuilt at the moment of peak memory, next to the logits, and peak RSS rose
+  by 24 MB; in chunks it fell by 60 MB (SmolLM2 int8, batch 8 x 64: 973 -> 913 MB). The
+  head runs after the loss block's labelled-row gather, so its input is (rows, H), as
+  Gemm needs. A tied head stores its own chunks (28 MB for SmolLM2), although they are
+  the embedding's int8 rows exactly: see `quantize_lm_head`.
 
 The training graph rebuilds each float weight per use with ORT's contrib
 `com.microsoft.DequantizeLinear` in front of a standard MatMul: ORT never constant-folds
@@ -26,7 +33,7 @@ it, and nothing before it is foldable, so the weights stay quantized in memory. 
 the standard-domain op for int8, ORT optimizes the training graph differently and its
 peak RSS on SmolLM2, batch 8 x 64, was 2006 MB against 1839 MB.) Fused kernels
 have no gradient, but ORT needs none on paths from constants, so LoRA trains on top. See
-`edgetune.build.recompute` for keeping each float weight alive only around its reader.
+`edgetune.build.recompute_weights` for keeping each float weight alive only around its reader.
 
 The inference graph runs once per generated token; rebuilding every weight per run there
 made decoding 3-5x slower than LoRA's on SmolLM2 (eval of 20 held-out examples: 42-67 s
@@ -38,8 +45,9 @@ against 13 s). Instead:
   `_use_matmul_nbits`). Gemm layers (GPT-2's) keep the per-use dequantization.
 - int8 Linears are a Cast/Mul that ORT folds into float weights at load: as fast as
   LoRA (7.7 s), but float weights in memory (eval peak RSS 1.8 GB with the folding's
-  temporaries); MatMulNBits has no 8-bit kernel in ORT 1.19.
-Both read the same bytes as the training graph, so the shared weights file stores each
+  temporaries); MatMulNBits has no 8-bit kernel in ORT 1.19. The LM head likewise, for
+  both quant types: its chunks' Cast/Mul, Concat and Transpose fold into one float W.
+All read the same bytes as the training graph, so the shared weights file stores each
 quantized tensor once.
 """
 
@@ -49,14 +57,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgetune.build.graph import add_initializer, add_node, initializer_map, module_path
 from edgetune.common.errors import EdgetuneError
+from edgetune.common.names import LOSS
 
 QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
 INT8_MAX = 127
 INT4_MAX = 15
 CONTRIB = "com.microsoft"
-LOGITS = "logits"       # the exported graph's output: the LM head's MatMul writes it, left in float
+LOGITS = "logits"       # the exported graph's output: the LM head's MatMul writes it (see quantize_lm_head)
 UINT4_IR_VERSION = 10  # the first IR version with 4-bit tensors; ORT 1.19 reads up to 10
+HEAD_CHUNKS = 8        # the LM head's float weight exists one vocabulary chunk at a time (SmolLM2: 14 of 113 MB)
 
 
 def check_quant_args(method: str, quant: str | None, block_size: int) -> None:
@@ -111,7 +121,9 @@ def read_quantized(inits: dict[str, np.ndarray], module: str) -> dict[str, np.nd
 
 
 def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, training: bool) -> None:
-    """Quantize every Linear (MatMul/Gemm over a 2-D float constant) but the LM head, and the embeddings, in place.
+    """Quantize every Linear (MatMul/Gemm over a 2-D float constant) and the embeddings, in place.
+
+    The LM head is left to `quantize_lm_head`, which the training graph needs after its loss.
 
     Fails, before changing anything, on a Linear whose input dimension the int4 block size
     does not divide.
@@ -162,6 +174,78 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
         model.ir_version = max(model.ir_version, UINT4_IR_VERSION)
     if not any(o.domain == CONTRIB for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(CONTRIB, 1))
+
+
+def quantize_lm_head(model: onnx.ModelProto, training: bool) -> None:
+    """Store the LM head (the MatMul writing `logits`) as int8 rows, in HEAD_CHUNKS vocabulary chunks, in place.
+
+    W (H, V) is quantized as the embeddings are, per vocabulary entry, and stored as
+    (V/HEAD_CHUNKS, H) row chunks. Training: each chunk is dequantized right before its own
+    Gemm(x, rows, transB=1), and the chunks' logits are concatenated. That needs the
+    (rows, H) input of the loss block's labelled-row gather: call it after `add_causal_lm_loss`.
+    Inference: the chunks are rebuilt as constants that ORT folds into one float W at load.
+
+    A tied head's chunks are the embedding's int8 rows exactly, yet stored apart (28 MB
+    for SmolLM2): ORT 1.19 trains the Gemm form, but the head needs each chunk as its own
+    constant. Slicing the table by constant bounds is folded by ORT into copies, and a
+    Slice gated on an activation is no constant chain for `recompute_weights`, so the
+    backward would read the forward's float chunks: all of them alive across the loss.
+    ORT maps `base_weights.bin` and the embedding's Gather touches only the batch's rows,
+    so the separate chunks cost disk, and only a few MB of memory.
+    """
+    graph = model.graph
+    inits = initializer_map(graph)
+    head = next((n for n in graph.node if LOGITS in n.output), None)
+    if head is None or head.op_type != "MatMul" or not _is_float_matrix(inits.get(head.input[1])):
+        raise EdgetuneError(f"the graph's '{LOGITS}' do not come from an LM head MatMul over a float weight")
+    if training and LOSS not in {o.name for o in graph.output}:
+        raise EdgetuneError("a training graph's LM head is quantized after its loss is added")
+    path = module_path(head.name)
+    int8 = quantize_int8(numpy_helper.to_array(inits[head.input[1]]).astype(np.float32))  # q (H, V), scale (V,)
+    rows = int8["q"].T                                                                     # (V, H) int8
+    edges = np.linspace(0, rows.shape[0], min(HEAD_CHUNKS, rows.shape[0]) + 1).astype(int)
+    chunks = []
+    for k, (start, end) in enumerate(zip(edges[:-1], edges[1:])):
+        names = quantized_tensor_names(f"{path}/vocab{k}")
+        add_initializer(graph, names["q"], np.ascontiguousarray(rows[start:end]))         # (R, H) int8
+        add_initializer(graph, names["scale"], int8["scale"][start:end])                  # (R,)
+        chunks.append(names)
+    nodes: list[onnx.NodeProto] = []
+    if training:
+        _chunked_head(nodes, head, path, chunks)
+    else:
+        head.input[1] = _folded_head(graph, nodes, path, chunks)
+    at = list(graph.node).index(head)
+    kept = [*graph.node[:at], *nodes, *([] if training else [head]), *graph.node[at + 1:]]
+    del graph.node[:]
+    graph.node.extend(kept)
+    _drop_unused_initializers(graph)
+    if not any(o.domain == CONTRIB for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(CONTRIB, 1))
+
+
+def _chunked_head(nodes: list, head: onnx.NodeProto, path: str, chunks: list[dict]) -> None:
+    """logits = Concat_k(x · dequantized rows_kᵀ): one chunk's float rows at a time (the head is replaced)."""
+    x, logits = head.input[0], []                                                            # x (N, H)
+    for k, names in enumerate(chunks):
+        p = f"/quant/{path}/vocab{k}"
+        w = add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/weight", axis=0)  # (R, H)
+        nodes[-1].domain = CONTRIB                                                           # never folded
+        logits.append(add_node(nodes, "Gemm", [x, w], f"{p}/logits", transB=1))             # (N, R)
+    add_node(nodes, "Concat", logits, head.output[0], axis=-1)                               # (N, V)
+
+
+def _folded_head(graph, nodes: list, path: str, chunks: list[dict]) -> str:
+    """The float (H, V) head weight as a Cast/Mul/Concat/Transpose of the chunks, which ORT folds at load."""
+    p = f"/quant/{path}"
+    add_initializer(graph, f"{p}/row_axis", np.array([1], np.int64))
+    rows = []
+    for k, names in enumerate(chunks):
+        q = add_node(nodes, "Cast", [names["q"]], f"{p}/vocab{k}/float", to=TensorProto.FLOAT)              # (R, H)
+        s = add_node(nodes, "Unsqueeze", [names["scale"], f"{p}/row_axis"], f"{p}/vocab{k}/row_scale")     # (R, 1)
+        rows.append(add_node(nodes, "Mul", [q, s], f"{p}/vocab{k}/weight"))
+    w = add_node(nodes, "Concat", rows, f"{p}/weight_t", axis=0)                                            # (V, H)
+    return add_node(nodes, "Transpose", [w], f"{p}/weight", perm=[1, 0])                                  # (H, V)
 
 
 def _is_float_matrix(tensor: onnx.TensorProto | None) -> bool:
