@@ -18,6 +18,7 @@ from edgetune.build.graph import module_path
 from edgetune.build.quantize import (
     HEAD_CHUNKS, dequantize, quantize_int4, quantize_int8, quantize_lm_head, read_quantized,
 )
+from edgetune.build.weights import external_region
 from edgetune.common import names
 from edgetune.common.adapter_config import scaling
 from edgetune.common.errors import EdgetuneError
@@ -157,6 +158,18 @@ def test_qlora_lm_head_is_int8_rows_dequantized_one_vocabulary_chunk_at_a_time(q
     assert rows == 320  # the tiny vocabulary
     served = onnx.load(bundle / names.INFERENCE_MODEL, load_external_data=False).graph
     assert {n for n in inits if n.startswith("/quant/lm_head/")} <= {t.name for t in served.initializer}
+
+
+@pytest.mark.parametrize("arch,tied", [("llama", True), ("qwen2", False)])
+def test_a_tied_lm_head_reads_the_embedding_tables_bytes(arch, tied, method_bundle):
+    bundle = method_bundle(arch, "qlora", quant="int4")
+    for graph_file in (names.TRAINING_MODEL, names.EVAL_MODEL, names.INFERENCE_MODEL):
+        graph = onnx.load(bundle / graph_file, load_external_data=False).graph
+        regions = {t.name: external_region(t)[1:] for t in graph.initializer if t.external_data}
+        start, length = regions["/quant/model.embed_tokens/q"]
+        chunks = [regions[f"/quant/lm_head/vocab{k}/q"] for k in range(HEAD_CHUNKS)]  # (R, H) int8 each
+        inside = [start <= offset and offset + size <= start + length for offset, size in chunks]
+        assert all(inside) == tied and any(inside) == tied, (chunks, start, length)
 
 
 def test_lm_head_quantization_refuses_graphs_it_cannot_rewrite(method_bundle):

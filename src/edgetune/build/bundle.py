@@ -115,8 +115,9 @@ def build_bundle(
         trainable = _rewrite(train_graph, train_sites, spec, weights, method, quant, block_size, training=True)
         drop_nan_guards(train_graph.graph)
         add_causal_lm_loss(train_graph)
-        if method == "qlora":  # the head reads the loss block's labelled rows (see quantize_lm_head)
-            quantize_lm_head(train_graph, training=True)
+        head_slices = {}  # a tied head's int8 chunks -> parts of the embedding table (see quantize_lm_head)
+        if method == "qlora":  # the head reads the loss block's labelled rows
+            head_slices = quantize_lm_head(train_graph, training=True)
         _checked(train_graph, train_path, staging, keep=set(trainable))  # ORT reads adapter values inline
         graphs = generate_training_artifacts(train_graph, trainable, optimizer, tmp)
         training = graphs[tmp / names.TRAINING_MODEL]
@@ -132,13 +133,13 @@ def build_bundle(
         if method == "qlora":
             load_weights(infer_graph, _weights_read(infer_graph, infer_sites, method), tmp)
         _rewrite(infer_graph, infer_sites, spec, None, method, quant, block_size, training=False)
-        if method == "qlora":
-            quantize_lm_head(infer_graph, training=False)
+        if method == "qlora" and quantize_lm_head(infer_graph, training=False) != head_slices:
+            raise EdgetuneError("the training and inference exports disagree on the LM head")
         _checked(infer_graph, infer_path, staging)
         graphs[tmp / names.INFERENCE_MODEL] = infer_graph
         staging.close()
 
-        share_base_weights(graphs, tmp)  # each graph saved once, pointing into base_weights.bin
+        share_base_weights(graphs, tmp, head_slices)  # each graph saved once, pointing into base_weights.bin
         for path in (train_path, infer_path, staging.path):
             path.unlink()
         onnx.checker.check_model(tmp / names.INFERENCE_MODEL)  # its references into base_weights.bin

@@ -22,10 +22,14 @@ targets are; here the token embedding and the LM head too. Linear weights W are
   concatenates the chunks' logits, so only one chunk's float weight (SmolLM2: 14 of
   113 MB) exists at a time, in forward and backward. Quantized whole, the head's float
   weight was rebuilt at the moment of peak memory, next to the logits, and peak RSS rose
-  by 24 MB; in chunks it fell by 60 MB (SmolLM2 int8, batch 8 x 64: 973 -> 913 MB). The
-  head runs after the loss block's labelled-row gather, so its input is (rows, H), as
-  Gemm needs. A tied head stores its own chunks (28 MB for SmolLM2), although they are
-  the embedding's int8 rows exactly: see `quantize_lm_head`.
+  by 24 MB; in chunks it fell (SmolLM2, batch 8 x 64, 10 labelled tokens a row: int8
+  973 -> 913 MB, int4 968 -> 896 MB). The head runs after the loss block's labelled-row
+  gather, so its input is (rows, H), as Gemm needs. A tied head's chunks are the
+  embedding's int8 rows exactly: they are stored as slices of its table
+  (`weights.share_base_weights`), so SmolLM2's int8 head costs 0.2 MB of scales on disk
+  (int8 base_weights.bin 249 -> 136 MB; 164 MB with chunks of its own). Peak RSS is the
+  same either way within a few MB: ORT maps the file, and the embedding's Gather touches
+  only the batch's rows of the table.
 
 The training graph rebuilds each float weight per use with ORT's contrib
 `com.microsoft.DequantizeLinear` in front of a standard MatMul: ORT never constant-folds
@@ -56,6 +60,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgetune.build.graph import add_initializer, add_node, initializer_map, module_path
+from edgetune.build.weights import PAGE
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.names import LOSS
 
@@ -176,22 +181,21 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
         model.opset_import.append(helper.make_opsetid(CONTRIB, 1))
 
 
-def quantize_lm_head(model: onnx.ModelProto, training: bool) -> None:
-    """Store the LM head (the MatMul writing `logits`) as int8 rows, in HEAD_CHUNKS vocabulary chunks, in place.
+def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[str, int]]:
+    """Store the LM head (the MatMul writing `logits`) as int8 rows, in vocabulary chunks, in place.
 
-    W (H, V) is quantized as the embeddings are, per vocabulary entry, and stored as
-    (V/HEAD_CHUNKS, H) row chunks. Training: each chunk is dequantized right before its own
-    Gemm(x, rows, transB=1), and the chunks' logits are concatenated. That needs the
-    (rows, H) input of the loss block's labelled-row gather: call it after `add_causal_lm_loss`.
-    Inference: the chunks are rebuilt as constants that ORT folds into one float W at load.
+    W (H, V) is quantized as the embeddings are, per vocabulary entry, and stored as at
+    most HEAD_CHUNKS (R, H) row chunks. Training: each chunk is dequantized right before
+    its own Gemm(x, rows, transB=1), and the chunks' logits are concatenated. That needs
+    the (rows, H) input of the loss block's labelled-row gather: call it after
+    `add_causal_lm_loss`. Inference: the chunks are rebuilt as constants that ORT folds
+    into one float W at load.
 
-    A tied head's chunks are the embedding's int8 rows exactly, yet stored apart (28 MB
-    for SmolLM2): ORT 1.19 trains the Gemm form, but the head needs each chunk as its own
-    constant. Slicing the table by constant bounds is folded by ORT into copies, and a
-    Slice gated on an activation is no constant chain for `recompute_weights`, so the
-    backward would read the forward's float chunks: all of them alive across the loss.
-    ORT maps `base_weights.bin` and the embedding's Gather touches only the batch's rows,
-    so the separate chunks cost disk, and only a few MB of memory.
+    A tied head's chunks are the embedding's int8 rows exactly. Returns, for those, chunk
+    q name -> (table q name, byte offset), for `weights.share_base_weights` to store them
+    as slices of the table. (They cannot be Slices in the graph: ORT folds a Slice of a
+    constant into a copy, and a Slice gated on an activation is no constant chain for
+    `recompute_weights`, so the backward would read the forward's float chunks.)
     """
     graph = model.graph
     inits = initializer_map(graph)
@@ -201,15 +205,17 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> None:
     if training and LOSS not in {o.name for o in graph.output}:
         raise EdgetuneError("a training graph's LM head is quantized after its loss is added")
     path = module_path(head.name)
-    int8 = quantize_int8(numpy_helper.to_array(inits[head.input[1]]).astype(np.float32))  # q (H, V), scale (V,)
-    rows = int8["q"].T                                                                     # (V, H) int8
-    edges = np.linspace(0, rows.shape[0], min(HEAD_CHUNKS, rows.shape[0]) + 1).astype(int)
-    chunks = []
-    for k, (start, end) in enumerate(zip(edges[:-1], edges[1:])):
+    w = numpy_helper.to_array(inits[head.input[1]])                                        # (H, V) float32
+    table = _embedding_table(graph, inits, w.shape[::-1])                                  # (name, (V, H) int8)
+    edges, chunks, tied = _chunk_edges(w.shape[1], w.shape[0]), [], table is not None
+    for k, (start, end) in enumerate(edges):  # a chunk at a time: the build's temporaries stay small
+        int8 = quantize_int8(w[:, start:end])                                              # q (H, R), scale (R,)
+        rows = np.ascontiguousarray(int8["q"].T)                                           # (R, H) int8
         names = quantized_tensor_names(f"{path}/vocab{k}")
-        add_initializer(graph, names["q"], np.ascontiguousarray(rows[start:end]))         # (R, H) int8
-        add_initializer(graph, names["scale"], int8["scale"][start:end])                  # (R,)
+        add_initializer(graph, names["q"], rows)
+        add_initializer(graph, names["scale"], int8["scale"])
         chunks.append(names)
+        tied = tied and np.array_equal(table[1][start:end], rows)
     nodes: list[onnx.NodeProto] = []
     if training:
         _chunked_head(nodes, head, path, chunks)
@@ -222,6 +228,29 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> None:
     _drop_unused_initializers(graph)
     if not any(o.domain == CONTRIB for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(CONTRIB, 1))
+    if not tied:
+        return {}
+    return {names["q"]: (table[0], start * w.shape[0]) for names, (start, _) in zip(chunks, edges)}
+
+
+def _chunk_edges(n_rows: int, row_bytes: int) -> list[tuple[int, int]]:
+    """(start, end) rows of at most HEAD_CHUNKS chunks, each a whole number of pages where rows allow.
+
+    Page-sized chunks of a page-aligned table start on pages too, so ORT maps them.
+    """
+    step = PAGE // np.gcd(row_bytes, PAGE)                           # a multiple of `step` rows fills whole pages
+    rows = -(-n_rows // HEAD_CHUNKS)
+    rows = -(-rows // step) * step if step < rows else rows
+    return [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
+
+
+def _embedding_table(graph, inits: dict, shape: tuple[int, int]) -> tuple[str, np.ndarray] | None:
+    """(name, values) of a Gather's int8 (V, H) table of `shape` (the quantized embedding), or None."""
+    for node in graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is not None and table.data_type == TensorProto.INT8 and tuple(table.dims) == shape:
+            return table.name, numpy_helper.to_array(table)
+    return None
 
 
 def _chunked_head(nodes: list, head: onnx.NodeProto, path: str, chunks: list[dict]) -> None:
