@@ -49,8 +49,10 @@ against 13 s). Instead:
   `_use_matmul_nbits`). Gemm layers (GPT-2's) keep the per-use dequantization.
 - int8 Linears are a Cast/Mul that ORT folds into float weights at load: as fast as
   LoRA (7.7 s), but float weights in memory (eval peak RSS 1.8 GB with the folding's
-  temporaries); MatMulNBits has no 8-bit kernel in ORT 1.19. The LM head likewise, for
-  both quant types: its chunks' Cast/Mul, Concat and Transpose fold into one float W.
+  temporaries); MatMulNBits has no 8-bit kernel in ORT 1.19.
+- The LM head, both quant types: ORT folds each chunk's Cast into float rows at load,
+  and the per-vocabulary scales multiply the chunk's logits at run time, so the folding
+  leaves no other float temporary (see `_served_head`).
 All read the same bytes as the training graph, so the shared weights file stores each
 quantized tensor once.
 """
@@ -188,8 +190,8 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[
     most HEAD_CHUNKS (R, H) row chunks. Training: each chunk is dequantized right before
     its own Gemm(x, rows, transB=1), and the chunks' logits are concatenated. That needs
     the (rows, H) input of the loss block's labelled-row gather: call it after
-    `add_causal_lm_loss`. Inference: the chunks are rebuilt as constants that ORT folds
-    into one float W at load.
+    `add_causal_lm_loss`. Inference: ORT folds each chunk's int8 rows into float at load,
+    and the scales multiply the chunks' logits.
 
     A tied head's chunks are the embedding's int8 rows exactly. Returns, for those, chunk
     q name -> (table q name, byte offset), for `weights.share_base_weights` to store them
@@ -220,9 +222,9 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[
     if training:
         _chunked_head(nodes, head, path, chunks)
     else:
-        head.input[1] = _folded_head(graph, nodes, path, chunks)
+        _served_head(graph, nodes, head, path, chunks, w.shape)
     at = list(graph.node).index(head)
-    kept = [*graph.node[:at], *nodes, *([] if training else [head]), *graph.node[at + 1:]]
+    kept = [*graph.node[:at], *nodes, *graph.node[at + 1:]]  # the head's MatMul replaced
     del graph.node[:]
     graph.node.extend(kept)
     _drop_unused_initializers(graph)
@@ -264,17 +266,29 @@ def _chunked_head(nodes: list, head: onnx.NodeProto, path: str, chunks: list[dic
     add_node(nodes, "Concat", logits, head.output[0], axis=-1)                               # (N, V)
 
 
-def _folded_head(graph, nodes: list, path: str, chunks: list[dict]) -> str:
-    """The float (H, V) head weight as a Cast/Mul/Concat/Transpose of the chunks, which ORT folds at load."""
+def _served_head(graph, nodes: list, head: onnx.NodeProto, path: str, chunks: list[dict],
+                 shape: tuple[int, int]) -> None:
+    """logits = Concat_k((x · float(q_k)ᵀ) · s_k): ORT folds only the Casts at load, into the float rows.
+
+    The scales multiply each chunk's logits at run time, so folding makes no float
+    temporaries beside the weight itself (a Cast/Mul/Concat/Transpose chain made four,
+    raising eval peak RSS by 0.5 GB on SmolLM2).
+    """
+    n_hidden, n_vocab = shape
     p = f"/quant/{path}"
-    add_initializer(graph, f"{p}/row_axis", np.array([1], np.int64))
-    rows = []
+    add_initializer(graph, f"{p}/rows_by_hidden", np.array([-1, n_hidden], np.int64))
+    add_initializer(graph, f"{p}/vocab_size", np.array([n_vocab], np.int64))
+    x = head.input[0]                                                                     # (B, S, H)
+    rows = add_node(nodes, "Reshape", [x, f"{p}/rows_by_hidden"], f"{p}/rows")           # (B·S, H)
+    logits = []
     for k, names in enumerate(chunks):
-        q = add_node(nodes, "Cast", [names["q"]], f"{p}/vocab{k}/float", to=TensorProto.FLOAT)              # (R, H)
-        s = add_node(nodes, "Unsqueeze", [names["scale"], f"{p}/row_axis"], f"{p}/vocab{k}/row_scale")     # (R, 1)
-        rows.append(add_node(nodes, "Mul", [q, s], f"{p}/vocab{k}/weight"))
-    w = add_node(nodes, "Concat", rows, f"{p}/weight_t", axis=0)                                            # (V, H)
-    return add_node(nodes, "Transpose", [w], f"{p}/weight", perm=[1, 0])                                  # (H, V)
+        w = add_node(nodes, "Cast", [names["q"]], f"{p}/vocab{k}/float", to=TensorProto.FLOAT)  # (R, H)
+        y = add_node(nodes, "Gemm", [rows, w], f"{p}/vocab{k}/unscaled", transB=1)             # (B·S, R)
+        logits.append(add_node(nodes, "Mul", [y, names["scale"]], f"{p}/vocab{k}/logits"))
+    flat = add_node(nodes, "Concat", logits, f"{p}/flat_logits", axis=-1)                  # (B·S, V)
+    lead = add_node(nodes, "Shape", [x], f"{p}/lead_shape", end=-1)                         # [B, S]
+    shape_out = add_node(nodes, "Concat", [lead, f"{p}/vocab_size"], f"{p}/logits_shape", axis=0)
+    add_node(nodes, "Reshape", [flat, shape_out], head.output[0])                           # (B, S, V)
 
 
 def _is_float_matrix(tensor: onnx.TensorProto | None) -> bool:
