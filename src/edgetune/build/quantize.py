@@ -207,7 +207,7 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[
     if training and LOSS not in {o.name for o in graph.output}:
         raise EdgetuneError("a training graph's LM head is quantized after its loss is added")
     path = module_path(head.name)
-    w = numpy_helper.to_array(inits[head.input[1]])                                        # (H, V) float32
+    w = _values(inits[head.input[1]])                                                      # (H, V) float32
     table = _embedding_table(graph, inits, w.shape[::-1])                                  # (name, (V, H) int8)
     edges, chunks, tied = _chunk_edges(w.shape[1], w.shape[0]), [], table is not None
     for k, (start, end) in enumerate(edges):  # a chunk at a time: the build's temporaries stay small
@@ -251,8 +251,16 @@ def _embedding_table(graph, inits: dict, shape: tuple[int, int]) -> tuple[str, n
     for node in graph.node:
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
         if table is not None and table.data_type == TensorProto.INT8 and tuple(table.dims) == shape:
-            return table.name, numpy_helper.to_array(table)
+            return table.name, _values(table)
     return None
+
+
+def _values(tensor: onnx.TensorProto) -> np.ndarray:
+    """An inline constant's values, read-only over its raw bytes when it has them (no 113 MB copy of a head)."""
+    if not tensor.raw_data:
+        return numpy_helper.to_array(tensor)
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    return np.frombuffer(tensor.raw_data, dtype).reshape(tuple(tensor.dims))
 
 
 def _chunked_head(nodes: list, head: onnx.NodeProto, path: str, chunks: list[dict]) -> None:
@@ -388,7 +396,8 @@ def _use_matmul_nbits(graph, nodes: list, node: onnx.NodeProto, path: str, names
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node reads, in place (extending a new list would copy every tensor)."""
     used = {name for n in graph.node for name in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
