@@ -9,7 +9,7 @@ graphs are handled as structure only, so models over protobuf's 2 GB limit build
 and the build's memory is the torch model plus one export's constant-folded weights.
 
 method: "lora", "dora" (PEFT's use_dora), or "qlora" (LoRA over an int8/int4 frozen base:
-every Linear but the LM head, and the embeddings, see `edgetune.build.quantize`).
+every Linear and the embeddings, and the LM head in int8, see `edgetune.build.quantize`).
 `init_adapter` starts from a PEFT adapter folder, whose config then sets r, alpha,
 dropout, rsLoRA, DoRA and targets. `gradient_checkpointing` recomputes each decoder layer
 in the backward pass (`edgetune.build.recompute_layers`); by default only for qlora, as in
@@ -34,7 +34,7 @@ from edgetune.build.graph import drop_nan_guards, find_linears
 from edgetune.build.lora import LoraSpec, add_lora
 from edgetune.build.loss import add_causal_lm_loss
 from edgetune.build.peft_import import import_weights, read_init_adapter, target_matcher
-from edgetune.build.quantize import check_quant_args, quantize_frozen_base
+from edgetune.build.quantize import check_quant_args, quantize_frozen_base, quantize_lm_head
 from edgetune.build.recompute_attention import recompute_attention_probs
 from edgetune.build.recompute_layers import recompute_layers
 from edgetune.build.recompute_weights import recompute_dequantized_weights
@@ -122,6 +122,9 @@ def build_bundle(
         trainable = _rewrite(train_graph, train_sites, spec, weights, method, quant, block_size, training=True)
         drop_nan_guards(train_graph.graph)
         add_causal_lm_loss(train_graph)
+        head_slices = {}  # a tied head's int8 chunks -> parts of the embedding table (see quantize_lm_head)
+        if method == "qlora":  # the head reads the loss block's labelled rows
+            head_slices = quantize_lm_head(train_graph, training=True)
         _checked(train_graph, train_path, staging, keep=set(trainable))  # ORT reads adapter values inline
         graphs = generate_training_artifacts(train_graph, trainable, optimizer, tmp)
         training = graphs[tmp / names.TRAINING_MODEL]
@@ -140,11 +143,13 @@ def build_bundle(
         if method == "qlora":
             load_weights(infer_graph, _weights_read(infer_graph, infer_sites, method), tmp)
         _rewrite(infer_graph, infer_sites, spec, None, method, quant, block_size, training=False)
+        if method == "qlora" and quantize_lm_head(infer_graph, training=False) != head_slices:
+            raise EdgetuneError("the training and inference exports disagree on the LM head")
         _checked(infer_graph, infer_path, staging)
         graphs[tmp / names.INFERENCE_MODEL] = infer_graph
         staging.close()
 
-        share_base_weights(graphs, tmp)  # each graph saved once, pointing into base_weights.bin
+        share_base_weights(graphs, tmp, head_slices)  # each graph saved once, pointing into base_weights.bin
         for path in (train_path, infer_path, staging.path):
             path.unlink()
         onnx.checker.check_model(tmp / names.INFERENCE_MODEL)  # its references into base_weights.bin

@@ -1,7 +1,7 @@
-"""QLoRA's frozen base: every Linear, the LM head and the embeddings stored as int8 or int4.
+"""QLoRA's frozen base: every Linear and the embeddings as int8 or int4, the LM head as int8.
 
-As bitsandbytes/PEFT QLoRA does, every frozen Linear but the LM head is quantized,
-whatever the LoRA targets are; here the token embedding too. Linear weights W are
+As bitsandbytes/PEFT QLoRA does, every frozen Linear is quantized, whatever the LoRA
+targets are; here the token embedding and the LM head too. Linear weights W are
 (in, out) as the graph's MatMul reads them:
 
 - int8: symmetric, per output channel. s = max|W[:, j]| / 127, q = round(W / s) in
@@ -14,11 +14,21 @@ whatever the LoRA targets are; here the token embedding too. Linear weights W ar
   ORT's MatMulNBits reads it: (out·in/bs, bs), two values a byte, low nibble first.
 - Embeddings (V, H), both quant types: int8 symmetric per row. Every graph gathers the
   int8 rows of the batch's tokens and scales them: no float copy of the table exists.
-- The LM head stays float32. Quantized (int8) it saves 81 MB on disk for SmolLM2 but
-  raises training peak RSS by 24 MB: its float weight (113 MB) is then rebuilt at the
-  moment of peak memory, next to the logits and their gradient. A tied head cannot read
-  the embedding's int8 table either: ORT 1.19 has no gradient for FusedMatMul(transB=1),
-  and its QDQ propagation breaks `Transpose(DequantizeLinear(q, s, axis=0))`.
+- The LM head (H, V), both quant types: int8 symmetric per output channel (per vocabulary
+  entry). Its rounding goes straight into every logit, so its precision matters most:
+  it stays int8 under int4 too (bitsandbytes QLoRA leaves it in 16 bits). It is stored
+  as at most HEAD_CHUNKS row chunks (V/8, H) (`quantize_lm_head`). The training graph
+  runs it after the loss block's labelled-row gather, on (rows, H), and dequantizes each
+  chunk right before its own Gemm(x, rows, transB=1), so only one chunk's float weight
+  (SmolLM2: 14 of 113 MB) exists at a time, in forward and backward. Quantized whole,
+  its float weight was rebuilt at the moment of peak memory, next to the logits, and
+  peak RSS rose by 24 MB. In chunks it fell: SmolLM2, the demo's 150 steps of 8 x 64,
+  int8 813 -> 738 MB, int4 796 -> 720 MB; CPU time per step unchanged (a probe at
+  8 x 64: 1.5 s either way). A tied head's chunks are the embedding's int8 rows exactly: they are
+  stored as slices of its table (`weights.share_base_weights`), so SmolLM2's int8 base
+  is 136 MB on disk (249 MB with a float head, 164 MB with chunks of its own). Peak RSS
+  is the same either way within a few MB: ORT maps the file, and the embedding's Gather
+  touches only the batch's rows.
 
 The training graph rebuilds each float weight per use with ORT's contrib
 `com.microsoft.DequantizeLinear` in front of a standard MatMul: ORT never constant-folds
@@ -26,7 +36,7 @@ it, and nothing before it is foldable, so the weights stay quantized in memory. 
 the standard-domain op for int8, ORT optimizes the training graph differently and its
 peak RSS on SmolLM2, batch 8 x 64, was 2006 MB against 1839 MB.) Fused kernels
 have no gradient, but ORT needs none on paths from constants, so LoRA trains on top. See
-`edgetune.build.recompute` for keeping each float weight alive only around its reader.
+`edgetune.build.recompute_weights` for keeping each float weight alive only around its reader.
 
 The inference graph runs once per generated token; rebuilding every weight per run there
 made decoding 3-5x slower than LoRA's on SmolLM2 (eval of 20 held-out examples: 42-67 s
@@ -39,7 +49,11 @@ against 13 s). Instead:
 - int8 Linears are a Cast/Mul that ORT folds into float weights at load: as fast as
   LoRA (7.7 s), but float weights in memory (eval peak RSS 1.8 GB with the folding's
   temporaries); MatMulNBits has no 8-bit kernel in ORT 1.19.
-Both read the same bytes as the training graph, so the shared weights file stores each
+- The LM head, both quant types: ORT folds each chunk's Cast into float rows at load,
+  and the per-vocabulary scales multiply the chunk's logits at run time, so the folding
+  leaves no other float temporary (see `_served_head`). Eval of 100 held-out examples
+  against a float head: as fast, peak RSS int8 1.60 GB against 1.58, int4 0.52 against 0.43.
+All read the same bytes as the training graph, so the shared weights file stores each
 quantized tensor once.
 """
 
@@ -48,15 +62,18 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgetune.build.graph import add_initializer, add_node, initializer_map, module_path
+from edgetune.build.weights import PAGE
 from edgetune.common.errors import EdgetuneError
+from edgetune.common.names import LOSS
 
 QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
 INT8_MAX = 127
 INT4_MAX = 15
 CONTRIB = "com.microsoft"
-LOGITS = "logits"       # the exported graph's output: the LM head's MatMul writes it, left in float
+LOGITS = "logits"       # the exported graph's output: the LM head's MatMul writes it (see quantize_lm_head)
 UINT4_IR_VERSION = 10  # the first IR version with 4-bit tensors; ORT 1.19 reads up to 10
+HEAD_CHUNKS = 8        # the LM head's float weight exists one vocabulary chunk at a time (SmolLM2: 14 of 113 MB)
 
 
 def check_quant_args(method: str, quant: str | None, block_size: int) -> None:
@@ -111,7 +128,9 @@ def read_quantized(inits: dict[str, np.ndarray], module: str) -> dict[str, np.nd
 
 
 def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, training: bool) -> None:
-    """Quantize every Linear (MatMul/Gemm over a 2-D float constant) but the LM head, and the embeddings, in place.
+    """Quantize every Linear (MatMul/Gemm over a 2-D float constant) and the embeddings, in place.
+
+    The LM head is left to `quantize_lm_head`, which the training graph needs after its loss.
 
     Fails, before changing anything, on a Linear whose input dimension the int4 block size
     does not divide.
@@ -162,6 +181,122 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
         model.ir_version = max(model.ir_version, UINT4_IR_VERSION)
     if not any(o.domain == CONTRIB for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(CONTRIB, 1))
+
+
+def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[str, int]]:
+    """Store the LM head (the MatMul writing `logits`) as int8 rows, in vocabulary chunks, in place.
+
+    W (H, V) is quantized as the embeddings are, per vocabulary entry, and stored as at
+    most HEAD_CHUNKS (R, H) row chunks. Training: each chunk is dequantized right before
+    its own Gemm(x, rows, transB=1), and the chunks' logits are concatenated. That needs
+    the (rows, H) input of the loss block's labelled-row gather: call it after
+    `add_causal_lm_loss`. Inference: ORT folds each chunk's int8 rows into float at load,
+    and the scales multiply the chunks' logits.
+
+    A tied head's chunks are the embedding's int8 rows exactly. Returns, for those, chunk
+    q name -> (table q name, byte offset), for `weights.share_base_weights` to store them
+    as slices of the table. (They cannot be Slices in the graph: ORT folds a Slice of a
+    constant into a copy, and a Slice gated on an activation is no constant chain for
+    `recompute_weights`, so the backward would read the forward's float chunks.)
+    """
+    graph = model.graph
+    inits = initializer_map(graph)
+    head = next((n for n in graph.node if LOGITS in n.output), None)
+    if head is None or head.op_type != "MatMul" or not _is_float_matrix(inits.get(head.input[1])):
+        raise EdgetuneError(f"the graph's '{LOGITS}' do not come from an LM head MatMul over a float weight")
+    if training and LOSS not in {o.name for o in graph.output}:
+        raise EdgetuneError("a training graph's LM head is quantized after its loss is added")
+    path = module_path(head.name)
+    w = _values(inits[head.input[1]])                                                      # (H, V) float32
+    table = _embedding_table(graph, inits, w.shape[::-1])                                  # (name, (V, H) int8)
+    edges, chunks, tied = _chunk_edges(w.shape[1], w.shape[0]), [], table is not None
+    for k, (start, end) in enumerate(edges):  # a chunk at a time: the build's temporaries stay small
+        int8 = quantize_int8(w[:, start:end])                                              # q (H, R), scale (R,)
+        rows = np.ascontiguousarray(int8["q"].T)                                           # (R, H) int8
+        names = quantized_tensor_names(f"{path}/vocab{k}")
+        add_initializer(graph, names["q"], rows)
+        add_initializer(graph, names["scale"], int8["scale"])
+        chunks.append(names)
+        tied = tied and np.array_equal(table[1][start:end], rows)
+    nodes: list[onnx.NodeProto] = []
+    if training:
+        _chunked_head(nodes, head, path, chunks)
+    else:
+        _served_head(graph, nodes, head, path, chunks, w.shape)
+    at = list(graph.node).index(head)
+    kept = [*graph.node[:at], *nodes, *graph.node[at + 1:]]  # the head's MatMul replaced
+    del graph.node[:]
+    graph.node.extend(kept)
+    _drop_unused_initializers(graph)
+    if not any(o.domain == CONTRIB for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(CONTRIB, 1))
+    if not tied:
+        return {}
+    return {names["q"]: (table[0], start * w.shape[0]) for names, (start, _) in zip(chunks, edges)}
+
+
+def _chunk_edges(n_rows: int, row_bytes: int) -> list[tuple[int, int]]:
+    """(start, end) rows of at most HEAD_CHUNKS chunks, each a whole number of pages where rows allow.
+
+    Page-sized chunks of a page-aligned table start on pages too, so ORT maps them.
+    """
+    step = PAGE // np.gcd(row_bytes, PAGE)                           # a multiple of `step` rows fills whole pages
+    rows = -(-n_rows // HEAD_CHUNKS)
+    rows = -(-rows // step) * step if step < rows else rows
+    return [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
+
+
+def _embedding_table(graph, inits: dict, shape: tuple[int, int]) -> tuple[str, np.ndarray] | None:
+    """(name, values) of a Gather's int8 (V, H) table of `shape` (the quantized embedding), or None."""
+    for node in graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is not None and table.data_type == TensorProto.INT8 and tuple(table.dims) == shape:
+            return table.name, _values(table)
+    return None
+
+
+def _values(tensor: onnx.TensorProto) -> np.ndarray:
+    """An inline constant's values, read-only over its raw bytes when it has them (no 113 MB copy of a head)."""
+    if not tensor.raw_data:
+        return numpy_helper.to_array(tensor)
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    return np.frombuffer(tensor.raw_data, dtype).reshape(tuple(tensor.dims))
+
+
+def _chunked_head(nodes: list, head: onnx.NodeProto, path: str, chunks: list[dict]) -> None:
+    """logits = Concat_k(x · dequantized rows_kᵀ): one chunk's float rows at a time (the head is replaced)."""
+    x, logits = head.input[0], []                                                            # x (N, H)
+    for k, names in enumerate(chunks):
+        p = f"/quant/{path}/vocab{k}"
+        w = add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/weight", axis=0)  # (R, H)
+        nodes[-1].domain = CONTRIB                                                           # never folded
+        logits.append(add_node(nodes, "Gemm", [x, w], f"{p}/logits", transB=1))             # (N, R)
+    add_node(nodes, "Concat", logits, head.output[0], axis=-1)                               # (N, V)
+
+
+def _served_head(graph, nodes: list, head: onnx.NodeProto, path: str, chunks: list[dict],
+                 shape: tuple[int, int]) -> None:
+    """logits = Concat_k((x · float(q_k)ᵀ) · s_k): ORT folds only the Casts at load, into the float rows.
+
+    The scales multiply each chunk's logits at run time, so folding makes no float
+    temporaries beside the weight itself (a Cast/Mul/Concat/Transpose chain made four,
+    raising eval peak RSS by 0.5 GB on SmolLM2).
+    """
+    n_hidden, n_vocab = shape
+    p = f"/quant/{path}"
+    add_initializer(graph, f"{p}/rows_by_hidden", np.array([-1, n_hidden], np.int64))
+    add_initializer(graph, f"{p}/vocab_size", np.array([n_vocab], np.int64))
+    x = head.input[0]                                                                     # (B, S, H)
+    rows = add_node(nodes, "Reshape", [x, f"{p}/rows_by_hidden"], f"{p}/rows")           # (B·S, H)
+    logits = []
+    for k, names in enumerate(chunks):
+        w = add_node(nodes, "Cast", [names["q"]], f"{p}/vocab{k}/float", to=TensorProto.FLOAT)  # (R, H)
+        y = add_node(nodes, "Gemm", [rows, w], f"{p}/vocab{k}/unscaled", transB=1)             # (B·S, R)
+        logits.append(add_node(nodes, "Mul", [y, names["scale"]], f"{p}/vocab{k}/logits"))
+    flat = add_node(nodes, "Concat", logits, f"{p}/flat_logits", axis=-1)                  # (B·S, V)
+    lead = add_node(nodes, "Shape", [x], f"{p}/lead_shape", end=-1)                         # [B, S]
+    shape_out = add_node(nodes, "Concat", [lead, f"{p}/vocab_size"], f"{p}/logits_shape", axis=0)
+    add_node(nodes, "Reshape", [flat, shape_out], head.output[0])                           # (B, S, V)
 
 
 def _is_float_matrix(tensor: onnx.TensorProto | None) -> bool:
@@ -261,7 +396,8 @@ def _use_matmul_nbits(graph, nodes: list, node: onnx.NodeProto, path: str, names
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node reads, in place (extending a new list would copy every tensor)."""
     used = {name for n in graph.node for name in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]

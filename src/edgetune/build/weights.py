@@ -79,21 +79,32 @@ class WeightStore:
         return offset, length
 
 
-def share_base_weights(models: dict[Path, onnx.ModelProto], base_dir: Path) -> int:
+def share_base_weights(models: dict[Path, onnx.ModelProto], base_dir: Path,
+                       slices: dict[str, tuple[str, int]] | None = None) -> int:
     """Copy every large initializer of `models` into `base_weights.bin` and save each model at its path.
 
     External data is read relative to `base_dir`; all paths must lie in one folder, where
-    `base_weights.bin` is written. Returns the number of bytes written.
+    `base_weights.bin` is written. `slices` maps a tensor name to (whole tensor name, byte
+    offset) when its bytes are that part of the whole (a tied LM head's chunks of the
+    embedding table): it then points into the whole's bytes. Returns the number of bytes written.
     """
+    slices = slices or {}
     folder = next(iter(models)).parent
     store = WeightStore(folder / BASE_WEIGHTS)
     try:
         for path, model in models.items():
             for tensor in model.graph.initializer:
+                if tensor.name in slices:
+                    continue
                 if tensor.data_location == onnx.TensorProto.EXTERNAL:
                     store.copy_from(tensor, base_dir)
                 elif len(tensor.raw_data) >= MIN_EXTERNAL_BYTES:
                     store.put(tensor, tensor.raw_data)
+            by_name = {t.name: t for t in model.graph.initializer}
+            for name, (whole, offset) in slices.items():
+                if name in by_name:  # after its whole, which now lies in base_weights.bin
+                    _, whole_offset, _ = external_region(by_name[whole])
+                    _point_at(by_name[name], BASE_WEIGHTS, whole_offset + offset, _byte_length(by_name[name]))
             onnx.save(model, path)
     finally:
         size = store.close()
@@ -117,6 +128,13 @@ def external_region(tensor: onnx.TensorProto) -> tuple[str, int, int]:
     """(location, offset, length) of an external tensor."""
     info = {e.key: e.value for e in tensor.external_data}
     return info["location"], int(info.get("offset", 0)), int(info["length"])
+
+
+def _byte_length(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, external or inline raw."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return external_region(tensor)[2]
+    return len(tensor.raw_data)
 
 
 def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
