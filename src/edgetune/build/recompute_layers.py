@@ -14,7 +14,8 @@ exporter names them (`/model/layers.3/...`, `/transformer/h.3/...`; edgetune's o
 its own: every tensor entering the copy goes through `Reshape(x, Shape(x) · 1)`, the 1
 being computed from the gradient of the layer's output, which exists only once the
 backward pass reaches the layer. Dropout is never copied (a copy would draw a new mask):
-the copy reads the forward pass's dropout outputs, which are then kept.
+the copy reads the forward pass's dropout outputs, which are then kept. Nor is shape
+arithmetic: the copy reads the forward's few integers.
 """
 
 import re
@@ -25,6 +26,10 @@ from edgetune.build.graph import add_node, ancestors, constant_tensors, topologi
 from edgetune.common.names import LOSS
 
 SUFFIX = "/checkpointed"
+# Dropout would draw a new mask; Shape (and the int64 arithmetic on its output, which then
+# reads only kept tensors) is not worth recomputing: its results are a few integers, and
+# copying it doubled each copy's node count (ORT holds ~5 KB per node).
+NOT_COPIED = ("Dropout", "BitmaskDropout", "Shape")
 LAYER = re.compile(r"[/.](?:layers|h)\.(\d+)[/.]")  # the decoder-layer index in a node name
 
 
@@ -88,15 +93,15 @@ def _copy_layer(members: list, anchor: str, constants: set, backward_readers: di
     copied: list[onnx.NodeProto] = []
     for node in members:
         inputs = [name for name in node.input if name and name not in constants]
-        if "Dropout" in node.op_type or not inputs:
-            continue  # a new mask; or constants only (a dequantized weight, see recompute_weights)
+        if node.op_type in NOT_COPIED or not inputs:
+            continue  # see NOT_COPIED; or constants only (a dequantized weight, see recompute_weights)
         for name in inputs:
             if name not in produced and name not in renamed:  # enters the layer: gated
                 shape = add_node(gates, "Shape", [name], f"{p}/gate/{name}/shape")
                 shape = add_node(gates, "Mul", [shape, one], f"{p}/gate/{name}/late_shape")
                 renamed[name] = add_node(gates, "Reshape", [name, shape], f"{p}/gate/{name}")
         if not any(name in renamed for name in inputs):
-            continue  # reads only kept forward tensors (dropout outputs)
+            continue  # reads only kept forward tensors (dropout outputs, shape arithmetic)
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         copy.name = node.name + SUFFIX
