@@ -93,11 +93,11 @@ class _Recipe:
         o = self.o
         _check_options(o)
         self.manifest = verify(o.bundle)
-        self.tokenizer, self.info = load_tokenizer(o.bundle)
-        self.train_set, self.data_summary, self.skipped = self._encode(o.data, o.skip_bad_lines)
+        tokenizer, self.info = load_tokenizer(o.bundle)  # ~30 MB, free for ORT's use once encoded
+        self.train_set, self.data_summary, self.skipped = self._encode(tokenizer, o.data, o.skip_bad_lines)
         self.eval_batches = None
         if o.eval_data:  # a fixed order: the batches of epoch 0
-            eval_set = self._encode(o.eval_data, False)[0]
+            eval_set = self._encode(tokenizer, o.eval_data, False)[0]
             self.eval_batches = make_batches(eval_set, o.batch_size, o.seed, 0, self.info.pad_id)
 
         batches_per_epoch = math.ceil(len(self.train_set) / o.batch_size)
@@ -124,10 +124,10 @@ class _Recipe:
                 self.metrics.note(f"resuming at step {self.start_step} with changed settings {changed}")
         self._open_session(start, init_weights)
 
-    def _encode(self, path: Path, skip_bad_lines: bool) -> tuple:
+    def _encode(self, tokenizer, path: Path, skip_bad_lines: bool) -> tuple:
         """Read and tokenize a data file -> (encoded examples, DataSummary, skipped lines)."""
         examples, skipped = read_examples(path, skip_bad_lines)
-        encoded, summary = encode_examples(examples, self.tokenizer, self.info, self.o.seq_len)
+        encoded, summary = encode_examples(examples, tokenizer, self.info, self.o.seq_len)
         if not encoded:
             raise DataError(f"{path}: no example keeps a token to learn from at --seq-len {self.o.seq_len}")
         return encoded, summary, skipped
