@@ -68,6 +68,21 @@ def add_node(nodes: list, op: str, inputs: list[str], output: str, **attrs) -> s
     return output
 
 
+def copy_node(node: onnx.NodeProto, suffix: str, renamed: dict[str, str]) -> onnx.NodeProto:
+    """A copy of `node` named `name + suffix`, reading `renamed[x]` for each input x it has.
+
+    Its outputs get the suffix too, and are added to `renamed` for the copies after it.
+    """
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.name = node.name + suffix
+    copy.input[:] = [renamed.get(name, name) for name in node.input]
+    for i, out in enumerate(node.output):
+        if out:
+            renamed[out] = copy.output[i] = out + suffix
+    return copy
+
+
 def ancestors(outputs: list[str], producers: dict[str, onnx.NodeProto]) -> set[int]:
     """ids of the nodes (among `producers`' values) that the tensors `outputs` depend on.
 

@@ -17,7 +17,7 @@ originals in that input, so ORT's common-subexpression pass does not merge them 
 
 import onnx
 
-from edgetune.build.graph import add_node
+from edgetune.build.graph import add_node, copy_node
 
 SCORE_OPS = ("Add", "Sub", "Mul", "Div", "Where")  # scaling and masking between Q·Kᵀ and Softmax
 
@@ -65,14 +65,7 @@ def _copy_for_backward(chain: list, d_out: str, backward: list) -> list:
     shape = add_node(copied, "Shape", [d_out], f"{tag}/recompute/dO_shape")
     late_q = add_node(copied, "Reshape", [chain[0].input[0], shape], f"{tag}/recompute/Q")
     renamed = {chain[0].input[0]: late_q}
-    for node in chain:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = f"{node.name}/recompute"
-        copy.input[:] = [renamed.get(name, name) for name in node.input]
-        for i, out in enumerate(node.output):
-            renamed[out] = copy.output[i] = f"{out}/recompute"
-        copied.append(copy)
+    copied += [copy_node(node, "/recompute", renamed) for node in chain]
     probs = chain[-1].output[0]
     for node in backward:
         node.input[:] = [renamed[probs] if name == probs else name for name in node.input]

@@ -22,7 +22,7 @@ import re
 
 import onnx
 
-from edgetune.build.graph import add_node, ancestors, constant_tensors, topological
+from edgetune.build.graph import add_node, ancestors, constant_tensors, copy_node, topological
 from edgetune.common.names import LOSS
 
 SUFFIX = "/checkpointed"
@@ -102,20 +102,15 @@ def _copy_layer(members: list, anchor: str, constants: set, backward_readers: di
                 renamed[name] = add_node(gates, "Reshape", [name, shape], f"{p}/gate/{name}")
         if not any(name in renamed for name in inputs):
             continue  # reads only kept forward tensors (dropout outputs, shape arithmetic)
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = node.name + SUFFIX
-        copy.input[:] = [renamed.get(name, name) for name in node.input]
-        for i, out in enumerate(node.output):
-            if out:
-                renamed[out] = copy.output[i] = out + SUFFIX
-        copied.append(copy)
-    rewired = [out for out in produced - kept if out in renamed
-               and any(r.op_type != "Shape" for r in backward_readers.get(out, []))]
-    for out in rewired:
-        for reader in backward_readers[out]:
-            if reader.op_type != "Shape":  # runs in the forward pass: reads the original, keeps nothing
-                reader.input[:] = [renamed[out] if name == out else name for name in reader.input]
+        copied.append(copy_node(node, SUFFIX, renamed))
+    rewired = []
+    for out in (produced - kept) & renamed.keys():
+        # a gradient's Shape runs in the forward pass: it reads the original and keeps nothing
+        readers = [r for r in backward_readers.get(out, []) if r.op_type != "Shape"]
+        for reader in readers:
+            reader.input[:] = [renamed[out] if name == out else name for name in reader.input]
+        if readers:
+            rewired.append(out)
     needed = ancestors([renamed[out] for out in rewired], {o: n for n in gates + copied for o in n.output})
     return [n for n in gates + copied if id(n) in needed]
 

@@ -24,7 +24,7 @@ external data), so it works on a model of any size.
 import onnx
 from onnx import TensorProto
 
-from edgetune.build.graph import add_node, ancestors, topological
+from edgetune.build.graph import add_node, ancestors, constant_tensors, copy_node, topological
 from edgetune.common.names import LOSS
 
 SUFFIX = "/recompute"
@@ -55,12 +55,11 @@ class _Chain:
         self.producers = {o: n for n in graph.node for o in n.output}
         self.weight_nodes: set[int] = set()
         self.dequantized: set[str] = set()   # float tensors computed through a DequantizeLinear
-        self.derived = derived = {t.name for t in graph.initializer}  # computable from constants alone
+        self.derived = constant_tensors(graph)  # computable from constants alone
         for node in graph.node:  # ONNX node lists are topologically sorted
             inputs = [name for name in node.input if name]
-            if inputs and all(name in derived for name in inputs):
+            if inputs and all(name in self.derived for name in inputs):
                 self.weight_nodes.add(id(node))
-                derived.update(node.output)
                 if node.op_type == "DequantizeLinear" or any(name in self.dequantized for name in inputs):
                     self.dequantized.update(node.output)
         self.scales: dict[int, str] = {}     # DequantizeLinear node anchored -> its own scale input
@@ -103,18 +102,12 @@ class _Chain:
     def _copy(self, name: str, activation: str, suffix: str, new_nodes: list) -> str:
         """A copy of the chain computing `name`, its DequantizeLinear anchored on `activation`."""
         node = self.producers[name]
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = node.name + suffix
-        for i, source in enumerate(node.input):
-            if source in self.dequantized:
-                copy.input[i] = self._copy(source, activation, suffix, new_nodes)
+        sources = {x: self._copy(x, activation, suffix, new_nodes) for x in node.input if x in self.dequantized}
+        copy = copy_node(node, suffix, sources)
         if node.op_type == "DequantizeLinear":
             scale = self.scales.get(id(node), node.input[1])  # not the forward's anchored one
             copy.input[1] = add_node(new_nodes, "Mul", [scale, self._one(activation, new_nodes)],
                                        f"{node.output[0]}{suffix}/anchored_scale")
-        for i, out in enumerate(node.output):
-            copy.output[i] = out + suffix
         new_nodes.append(copy)
         return copy.output[list(node.output).index(name)]
 
