@@ -139,6 +139,18 @@ def test_qlora_quantizes_the_whole_frozen_base_once_for_every_graph(method_bundl
         assert stored[names.INFERENCE_MODEL] <= stored[names.TRAINING_MODEL]  # the same bytes, read as they fit
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_qlora_gradients_know_the_dequantized_weights_shapes(arch, quant, method_bundle):
+    """ORT cannot infer through the contrib DequantizeLinear; without the declared shapes its gradient
+    graph reduces every broadcast at run time (SmolLM2: 2,400 more nodes, 13 MB more peak RSS)."""
+    def dynamic_broadcasts(bundle):
+        graph = onnx.load(bundle / names.TRAINING_MODEL, load_external_data=False).graph
+        return sum(n.op_type == "BroadcastGradientArgs" for n in graph.node)
+
+    assert dynamic_broadcasts(method_bundle(arch, "qlora", quant=quant)) == dynamic_broadcasts(method_bundle(arch)) == 0
+
+
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_qlora_lm_head_is_int8_rows_dequantized_one_vocabulary_chunk_at_a_time(quant, method_bundle):
     bundle = method_bundle("llama", "qlora", quant=quant)

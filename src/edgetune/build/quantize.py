@@ -169,6 +169,8 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
                 node.input[1] = _int4_weight(graph, nodes, path, tensors, w.shape)
             else:
                 after = _use_matmul_nbits(graph, nodes, node, path, tensors, w.shape, block_size)
+        if training:
+            _declare_float(graph, node.input[1], w.shape)
         rewired[id(node)] = (nodes, after)
     new_nodes = []
     for node in graph.node:  # each layer's dequantization just before its use
@@ -220,7 +222,7 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[
         tied = tied and np.array_equal(table[1][start:end], rows)
     nodes: list[onnx.NodeProto] = []
     if training:
-        _chunked_head(nodes, head, path, chunks)
+        _chunked_head(graph, nodes, head, path, chunks, [(end - start, w.shape[0]) for start, end in edges])
     else:
         _served_head(graph, nodes, head, path, chunks, w.shape)
     at = list(graph.node).index(head)
@@ -263,13 +265,15 @@ def _values(tensor: onnx.TensorProto) -> np.ndarray:
     return np.frombuffer(tensor.raw_data, dtype).reshape(tuple(tensor.dims))
 
 
-def _chunked_head(nodes: list, head: onnx.NodeProto, path: str, chunks: list[dict]) -> None:
+def _chunked_head(graph, nodes: list, head: onnx.NodeProto, path: str, chunks: list[dict],
+                  shapes: list[tuple[int, int]]) -> None:
     """logits = Concat_k(x · dequantized rows_kᵀ): one chunk's float rows at a time (the head is replaced)."""
     x, logits = head.input[0], []                                                            # x (N, H)
     for k, names in enumerate(chunks):
         p = f"/quant/{path}/vocab{k}"
         w = add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/weight", axis=0)  # (R, H)
         nodes[-1].domain = CONTRIB                                                           # never folded
+        _declare_float(graph, w, shapes[k])
         logits.append(add_node(nodes, "Gemm", [x, w], f"{p}/logits", transB=1))             # (N, R)
     add_node(nodes, "Concat", logits, head.output[0], axis=-1)                               # (N, V)
 
@@ -297,6 +301,11 @@ def _served_head(graph, nodes: list, head: onnx.NodeProto, path: str, chunks: li
     lead = add_node(nodes, "Shape", [x], f"{p}/lead_shape", end=-1)                         # [B, S]
     shape_out = add_node(nodes, "Concat", [lead, f"{p}/vocab_size"], f"{p}/logits_shape", axis=0)
     add_node(nodes, "Reshape", [flat, shape_out], head.output[0])                           # (B, S, V)
+
+
+def _declare_float(graph: onnx.GraphProto, name: str, shape: tuple[int, ...]) -> None:
+    """Record a dequantized weight's float shape: ORT cannot infer through the contrib DequantizeLinear."""
+    graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [int(d) for d in shape]))
 
 
 def _is_float_matrix(tensor: onnx.TensorProto | None) -> bool:
