@@ -7,7 +7,7 @@ tokenizer trained with `tokenizers` on generated text, and a simple chat templat
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tiny_tokenizer import train_byte_level_bpe
 from transformers import (
     AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Phi3Config, PreTrainedTokenizerFast, Qwen2Config,
 )
@@ -44,13 +44,7 @@ def sample_text(n: int, seed: int = 0) -> list[str]:
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on generated text, with pad/bos/eos and a chat template."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(sample_text(2000), trainer)
+    tok = train_byte_level_bpe(sample_text(2000), VOCAB, ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
         chat_template=CHAT_TEMPLATE,

@@ -24,16 +24,10 @@ def _corpus(n=400, seed=0):
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
     """A byte-level BPE (vocab 300) with <s>, </s>, <pad>, ChatML markers; adds BOS to text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tiny_tokenizer import train_byte_level_bpe
 
     folder = tmp_path_factory.mktemp("tiny_tok")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(), trainer)
+    tok = train_byte_level_bpe(_corpus(), 300, ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"])
     tok.save(str(folder / "tokenizer.json"))
     config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
               "add_bos_token": True, "chat_template": TINY_TEMPLATE}

@@ -13,11 +13,11 @@ from pathlib import Path
 import onnx
 import torch
 from onnx import TensorProto, helper
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config,
                           PreTrainedTokenizerFast)
 
 from edgetune.common import names
+from tiny_tokenizer import train_byte_level_bpe
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -36,12 +36,7 @@ def _corpus() -> list[str]:
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (300 tokens) with ChatML specials and a chat template."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer)
+    tok = train_byte_level_bpe(_corpus(), TOKENIZER_VOCAB, SPECIALS)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", chat_template=CHATML)
 
