@@ -12,7 +12,8 @@ import torch
 import gen_fixtures
 from edgetune.common import names
 from edgetune.common.errors import AdapterError, EdgetuneError
-from edgetune.runtime.generate import Generator, TextStream
+from edgetune.runtime.generate import Generator
+from edgetune.runtime.text_stream import TextStream
 from edgetune.runtime.sampling import Sampler, SamplingParams
 
 PROMPT = "the date of march is"
