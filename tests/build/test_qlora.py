@@ -208,13 +208,22 @@ def test_bad_quantization_settings_are_one_line_errors(kwargs, message, tiny_mod
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
 
 
-def test_qlora_merge_dequantizes_and_folds(method_bundle, tmp_path):
+@pytest.mark.parametrize("arch,linears", [("llama", 14), ("gpt2", 8)])
+def test_int4_serving_runs_every_linear_on_matmul_nbits(arch, linears, method_bundle):
+    """No weight is dequantized per run when serving: GPT-2's Gemm layers (x·W + bias) neither."""
+    graph = onnx.load(method_bundle(arch, "qlora", quant="int4") / names.INFERENCE_MODEL, load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulNBits") == linears and "DequantizeLinear" not in ops
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_qlora_merge_dequantizes_and_folds(arch, method_bundle, tmp_path):
     from parity import prefill_logits
 
     from edgetune.runtime.adapters import save_adapter
     from edgetune.runtime.merge import MERGED_MODEL, merge
 
-    bundle = method_bundle("llama", "qlora", quant="int4")
+    bundle = method_bundle(arch, "qlora", quant="int4")
     manifest = read_manifest(bundle)
     adapter = perturbed_adapter(bundle, seed=7)
     save_adapter(tmp_path / "adapter", adapter, manifest["adapter_config"], manifest["source"]["weights_sha256"])

@@ -45,7 +45,7 @@ against 13 s). Instead:
   LoRA's 12.6 s, eval peak RSS 0.66 GB against 0.98 GB. Its fast kernels take no float
   zero point (with one: 44 s), and an integer zero point would lose Q4_1's exactness, so
   it computes x·((q - 8)·s) and two small MatMuls add the offsets' share (see
-  `_use_matmul_nbits`). Gemm layers (GPT-2's) keep the per-use dequantization.
+  `_use_matmul_nbits`). So do Gemm layers (GPT-2's x·W + bias).
 - int8 Linears are a Cast/Mul that ORT folds into float weights at load: as fast as
   LoRA (7.7 s), but float weights in memory (eval peak RSS 1.8 GB with the folding's
   temporaries); MatMulNBits has no 8-bit kernel in ORT 1.19.
@@ -165,7 +165,7 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
             node.input[1] = _int8_weight(nodes, path, tensors, training)
         else:
             tensors = _add_tensors(graph, path, quantize_int4(w, block_size))
-            if training or node.op_type != "MatMul":
+            if training or not _plain_product(node):
                 node.input[1] = _int4_weight(graph, nodes, path, tensors, w.shape)
             else:
                 after = _use_matmul_nbits(graph, nodes, node, path, tensors, w.shape, block_size)
@@ -367,14 +367,22 @@ def _int4_weight(graph, nodes: list, path: str, names: dict, shape: tuple[int, i
     return add_node(nodes, "Transpose", [w], f"{p}/weight", perm=[1, 0])                      # (in, out)
 
 
+def _plain_product(node: onnx.NodeProto) -> bool:
+    """A MatMul, or a Gemm computing x·W (+ bias): no transposed x, no alpha or beta scaling."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return node.op_type == "MatMul" or (attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+                                        and not attrs.get("transA", 0) and not attrs.get("transB", 0))
+
+
 def _use_matmul_nbits(graph, nodes: list, node: onnx.NodeProto, path: str, names: dict,
                       shape: tuple[int, int], block_size: int) -> list[onnx.NodeProto]:
-    """Turn an inference MatMul into MatMulNBits over the same 4-bit bytes, plus the offsets' share.
+    """Turn an inference MatMul (or a Gemm's x·W + bias) into MatMulNBits over the same 4-bit bytes, plus the offsets' share.
 
     MatMulNBits' fast kernels take only integer zero points; without one it computes
     x·((q - 8)·s). The rest of x·W, W = q·s + min, is blockwise constant along the input:
     Σ_b (Σ_{i∈b} x_i)·(8·s_b + min_b), two small MatMuls over block sums of x.
     """
+    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
     n_in, n_out = shape
     n_blocks = n_in // block_size
     q = next(t for t in graph.initializer if t.name == names["q"])
@@ -384,6 +392,7 @@ def _use_matmul_nbits(graph, nodes: list, node: onnx.NodeProto, path: str, names
     p, x, y = f"/quant/{path}", node.input[0], node.output[0]
     node.op_type, node.domain = "MatMulNBits", CONTRIB
     node.input[1:] = [blob.name, names["scale"]]
+    del node.attribute[:]  # a Gemm's alpha, beta, transA, transB
     node.output[0] = f"{p}/centered_output"                                                  # x·((q - 8)·s)
     node.attribute.extend([helper.make_attribute(k, v) for k, v in
                            (("K", n_in), ("N", n_out), ("bits", 4), ("block_size", block_size))])
@@ -400,6 +409,8 @@ def _use_matmul_nbits(graph, nodes: list, node: onnx.NodeProto, path: str, names
     after: list[onnx.NodeProto] = []
     sums = add_node(after, "MatMul", [x, summer], f"{p}/block_sums")                         # (..., in/bs)
     share = add_node(after, "MatMul", [sums, offset], f"{p}/offset_share")                   # (..., out)
+    if bias:
+        share = add_node(after, "Add", [share, bias], f"{p}/offset_share_and_bias")
     add_node(after, "Add", [node.output[0], share], y)
     return after
 
