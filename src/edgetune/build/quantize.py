@@ -45,7 +45,7 @@ against 13 s). Instead:
   LoRA's 12.6 s, eval peak RSS 0.66 GB against 0.98 GB. Its fast kernels take no float
   zero point (with one: 44 s), and an integer zero point would lose Q4_1's exactness, so
   it computes x·((q - 8)·s) and two small MatMuls add the offsets' share (see
-  `_use_matmul_nbits`). So do Gemm layers (GPT-2's x·W + bias).
+  `_use_matmul_nbits`). GPT-2's Gemm layers (x·W + bias) run the same way.
 - int8 Linears are a Cast/Mul that ORT folds into float weights at load: as fast as
   LoRA (7.7 s), but float weights in memory (eval peak RSS 1.8 GB with the folding's
   temporaries); MatMulNBits has no 8-bit kernel in ORT 1.19.
