@@ -152,20 +152,27 @@ def test_qlora_gradients_know_the_dequantized_weights_shapes(arch, quant, method
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])
-def test_qlora_lm_head_is_int8_rows_dequantized_one_vocabulary_chunk_at_a_time(quant, method_bundle):
+def test_qlora_lm_head_and_loss_run_one_vocabulary_chunk_at_a_time(quant, method_bundle):
+    """Gemm(x, DequantizeLinear(int8 rows (R, H)), transB=1) per chunk, and the loss over the chunks' logits:
+    no (N, V) logits are ever concatenated."""
     bundle = method_bundle("llama", "qlora", quant=quant)
     graph = onnx.load(bundle / names.TRAINING_MODEL, load_external_data=False).graph
     inits = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
-    concat = producers["logits"]
-    assert concat.op_type in ("Concat", "ConcatTraining") and len(concat.input) == HEAD_CHUNKS  # ORT renames it
+    readers: dict[str, set] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    gemms = [n for n in graph.node if n.op_type == "Gemm" and n.output[0].startswith("/quant/lm_head/")]
+    assert len(gemms) == HEAD_CHUNKS and "logits" not in producers
     rows = 0
-    for chunk in concat.input:  # Gemm(x (N, H), DequantizeLinear(int8 rows (R, H)), transB=1)
-        gemm = producers[chunk]
+    for gemm in gemms:
         dequantize_node = producers[gemm.input[1]]
         q = inits[dequantize_node.input[0]]
-        assert gemm.op_type == "Gemm" and dequantize_node.op_type == "DequantizeLinear"
+        assert dequantize_node.op_type == "DequantizeLinear"
         assert q.data_type == onnx.TensorProto.INT8 and q.dims[1] == 64
+        read_by = readers[gemm.output[0]]  # the loss, and its gradient
+        assert {"ReduceLogSumExp", "GatherElements"} <= read_by and not read_by & {"Concat", "ConcatTraining"}
         rows += q.dims[0]
     assert rows == 320  # the tiny vocabulary
     served = onnx.load(bundle / names.INFERENCE_MODEL, load_external_data=False).graph

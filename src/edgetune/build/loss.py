@@ -7,6 +7,9 @@ gathered (K, H), and only those go through the LM head (K, V) and the loss. With
 template most positions are prompt, so this skips most of the LM head's compute and the
 (B·S, V) logits, their softmax and their gradient. The loss equals the full-logits one:
 the same mean over the same labelled positions.
+
+A QLoRA LM head runs in vocabulary chunks, and takes the same loss over the chunks' logits
+(`chunked_cross_entropy`), without ever forming the (K, V) logits.
 """
 
 import numpy as np
@@ -66,3 +69,49 @@ def add_causal_lm_loss(model: onnx.ModelProto, logits: str = "logits") -> str:
     del graph.output[:]
     graph.output.append(onnx.helper.make_tensor_value_info(LOSS, TensorProto.FLOAT, []))
     return LOSS
+
+
+def chunked_cross_entropy(graph: onnx.GraphProto, chunk_logits: list[str], edges: list[tuple[int, int]],
+                          labels: str) -> list[onnx.NodeProto]:
+    """Nodes computing `loss`, SoftmaxCrossEntropyLoss(Concat(chunk_logits), labels), one vocabulary chunk at a time.
+
+    chunk_logits[k] (N, R_k) holds vocabulary entries edges[k] = (start, end); labels (N,)
+    are vocabulary ids or IGNORE_INDEX. loss = mean over labelled rows of logsumexp(logits)
+    - logits[label], with logsumexp taken per chunk and then over the chunks. The backward
+    pass then keeps each chunk's logits and no (N, V) tensor: not their concatenation, its
+    log-softmax, its gradient or the gradient's split per chunk (SmolLM2, the demo's batches:
+    four 14 MB tensors at once).
+    """
+    p = "/loss/chunked"
+    add_initializer(graph, f"{p}/vocab_axis", np.array([1], np.int64))
+    add_initializer(graph, f"{p}/zero_index", np.array(0, np.int64))
+    add_initializer(graph, f"{p}/zero", np.array(0.0, np.float32))
+    add_initializer(graph, f"{p}/ignore_index", np.array(IGNORE_INDEX, np.int64))
+    nodes: list = []
+    column = add_node(nodes, "Unsqueeze", [labels, f"{p}/vocab_axis"], f"{p}/labels")                # (N, 1)
+    sums, targets = [], []
+    for k, (logits, (start, end)) in enumerate(zip(chunk_logits, edges)):
+        c = f"{p}/vocab{k}"
+        add_initializer(graph, f"{c}/start", np.array(start, np.int64))
+        add_initializer(graph, f"{c}/rows", np.array(end - start, np.int64))
+        sums.append(add_node(nodes, "ReduceLogSumExp", [logits, f"{p}/vocab_axis"], f"{c}/logsumexp",
+                             keepdims=1))                                                          # (N, 1)
+        local = add_node(nodes, "Sub", [column, f"{c}/start"], f"{c}/local_label")                   # (N, 1)
+        inside = add_node(nodes, "And", [add_node(nodes, "GreaterOrEqual", [local, f"{p}/zero_index"], f"{c}/from"),
+                                         add_node(nodes, "Less", [local, f"{c}/rows"], f"{c}/to")], f"{c}/inside")
+        index = add_node(nodes, "Where", [inside, local, f"{p}/zero_index"], f"{c}/index")           # (N, 1)
+        picked = add_node(nodes, "GatherElements", [logits, index], f"{c}/picked", axis=1)          # (N, 1)
+        targets.append(add_node(nodes, "Where", [inside, picked, f"{p}/zero"], f"{c}/target"))     # (N, 1)
+    every = add_node(nodes, "Concat", sums, f"{p}/chunk_logsumexp", axis=1)                          # (N, K)
+    logsumexp = add_node(nodes, "ReduceLogSumExp", [every, f"{p}/vocab_axis"], f"{p}/logsumexp", keepdims=0)
+    target = add_node(nodes, "ReduceSum", [add_node(nodes, "Concat", targets, f"{p}/chunk_targets", axis=1),
+                                           f"{p}/vocab_axis"], f"{p}/target", keepdims=0)          # (N,): one is it
+    nll = add_node(nodes, "Sub", [logsumexp, target], f"{p}/nll")                                    # (N,)
+    labelled = add_node(nodes, "Cast", [add_node(nodes, "Not", [add_node(
+        nodes, "Equal", [labels, f"{p}/ignore_index"], f"{p}/ignored")], f"{p}/labelled_bool")],
+        f"{p}/labelled", to=TensorProto.FLOAT)                                                      # (N,) 1 or 0
+    total = add_node(nodes, "ReduceSum", [add_node(nodes, "Mul", [nll, labelled], f"{p}/labelled_nll")],
+                     f"{p}/total", keepdims=0)
+    count = add_node(nodes, "ReduceSum", [labelled], f"{p}/count", keepdims=0)
+    add_node(nodes, "Div", [total, count], LOSS)                                                     # mean, as SCE's
+    return nodes

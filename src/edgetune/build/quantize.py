@@ -20,7 +20,10 @@ targets are; here the token embedding and the LM head too. Linear weights W are
   as at most HEAD_CHUNKS row chunks (V/8, H) (`quantize_lm_head`). The training graph
   runs it after the loss block's labelled-row gather, on (rows, H), and dequantizes each
   chunk right before its own Gemm(x, rows, transB=1), so only one chunk's float weight
-  (SmolLM2: 14 of 113 MB) exists at a time, in forward and backward. Quantized whole,
+  (SmolLM2: 14 of 113 MB) exists at a time, in forward and backward, and the loss is
+  taken per chunk, so no (rows, V) tensor exists either (SmolLM2 int4, a random batch of
+  8 x 64 with 60 of 64 positions labelled: peak RSS 727 -> 479 MB; same loss and
+  gradients; with the demo's short completions, 406 against 410 MB). Quantized whole,
   its float weight was rebuilt at the moment of peak memory, next to the logits, and
   peak RSS rose by 24 MB. In chunks it fell: SmolLM2, the demo's 150 steps of 8 x 64,
   int8 813 -> 738 MB, int4 796 -> 720 MB; CPU time per step unchanged (a probe at
@@ -62,6 +65,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgetune.build.graph import add_initializer, add_node, initializer_map, module_path
+from edgetune.build.loss import chunked_cross_entropy
 from edgetune.build.weights import PAGE
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.names import LOSS
@@ -190,9 +194,10 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[
 
     W (H, V) is quantized as the embeddings are, per vocabulary entry, and stored as at
     most HEAD_CHUNKS (R, H) row chunks. Training: each chunk is dequantized right before
-    its own Gemm(x, rows, transB=1), and the chunks' logits are concatenated. That needs
-    the (rows, H) input of the loss block's labelled-row gather: call it after
-    `add_causal_lm_loss`. Inference: ORT folds each chunk's int8 rows into float at load,
+    its own Gemm(x, rows, transB=1), and the loss is taken over the chunks' logits
+    (`loss.chunked_cross_entropy`, which replaces the graph's SoftmaxCrossEntropyLoss). That
+    needs the (rows, H) input of the loss block's labelled-row gather and its loss: call it
+    after `add_causal_lm_loss`. Inference: ORT folds each chunk's int8 rows into float at load,
     and the scales multiply the chunks' logits.
 
     A tied head's chunks are the embedding's int8 rows exactly. Returns, for those, chunk
@@ -221,12 +226,16 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[
         chunks.append(names)
         tied = tied and np.array_equal(table[1][start:end], rows)
     nodes: list[onnx.NodeProto] = []
-    if training:
-        _chunked_head(graph, nodes, head, path, chunks, [(end - start, w.shape[0]) for start, end in edges])
+    replaced = [head]
+    if training:  # the loss too: computed per chunk
+        logits = _chunked_head(graph, nodes, head, path, chunks, [(end - start, w.shape[0]) for start, end in edges])
+        loss = next(n for n in graph.node if LOSS in n.output)
+        nodes += chunked_cross_entropy(graph, logits, edges, loss.input[1])
+        replaced.append(loss)
     else:
         _served_head(graph, nodes, head, path, chunks, w.shape)
     at = list(graph.node).index(head)
-    kept = [*graph.node[:at], *nodes, *graph.node[at + 1:]]  # the head's MatMul replaced
+    kept = [*graph.node[:at], *nodes, *(n for n in graph.node[at + 1:] if all(n is not r for r in replaced))]
     del graph.node[:]
     graph.node.extend(kept)
     _drop_unused_initializers(graph)
@@ -266,8 +275,8 @@ def _values(tensor: onnx.TensorProto) -> np.ndarray:
 
 
 def _chunked_head(graph, nodes: list, head: onnx.NodeProto, path: str, chunks: list[dict],
-                  shapes: list[tuple[int, int]]) -> None:
-    """logits = Concat_k(x · dequantized rows_kᵀ): one chunk's float rows at a time (the head is replaced)."""
+                  shapes: list[tuple[int, int]]) -> list[str]:
+    """Each chunk's logits x · dequantized rows_kᵀ, one chunk's float rows at a time; returns their names."""
     x, logits = head.input[0], []                                                            # x (N, H)
     for k, names in enumerate(chunks):
         p = f"/quant/{path}/vocab{k}"
@@ -275,7 +284,7 @@ def _chunked_head(graph, nodes: list, head: onnx.NodeProto, path: str, chunks: l
         nodes[-1].domain = CONTRIB                                                           # never folded
         _declare_float(graph, w, shapes[k])
         logits.append(add_node(nodes, "Gemm", [x, w], f"{p}/logits", transB=1))             # (N, R)
-    add_node(nodes, "Concat", logits, head.output[0], axis=-1)                               # (N, V)
+    return logits
 
 
 def _served_head(graph, nodes: list, head: onnx.NodeProto, path: str, chunks: list[dict],
