@@ -97,21 +97,23 @@ def chunked_cross_entropy(graph: onnx.GraphProto, chunk_logits: list[str], edges
         sums.append(add_node(nodes, "ReduceLogSumExp", [logits, f"{p}/vocab_axis"], f"{c}/logsumexp",
                              keepdims=1))                                                          # (N, 1)
         local = add_node(nodes, "Sub", [column, f"{c}/start"], f"{c}/local_label")                   # (N, 1)
-        inside = add_node(nodes, "And", [add_node(nodes, "GreaterOrEqual", [local, f"{p}/zero_index"], f"{c}/from"),
-                                         add_node(nodes, "Less", [local, f"{c}/rows"], f"{c}/to")], f"{c}/inside")
+        from_start = add_node(nodes, "GreaterOrEqual", [local, f"{p}/zero_index"], f"{c}/from_start")
+        before_end = add_node(nodes, "Less", [local, f"{c}/rows"], f"{c}/before_end")
+        inside = add_node(nodes, "And", [from_start, before_end], f"{c}/inside")                   # (N, 1) bool
         index = add_node(nodes, "Where", [inside, local, f"{p}/zero_index"], f"{c}/index")           # (N, 1)
         picked = add_node(nodes, "GatherElements", [logits, index], f"{c}/picked", axis=1)          # (N, 1)
         targets.append(add_node(nodes, "Where", [inside, picked, f"{p}/zero"], f"{c}/target"))     # (N, 1)
-    every = add_node(nodes, "Concat", sums, f"{p}/chunk_logsumexp", axis=1)                          # (N, K)
-    logsumexp = add_node(nodes, "ReduceLogSumExp", [every, f"{p}/vocab_axis"], f"{p}/logsumexp", keepdims=0)
-    target = add_node(nodes, "ReduceSum", [add_node(nodes, "Concat", targets, f"{p}/chunk_targets", axis=1),
-                                           f"{p}/vocab_axis"], f"{p}/target", keepdims=0)          # (N,): one is it
+    chunk_sums = add_node(nodes, "Concat", sums, f"{p}/chunk_logsumexp", axis=1)                       # (N, K)
+    logsumexp = add_node(nodes, "ReduceLogSumExp", [chunk_sums, f"{p}/vocab_axis"], f"{p}/logsumexp", keepdims=0)
+    chunk_targets = add_node(nodes, "Concat", targets, f"{p}/chunk_targets", axis=1)              # (N, K)
+    target = add_node(nodes, "ReduceSum", [chunk_targets, f"{p}/vocab_axis"], f"{p}/target",
+                      keepdims=0)                                          # (N,): the one chunk holding the label
     nll = add_node(nodes, "Sub", [logsumexp, target], f"{p}/nll")                                    # (N,)
-    labelled = add_node(nodes, "Cast", [add_node(nodes, "Not", [add_node(
-        nodes, "Equal", [labels, f"{p}/ignore_index"], f"{p}/ignored")], f"{p}/labelled_bool")],
-        f"{p}/labelled", to=TensorProto.FLOAT)                                                      # (N,) 1 or 0
-    total = add_node(nodes, "ReduceSum", [add_node(nodes, "Mul", [nll, labelled], f"{p}/labelled_nll")],
-                     f"{p}/total", keepdims=0)
+    ignored = add_node(nodes, "Equal", [labels, f"{p}/ignore_index"], f"{p}/ignored")                # (N,) bool
+    labelled = add_node(nodes, "Not", [ignored], f"{p}/labelled_bool")
+    labelled = add_node(nodes, "Cast", [labelled], f"{p}/labelled", to=TensorProto.FLOAT)           # (N,) 1 or 0
+    labelled_nll = add_node(nodes, "Mul", [nll, labelled], f"{p}/labelled_nll")
+    total = add_node(nodes, "ReduceSum", [labelled_nll], f"{p}/total", keepdims=0)
     count = add_node(nodes, "ReduceSum", [labelled], f"{p}/count", keepdims=0)
     add_node(nodes, "Div", [total, count], LOSS)                                                     # mean, as SCE's
     return nodes
