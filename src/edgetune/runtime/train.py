@@ -99,6 +99,7 @@ class _Recipe:
         if o.eval_data:  # a fixed order: the batches of epoch 0
             eval_set = self._encode(tokenizer, o.eval_data, False)[0]
             self.eval_batches = make_batches(eval_set, o.batch_size, o.seed, 0, self.info.pad_id)
+        del tokenizer  # before the session opens below, not when setup returns
 
         batches_per_epoch = math.ceil(len(self.train_set) / o.batch_size)
         self.steps_per_epoch = math.ceil(batches_per_epoch / o.grad_accum)
