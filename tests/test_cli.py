@@ -12,8 +12,13 @@ from edgetune.common.names import ADAPTER_CONFIG
 
 def edgetune(*args, stdin=None):
     """Run the CLI in a fresh process; return (exit code, stdout, stderr)."""
-    p = subprocess.run([sys.executable, "-m", "edgetune.cli", *map(str, args)], capture_output=True,
-                       text=True, timeout=600, input=stdin)
+    p = subprocess.run(
+        [sys.executable, "-m", "edgetune.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        input=stdin,
+    )
     return p.returncode, p.stdout, p.stderr
 
 
@@ -30,8 +35,20 @@ def test_train_names_the_bad_line_and_writes_no_run(tiny_bundle, tmp_path):
     code, _, err = edgetune("train", tiny_bundle("llama"), "--data", data, "-o", tmp_path / "run", "--steps", "2")
     _one_line_error(code, err, "train.jsonl:2:")
     assert not (tmp_path / "run").exists()
-    code, out, err = edgetune("train", tiny_bundle("llama"), "--data", data, "-o", tmp_path / "run", "--steps", "2",
-                              "--skip-bad-lines", "--no-progress", "--batch-size", "2")
+    code, _out, err = edgetune(
+        "train",
+        tiny_bundle("llama"),
+        "--data",
+        data,
+        "-o",
+        tmp_path / "run",
+        "--steps",
+        "2",
+        "--skip-bad-lines",
+        "--no-progress",
+        "--batch-size",
+        "2",
+    )
     assert code == 0, err
     assert (tmp_path / "run" / "adapter" / ADAPTER_CONFIG).is_file()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_lines"] == 1
@@ -51,22 +68,33 @@ def test_train_refuses_a_corrupted_bundle(tiny_bundle, tmp_path):
     _one_line_error(code, err, "checkpoint", "sha256")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--prompt", "x", "--temperature", "-1"], "temperature"),
-    (["--prompt", "x", "--top-p", "0"], "top_p"),
-    (["--prompt", "x", "--top-k", "-3"], "top_k"),
-    (["--prompt", "date " * 400], "context"),
-    (["--prompt", "x", "--adapter", "/nonexistent/adapter"], "no such adapter folder"),
-    ([], "--prompt"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--prompt", "x", "--temperature", "-1"], "temperature"),
+        (["--prompt", "x", "--top-p", "0"], "top_p"),
+        (["--prompt", "x", "--top-k", "-3"], "top_k"),
+        (["--prompt", "date " * 400], "context"),
+        (["--prompt", "x", "--adapter", "/nonexistent/adapter"], "no such adapter folder"),
+        ([], "--prompt"),
+    ],
+)
 def test_generate_bad_input(args, needle, tiny_bundle):
     code, _, err = edgetune("generate", tiny_bundle("llama"), *args, "--max-new-tokens", "4")
     _one_line_error(code, err, needle)
 
 
 def test_generate_truncate_keeps_the_end_of_a_long_prompt(tiny_bundle):
-    code, out, err = edgetune("generate", tiny_bundle("llama"), "--prompt", "date " * 400, "--truncate",
-                              "--max-new-tokens", "4", "--no-stream")
+    code, _out, err = edgetune(
+        "generate",
+        tiny_bundle("llama"),
+        "--prompt",
+        "date " * 400,
+        "--truncate",
+        "--max-new-tokens",
+        "4",
+        "--no-stream",
+    )
     assert code == 0, err
 
 
@@ -79,7 +107,32 @@ def test_chat_needs_a_chat_template(tiny_bundle, tmp_path):
     (bundle / "chat_template.jinja").unlink(missing_ok=True)
     code, _, err = edgetune("generate", bundle, "--chat", "--prompt", "hi", "--max-new-tokens", "4")
     _one_line_error(code, err, "chat template")
-    code, out, err = edgetune("generate", tiny_bundle("llama"), "--chat", "--max-new-tokens", "4", "--no-stream",
-                              stdin="hello\nthe date\n")
+    code, out, err = edgetune(
+        "generate", tiny_bundle("llama"), "--chat", "--max-new-tokens", "4", "--no-stream", stdin="hello\nthe date\n"
+    )
     assert code == 0, err
     assert len([line for line in out.splitlines()]) >= 2  # one reply per typed turn
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "BUNDLE", "--data", "DATA", "-o", "RUN", "--steps", "0"], "--steps: must be a whole number >= 1"),
+        (["train", "BUNDLE", "--data", "DATA", "-o", "RUN", "--eval-every", "5"], "--eval-every: needs eval data"),
+        (["build", "MODEL", "-o", "OUT", "--method", "qlora"], "--quant: method qlora needs a quant type"),
+        (["build", "MODEL", "-o", "OUT", "--rank", "0"], "--rank: must be a whole number >= 1, got 0"),
+        (["build", "MODEL", "-o", "OUT", "--dropout", "1.5"], "--dropout: must be in [0, 1), got 1.5"),
+    ],
+)
+def test_a_refused_option_is_named_by_its_flag(args, message, tmp_path):
+    """Configs refuse fields in library terms; the CLI shows the flag that set the field."""
+    fill = {
+        "BUNDLE": tmp_path / "b",
+        "DATA": tmp_path / "d.jsonl",
+        "RUN": tmp_path / "run",
+        "MODEL": tmp_path / "m",
+        "OUT": tmp_path / "out",
+    }
+    code, _, err = edgetune(*[fill.get(a, a) for a in args])
+    _one_line_error(code, err, message)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()

@@ -7,29 +7,65 @@ tokenizer trained with `tokenizers` on generated text, and a simple chat templat
 from pathlib import Path
 
 import torch
-from tiny_tokenizer import train_byte_level_bpe
 from transformers import (
-    AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Phi3Config, PreTrainedTokenizerFast, Qwen2Config,
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
 )
+
+from tests.tiny_tokenizer import train_byte_level_bpe
 
 VOCAB = 320
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-               bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 CONFIGS = {
     "llama": lambda: LlamaConfig(**_COMMON, tie_word_embeddings=True),
     "qwen2": lambda: Qwen2Config(**_COMMON),
     "mistral": lambda: MistralConfig(**_COMMON, sliding_window=None),
     "phi3": lambda: Phi3Config(**_COMMON),
-    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256,
-                               bos_token_id=1, eos_token_id=2),
+    "gpt2": lambda: GPT2Config(
+        vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2
+    ),
 }
 ARCHS = tuple(CONFIGS)
-WORDS = "the a quick brown fox jumps over lazy dog date march april may june 2021 1999 iso convert".split()
+WORDS = [
+    "the",
+    "a",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "date",
+    "march",
+    "april",
+    "may",
+    "june",
+    "2021",
+    "1999",
+    "iso",
+    "convert",
+]
 
 
 def sample_text(n: int, seed: int = 0) -> list[str]:
@@ -46,7 +82,10 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on generated text, with pad/bos/eos and a chat template."""
     tok = train_byte_level_bpe(sample_text(2000), VOCAB, ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
         chat_template=CHAT_TEMPLATE,
     )
 

@@ -13,32 +13,66 @@ from pathlib import Path
 import onnx
 import torch
 from onnx import TensorProto, helper
-from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config,
-                          PreTrainedTokenizerFast)
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config, PreTrainedTokenizerFast
 
 from edgetune.common import names
-from tiny_tokenizer import train_byte_level_bpe
+from edgetune.common.peft import PEFT_PREFIX
+from tests.tiny_tokenizer import train_byte_level_bpe
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
-          " + '<|im_end|>' + '\n' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 TOKENIZER_VOCAB = 300
 MODEL_VOCAB = 320  # a few ids the tokenizer never produces, as in real checkpoints
 
 
 def _corpus() -> list[str]:
     """Generated English-ish text with some multi-byte characters (é, ü, €, 日本)."""
-    words = ("the date of march april may june is a day in year when we convert to iso "
-             "café über naïve €5 日本 hello world model token stream").split()
+    words = [
+        "the",
+        "date",
+        "of",
+        "march",
+        "april",
+        "may",
+        "june",
+        "is",
+        "a",
+        "day",
+        "in",
+        "year",
+        "when",
+        "we",
+        "convert",
+        "to",
+        "iso",
+        "café",
+        "über",
+        "naïve",
+        "€5",
+        "日本",
+        "hello",
+        "world",
+        "model",
+        "token",
+        "stream",
+    ]
     return [" ".join(words[(i * k) % len(words)] for k in range(1, 12)) for i in range(400)]
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (300 tokens) with ChatML specials and a chat template."""
     tok = train_byte_level_bpe(_corpus(), TOKENIZER_VOCAB, SPECIALS)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", chat_template=CHATML)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML,
+    )
 
 
 def tiny_config(family: str):
@@ -46,14 +80,28 @@ def tiny_config(family: str):
     # a wide init gives varied greedy text (the default 0.02 repeats one token)
     special = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0, vocab_size=MODEL_VOCAB, initializer_range=0.2)
     if family == "llama":
-        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=128, **special)
+        return LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            **special,
+        )
     if family == "gpt2":
         return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, **special)
     if family == "phi3":
-        return Phi3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, max_position_embeddings=128,
-                          original_max_position_embeddings=128, **special)
+        return Phi3Config(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            original_max_position_embeddings=128,
+            **special,
+        )
     raise ValueError(family)
 
 
@@ -63,8 +111,9 @@ def export_folder(hf_dir: Path, out_dir: Path) -> Path:
 
     with warnings.catch_warnings():  # the TorchScript exporter's tracer warnings are expected
         warnings.simplefilter("ignore")
-        main_export(str(hf_dir), str(out_dir), task="text-generation-with-past", no_post_process=True,
-                    do_validation=False)
+        main_export(
+            str(hf_dir), str(out_dir), task="text-generation-with-past", no_post_process=True, do_validation=False
+        )
     (out_dir / "model.onnx").rename(out_dir / names.INFERENCE_MODEL)
     for name in (names.HF_CONFIG, names.GENERATION_CONFIG, *names.TOKENIZER_FILES):
         if (hf_dir / name).exists():
@@ -94,10 +143,14 @@ def add_lora_inputs(onnx_path: Path, module: str) -> tuple[str, str]:
     node = next(n for n in graph.node if n.name == node_path + "/MatMul")
     weight = next(t for t in graph.initializer if t.name == node.input[1])  # (in, out), already transposed
     d_in, d_out = weight.dims
-    a, b = (f"{names.PEFT_PREFIX}{module}.lora_{x}.weight" for x in "AB")
-    graph.input.extend([helper.make_tensor_value_info(a, TensorProto.FLOAT, ["r", d_in]),
-                        helper.make_tensor_value_info(b, TensorProto.FLOAT, [d_out, "r"]),
-                        helper.make_tensor_value_info(names.LORA_SCALING, TensorProto.FLOAT, [])])
+    a, b = (f"{PEFT_PREFIX}{module}.lora_{x}.weight" for x in "AB")
+    graph.input.extend(
+        [
+            helper.make_tensor_value_info(a, TensorProto.FLOAT, ["r", d_in]),
+            helper.make_tensor_value_info(b, TensorProto.FLOAT, [d_out, "r"]),
+            helper.make_tensor_value_info(names.LORA_SCALING, TensorProto.FLOAT, []),
+        ]
+    )
     base_out, p = node.output[0], f"/{module}/lora"
     for consumer in graph.node:
         consumer.input[:] = [p + "/out" if i == base_out else i for i in consumer.input]
@@ -105,7 +158,7 @@ def add_lora_inputs(onnx_path: Path, module: str) -> tuple[str, str]:
         helper.make_node("Transpose", [a], [p + "/At"], name=p + "/TA"),
         helper.make_node("Transpose", [b], [p + "/Bt"], name=p + "/TB"),
         helper.make_node("MatMul", [node.input[0], p + "/At"], [p + "/xa"], name=p + "/MA"),  # (B, T, r)
-        helper.make_node("MatMul", [p + "/xa", p + "/Bt"], [p + "/xab"], name=p + "/MB"),    # (B, T, out)
+        helper.make_node("MatMul", [p + "/xa", p + "/Bt"], [p + "/xab"], name=p + "/MB"),  # (B, T, out)
         helper.make_node("Mul", [p + "/xab", names.LORA_SCALING], [p + "/scaled"], name=p + "/S"),
         helper.make_node("Add", [base_out, p + "/scaled"], [p + "/out"], name=p + "/Add"),
     ]

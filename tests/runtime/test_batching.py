@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from edgetune.common.errors import DataError
-from edgetune.runtime.batching import (IGNORE, encode_example, encode_examples, load_tokenizer, make_batches,
-                                       padding_fraction)
+from edgetune.runtime.batching import (
+    IGNORE,
+    Encoded,
+    encode_example,
+    encode_examples,
+    load_tokenizer,
+    make_batches,
+    padding_fraction,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +48,9 @@ def test_load_tokenizer_info(tiny):
 
 def test_load_tokenizer_jinja_file_and_fallbacks(tiny_tokenizer_dir, tmp_path):
     (tmp_path / "tokenizer.json").write_bytes((tiny_tokenizer_dir / "tokenizer.json").read_bytes())
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": {"content": "</s>", "__type": "AddedToken"}, "chat_template": "ignored"}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": {"content": "</s>", "__type": "AddedToken"}, "chat_template": "ignored"})
+    )
     (tmp_path / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>"}))
     (tmp_path / "chat_template.jinja").write_text("T")
     tok, info = load_tokenizer(tmp_path)
@@ -72,9 +80,13 @@ def test_prompt_completion_loss_on_completion_only(tiny):
 
 def test_messages_loss_on_assistant_turns_only(tiny):
     tok, info = tiny
-    messages = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hello"},
-                {"role": "assistant", "content": "hi there"}, {"role": "user", "content": "date?"},
-                {"role": "assistant", "content": "the day"}]
+    messages = [
+        {"role": "system", "content": "be nice"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi there"},
+        {"role": "user", "content": "date?"},
+        {"role": "assistant", "content": "the day"},
+    ]
     enc = encode_example({"messages": messages}, tok, info, seq_len=256)
     check_shift(enc)
     assert enc.input_ids[0] == info.bos_id  # from the template's {{ bos_token }}
@@ -93,8 +105,11 @@ def test_truncation(tiny):
 
 def test_encode_examples_summary_drops_examples_without_loss(tiny):
     tok, info = tiny
-    examples = [{"text": "the cat"}, {"prompt": "the cat sat on the mat " * 5, "completion": " dog"},
-                {"text": "a dog " * 20}]
+    examples = [
+        {"text": "the cat"},
+        {"prompt": "the cat sat on the mat " * 5, "completion": " dog"},
+        {"text": "a dog " * 20},
+    ]
     encoded, summary = encode_examples(examples, tok, info, seq_len=10)
     assert (summary.examples, summary.truncated, summary.dropped) == (3, 2, 1)
     assert len(encoded) == 2
@@ -116,10 +131,12 @@ def test_messages_errors_name_the_line(tiny):
 @pytest.mark.slow
 def test_smollm2_chat_labels(smollm2_dir, smollm2_hf_tokenizer):
     tok, info = load_tokenizer(smollm2_dir)
-    messages = [{"role": "user", "content": "Normalise: 3rd of May 2021"},
-                {"role": "assistant", "content": "2021-05-03"},
-                {"role": "user", "content": "Normalise: 1 Jan 99"},
-                {"role": "assistant", "content": " 1999-01-01"}]
+    messages = [
+        {"role": "user", "content": "Normalise: 3rd of May 2021"},
+        {"role": "assistant", "content": "2021-05-03"},
+        {"role": "user", "content": "Normalise: 1 Jan 99"},
+        {"role": "assistant", "content": " 1999-01-01"},
+    ]
     enc = encode_example({"messages": messages}, tok, info, seq_len=512)
     hf = smollm2_hf_tokenizer
     assert enc.input_ids == hf.apply_chat_template(messages, tokenize=True)  # same text, same tokens
@@ -129,7 +146,7 @@ def test_smollm2_chat_labels(smollm2_dir, smollm2_hf_tokenizer):
 
 
 def lengths_to_encoded(lengths):
-    return [([5] * n, [7] * (n - 1) + [IGNORE], False) for n in lengths]
+    return [Encoded([5] * n, [7] * (n - 1) + [IGNORE], False) for n in lengths]
 
 
 def test_batch_arrays_and_masks():
@@ -163,12 +180,14 @@ def test_length_grouping_cuts_padding():
     encoded = lengths_to_encoded(lengths)
     grouped = padding_fraction(make_batches(encoded, 8, seed=0, epoch=0, pad_id=0))
     rng.shuffle(encoded)  # random batching: consecutive groups of 8, each padded on its own
-    naive = padding_fraction([make_batches(encoded[i:i + 8], 8, 0, 0, pad_id=0)[0] for i in range(0, 800, 8)])
+    naive = padding_fraction([make_batches(encoded[i : i + 8], 8, 0, 0, pad_id=0)[0] for i in range(0, 800, 8)])
     assert grouped < 0.1 < naive
 
 
 def test_runtime_modules_import_no_training_frameworks():
-    code = ("import sys, edgetune.runtime.data, edgetune.runtime.chat_template, edgetune.runtime.batching;"
-            "bad = {'torch', 'transformers', 'optimum', 'peft'} & {m.split('.')[0] for m in sys.modules};"
-            "sys.exit(sorted(bad) if bad else 0)")
+    code = (
+        "import sys, edgetune.runtime.data, edgetune.runtime.chat_template, edgetune.runtime.batching;"
+        "bad = {'torch', 'transformers', 'optimum', 'peft'} & {m.split('.')[0] for m in sys.modules};"
+        "sys.exit(sorted(bad) if bad else 0)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

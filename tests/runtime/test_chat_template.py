@@ -6,11 +6,17 @@ from edgetune.runtime.chat_template import assistant_spans, render_chat
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}],
-    [{"role": "system", "content": "Answer in ISO dates."}, {"role": "user", "content": "3rd of May 2021?"},
-     {"role": "assistant", "content": "2021-05-03"}, {"role": "user", "content": "And 1 Jan 99?"},
-     {"role": "assistant", "content": "1999-01-01"}],
-    [{"role": "user", "content": "  spaces \n and {{ braces }} <b>html</b> ünïcode  "},
-     {"role": "assistant", "content": ""}],
+    [
+        {"role": "system", "content": "Answer in ISO dates."},
+        {"role": "user", "content": "3rd of May 2021?"},
+        {"role": "assistant", "content": "2021-05-03"},
+        {"role": "user", "content": "And 1 Jan 99?"},
+        {"role": "assistant", "content": "1999-01-01"},
+    ],
+    [
+        {"role": "user", "content": "  spaces \n and {{ braces }} <b>html</b> ünïcode  "},
+        {"role": "assistant", "content": ""},
+    ],
 ]
 
 # Exercises what transformers' environment adds: tojson (no HTML escaping), loopcontrols,
@@ -40,8 +46,11 @@ def test_environment_parity_with_transformers(bos, eos, add_generation_prompt):
     tokens = {k: v for k, v in (("bos_token", bos), ("eos_token", eos)) if v is not None}
     for messages in CONVERSATIONS:
         (expected,), _ = utils.render_jinja_template(
-            conversations=[messages], chat_template=FEATURE_TEMPLATE,
-            add_generation_prompt=add_generation_prompt, **tokens)
+            conversations=[messages],
+            chat_template=FEATURE_TEMPLATE,
+            add_generation_prompt=add_generation_prompt,
+            **tokens,
+        )
         assert render_chat(FEATURE_TEMPLATE, messages, bos, eos, add_generation_prompt) == expected
 
 
@@ -77,10 +86,16 @@ def test_smollm2_assistant_first_turn(smollm2_hf_tokenizer):
 
 def test_template_without_generation_prompt():
     """Llama-2 style: the assistant turn is whatever the message appends (content + eos)."""
-    template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-                "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}")
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}"
+    )
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d"},
+    ]
     text, spans = assistant_spans(template, messages, "<s>", "</s>")
     assert text == "<s>[INST] a [/INST] b </s>[INST] c [/INST] d </s>"
     assert [text[a:b] for a, b in spans] == [" b </s>", " d </s>"]
@@ -88,7 +103,10 @@ def test_template_without_generation_prompt():
 
 def test_not_prefix_stable_template_is_refused():
     template = "{% for m in messages %}{{ m['content'] }}{% if loop.last %}!{% endif %}|{% endfor %}"
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                {"role": "user", "content": "c"}]
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
     with pytest.raises(ValueError, match="not prefix-stable at message 1"):
         assistant_spans(template, messages, None, None)

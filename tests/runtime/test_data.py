@@ -8,14 +8,19 @@ from edgetune.runtime.data import read_examples
 GOOD = [
     {"text": "hello world"},
     {"prompt": "Q: 2+2?\nA:", "completion": " 4"},
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                  {"role": "assistant", "content": "Hello!"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+        ]
+    },
 ]
 
 
 def write(tmp_path, lines, name="train.jsonl"):
     path = tmp_path / name
-    path.write_bytes(b"\n".join(l if isinstance(l, bytes) else l.encode() for l in lines))
+    path.write_bytes(b"\n".join(line if isinstance(line, bytes) else line.encode() for line in lines))
     return path
 
 
@@ -35,8 +40,9 @@ def test_crlf_and_bom(tmp_path):
 
 
 def test_txt_paragraphs(tmp_path):
-    path = write(tmp_path, ["First line", "second line.", "", "", "  Another\tparagraph.  ", " ", "Last"],
-                 name="notes.TXT")
+    path = write(
+        tmp_path, ["First line", "second line.", "", "", "  Another\tparagraph.  ", " ", "Last"], name="notes.TXT"
+    )
     examples, skipped = read_examples(path)
     assert [e["text"] for e in examples] == ["First line\nsecond line.", "Another\tparagraph.", "Last"]
     assert [e["source"].rsplit(":", 1)[1] for e in examples] == ["1", "5", "7"]
@@ -59,10 +65,11 @@ BAD = [
     ('{"messages": ["hi"]}', "messages[0] must be an object"),
     ('{"messages": [{"role": "user"}]}', 'messages[0]: missing field "content"'),
     ('{"messages": [{"role": "user", "content": 1}]}', 'messages[0]: field "content" must be a string'),
-    ('{"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}',
-     'messages[1]: unknown role "bot"'),
-    ('{"messages": [{"role": "system", "content": "a"}, {"role": "user", "content": "b"}]}',
-     "no assistant turn"),
+    (
+        '{"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}',
+        'messages[1]: unknown role "bot"',
+    ),
+    ('{"messages": [{"role": "system", "content": "a"}, {"role": "user", "content": "b"}]}', "no assistant turn"),
 ]
 
 

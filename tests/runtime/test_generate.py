@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import gen_fixtures
 from edgetune.common import names
 from edgetune.common.errors import AdapterError, EdgetuneError
+from edgetune.common.peft import PEFT_PREFIX
 from edgetune.runtime.generate import Generator
-from edgetune.runtime.text_stream import TextStream
 from edgetune.runtime.sampling import Sampler, SamplingParams
+from edgetune.runtime.text_stream import TextStream
+from tests.runtime import gen_fixtures
 
 PROMPT = "the date of march is"
 
@@ -28,6 +29,7 @@ def build(tmp_path_factory):
         if family not in cache:
             cache[family] = gen_fixtures.build_tiny(family, tmp_path_factory.mktemp(family))
         return cache[family]
+
     return get
 
 
@@ -40,7 +42,7 @@ def llama(build):
 def hf_greedy(model, ids, n):
     """transformers' greedy continuation of `ids`."""
     with torch.no_grad():
-        return model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n)[0, len(ids):].tolist()
+        return model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n)[0, len(ids) :].tolist()
 
 
 def variant(folder, tmp_path, edit):
@@ -78,9 +80,9 @@ def test_sampler_filters_and_frequencies():
 
     assert draw(4000, temperature=1.0) / 4000 == pytest.approx([0.5, 0.3, 0.15, 0.05], abs=0.03)
     assert draw(2000, temperature=1.0, top_k=2)[2:].sum() == 0
-    assert draw(2000, temperature=1.0, top_p=0.75)[2:].sum() == 0   # 0.5 + 0.3 reaches 0.75
+    assert draw(2000, temperature=1.0, top_p=0.75)[2:].sum() == 0  # 0.5 + 0.3 reaches 0.75
     assert draw(2000, temperature=1.0, top_p=0.5)[1:].sum() == 0
-    assert draw(2000, temperature=0.05)[1:].sum() == 0             # cold is nearly greedy
+    assert draw(2000, temperature=0.05)[1:].sum() == 0  # cold is nearly greedy
 
 
 def test_stream_pieces_join_to_generate_and_to_the_decoded_ids(llama):
@@ -104,7 +106,7 @@ def test_stop_strings_cut_the_text(llama):
     _, _, g = llama
     full = g.generate(PROMPT, 32)
     stop = full[10:13]
-    cut = full[:full.index(stop)]
+    cut = full[: full.index(stop)]
     assert g.generate(PROMPT, 32, stop=["never there", stop]) == cut
     assert "".join(g.stream(PROMPT, 32, stop=[stop])) == cut
     assert g.generate(PROMPT, 32, stop=["never there"]) == full
@@ -119,8 +121,9 @@ def test_eos_ids_from_generation_config_stop_decoding(llama, tmp_path):
 
     def set_eos(copy):
         (copy / names.GENERATION_CONFIG).write_text(json.dumps({"eos_token_id": [2, eos]}))
+
     g2 = Generator(variant(folder, tmp_path, set_eos))
-    assert g2.generate_ids(ids, 32) == greedy[:first + 1]  # EOS included in the ids
+    assert g2.generate_ids(ids, 32) == greedy[: first + 1]  # EOS included in the ids
     assert g2.generate(PROMPT, 32) == g.tokenizer.decode(greedy[:first])  # but not in the text
 
 
@@ -136,10 +139,16 @@ def test_context_length(llama):
         g.generate_ids([], 8)
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(temperature=-0.1), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
-    (dict(top_k=-1), "top_k"), (dict(max_new_tokens=0), "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(temperature=-0.1), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+    ],
+)
 def test_bad_options_fail_before_decoding(llama, options, message):
     g = llama[2]
     with pytest.raises(EdgetuneError, match=message) as e:
@@ -165,6 +174,7 @@ def test_chat_without_template(llama, tmp_path):
         config = json.loads((copy / "tokenizer_config.json").read_text())
         config.pop("chat_template", None)
         (copy / "tokenizer_config.json").write_text(json.dumps(config))
+
     g = Generator(variant(llama[1], tmp_path, drop_template))
     with pytest.raises(EdgetuneError, match="no chat template"):
         g.chat([{"role": "user", "content": "hi"}])
@@ -178,7 +188,7 @@ def test_lora_inputs_default_to_off_and_match_peft(llama, tmp_path):
     module = "model.layers.0.self_attn.q_proj"
     lora_dir = variant(folder, tmp_path, lambda c: gen_fixtures.add_lora_inputs(c / names.INFERENCE_MODEL, module))
     g_lora = Generator(lora_dir)
-    a_name, b_name = (f"{names.PEFT_PREFIX}{module}.lora_{x}.weight" for x in "AB")
+    a_name, b_name = (f"{PEFT_PREFIX}{module}.lora_{x}.weight" for x in "AB")
     assert g_lora._extra_feeds[a_name].shape == (1, 64) and g_lora._extra_feeds[names.LORA_SCALING] == 0
     ids = g.encode(PROMPT)
     assert g_lora.generate_ids(ids, 16) == g.generate_ids(ids, 16)
@@ -212,10 +222,12 @@ def test_bundle_greedy_matches_transformers(arch, tiny_bundle, tiny_model_dir):
 
 def test_generation_runs_without_the_dev_libraries(llama):
     # Block them, as on a device: with torch installed, `import onnxruntime` (training build) imports it itself.
-    code = ("import sys\n"
-            "for m in ('torch', 'transformers', 'optimum', 'peft'): sys.modules[m] = None\n"
-            "from edgetune.runtime.generate import Generator\n"
-            "print(Generator(sys.argv[1]).generate_ids([5, 6, 7], 4))")
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'transformers', 'optimum', 'peft'): sys.modules[m] = None\n"
+        "from edgetune.runtime.generate import Generator\n"
+        "print(Generator(sys.argv[1]).generate_ids([5, 6, 7], 4))"
+    )
     out = subprocess.run([sys.executable, "-c", code, str(llama[1])], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(llama[2].generate_ids([5, 6, 7], 4))
 
@@ -224,7 +236,7 @@ def test_generation_runs_without_the_dev_libraries(llama):
 def test_smollm2_greedy_matches_transformers(smollm2_bundle):
     from transformers import AutoModelForCausalLM
 
-    from real_models import smollm2_gguf
+    from edgetune.common.embedded import smollm2_gguf
 
     gguf = smollm2_gguf()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()

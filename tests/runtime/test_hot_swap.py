@@ -2,15 +2,15 @@
 
 import pytest
 import torch
-from parity import peft_model, random_adapter
 from transformers import AutoModelForCausalLM
 
 from edgetune.common.errors import AdapterError
 from edgetune.common.manifest import read_manifest
 from edgetune.common.names import ADAPTER_CONFIG
-from edgetune.runtime.adapters import save_adapter
+from edgetune.common.peft import save_adapter
 from edgetune.runtime.generate import Generator
 from edgetune.runtime.merge import merge
+from tests.parity import peft_model, random_adapter
 
 PROMPT = [5, 17, 42, 8, 99, 23]
 N = 32
@@ -25,7 +25,7 @@ def _save(bundle, folder, seed, base_sha=None):
 
 def _greedy(model, n=N):
     with torch.no_grad():
-        return model.generate(torch.tensor([PROMPT]), do_sample=False, max_new_tokens=n)[0, len(PROMPT):].tolist()
+        return model.generate(torch.tensor([PROMPT]), do_sample=False, max_new_tokens=n)[0, len(PROMPT) :].tolist()
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -47,8 +47,9 @@ def test_merged_model_generates_what_the_unmerged_adapter_does(tiny_bundle, tmp_
     bundle = tiny_bundle("llama")
     _save(bundle, tmp_path / "a", seed=13)
     merge(bundle, tmp_path / "a", tmp_path / "merged")
-    assert Generator(tmp_path / "merged").generate_ids(PROMPT, N) == \
-        Generator(bundle, adapter=tmp_path / "a").generate_ids(PROMPT, N)
+    assert Generator(tmp_path / "merged").generate_ids(PROMPT, N) == Generator(
+        bundle, adapter=tmp_path / "a"
+    ).generate_ids(PROMPT, N)
     with pytest.raises(AdapterError, match="takes no adapter"):
         Generator(tmp_path / "merged").set_adapter(tmp_path / "a")
 
@@ -61,7 +62,7 @@ def test_foreign_or_broken_adapters_are_refused(tiny_bundle, tmp_path):
         g.set_adapter(tmp_path / "foreign")
     _save(bundle, tmp_path / "noconfig", seed=1)
     (tmp_path / "noconfig" / ADAPTER_CONFIG).unlink()
-    with pytest.raises(AdapterError, match="adapter_config.json: missing"):
+    with pytest.raises(AdapterError, match=r"adapter_config\.json: missing"):
         g.set_adapter(tmp_path / "noconfig")
     _save(bundle, tmp_path / "badconfig", seed=1)
     (tmp_path / "badconfig" / ADAPTER_CONFIG).write_text('{"peft_type": "PREFIX_TUNING"}')

@@ -10,12 +10,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from parity import inference_logits, peft_model, prefill_logits, random_adapter
 
-from edgetune.common.adapter_config import scaling
 from edgetune.common.manifest import read_manifest, verify
-from edgetune.runtime.adapters import save_adapter
+from edgetune.common.peft import config_scaling, save_adapter
 from edgetune.runtime.merge import MERGED_MODEL, merge
+from tests.parity import inference_logits, peft_model, prefill_logits, random_adapter
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIMUM_INPUTS = {"input_ids", "attention_mask", "position_ids"}
@@ -35,7 +34,7 @@ def test_merged_matches_unmerged_and_peft(arch, tiny_bundle, tiny_model_dir, tmp
     bundle, manifest, adapter, merged = _merged(arch, tiny_bundle, tmp_path)
     ids = np.random.default_rng(0).integers(3, 300, (2, 9)).astype(np.int64)
     ours = prefill_logits(merged, ids)
-    unmerged = inference_logits(bundle, ids, adapter, scaling(manifest["adapter_config"]))
+    unmerged = inference_logits(bundle, ids, adapter, config_scaling(manifest["adapter_config"]))
     with torch.no_grad():
         ref = peft_model(tiny_model_dir(arch), manifest, adapter)(torch.from_numpy(ids)).logits.numpy()
     np.testing.assert_allclose(ours, unmerged, atol=1e-4, rtol=0)
@@ -64,10 +63,21 @@ def test_merged_runs_on_the_plain_onnxruntime_package(tiny_bundle, tmp_path):
         subprocess.run([str(python), "-m", "pip", "install", "-q", "onnxruntime", "numpy"], check=True, timeout=600)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     ids = ["5", "17", "42", "8"]
-    plain = subprocess.run([str(python), str(ROOT / "scripts/run_merged.py"), str(merged), *ids, "--new", "6"],
-                           capture_output=True, text=True, env=env, check=True, cwd=tmp_path)
-    ours = subprocess.run([sys.executable, str(ROOT / "scripts/run_merged.py"), str(merged), *ids, "--new", "6"],
-                          capture_output=True, text=True, check=True, cwd=tmp_path)
+    plain = subprocess.run(
+        [str(python), str(ROOT / "scripts/run_merged.py"), str(merged), *ids, "--new", "6"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=tmp_path,
+    )
+    ours = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/run_merged.py"), str(merged), *ids, "--new", "6"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
     plain, ours = json.loads(plain.stdout), json.loads(ours.stdout)
     assert plain["onnxruntime"] != "1.19.2"  # really the other package
     assert plain["tokens"] == ours["tokens"]

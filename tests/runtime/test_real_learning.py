@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from edgetune.options import TrainConfig
 from edgetune.runtime.evaluate import evaluate_exact_match
 from edgetune.runtime.generate import Generator
 from edgetune.runtime.train import train
@@ -18,13 +19,26 @@ def test_smollm2_learns_iso_dates_within_ten_minutes(smollm2_bundle, tmp_path):
     g = Generator(smollm2_bundle)
     before = evaluate_exact_match(g, data["heldout"])
     start = time.perf_counter()
-    summary = train(smollm2_bundle, data["train"], tmp_path / "run", steps=150, lr=2e-3, warmup=10,
-                    batch_size=8, seq_len=64, progress=False)
+    summary = train(
+        TrainConfig(
+            smollm2_bundle,
+            data["train"],
+            tmp_path / "run",
+            steps=150,
+            lr=2e-3,
+            warmup=10,
+            batch_size=8,
+            seq_len=64,
+            progress=False,
+        )
+    )
     seconds = time.perf_counter() - start
     g.set_adapter(tmp_path / "run" / "adapter")
     after = evaluate_exact_match(g, data["heldout"])
-    print(f"held-out exact match {before.accuracy:.0%} -> {after.accuracy:.0%}; "
-          f"training {seconds:.0f} s ({summary['tokens_per_s']:.0f} tokens/s)")
+    print(
+        f"held-out exact match {before.accuracy:.0%} -> {after.accuracy:.0%}; "
+        f"training {seconds:.0f} s ({summary['tokens_per_s']:.0f} tokens/s)"
+    )
     assert before.accuracy < 0.5
     assert after.accuracy >= 0.9
     assert seconds < BUDGET_S

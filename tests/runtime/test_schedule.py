@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -19,7 +20,7 @@ def test_warmup_ramps_linearly_to_the_peak(schedule):
 
 def test_cosine_decays_from_peak_towards_zero():
     values = lrs("cosine")[10:]
-    assert all(a > b for a, b in zip(values, values[1:]))
+    assert all(a > b for a, b in itertools.pairwise(values))
     assert values[45] == pytest.approx(0.5)  # half-way through the decay
     assert values[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
 
@@ -27,7 +28,7 @@ def test_cosine_decays_from_peak_towards_zero():
 def test_linear_and_constant():
     linear = lrs("linear")[10:]
     assert linear[0] == 1.0 and linear[-1] == pytest.approx(1 / 90)
-    steps = [a - b for a, b in zip(linear, linear[1:])]
+    steps = [a - b for a, b in itertools.pairwise(linear)]
     assert steps == pytest.approx([1 / 90] * 89)
     assert lrs("constant")[10:] == [1.0] * 90
 

@@ -12,16 +12,17 @@ import pytest
 from onnxruntime.training.api import CheckpointState
 from safetensors.numpy import load_file
 
-from edgetune.common.adapter_config import scaling
-from edgetune.common.errors import AdapterError, BundleError, DataError, EdgetuneError
+from edgetune.common.errors import AdapterError, BundleError, CheckpointError, DataError, EdgetuneError, TrainingError
 from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHECKPOINT
+from edgetune.common.peft import config_scaling
+from edgetune.options import TrainConfig
 from edgetune.runtime import checkpoints
 from edgetune.runtime.metrics import read_metrics
-from edgetune.runtime.train import TrainingError, train
+from edgetune.runtime.train import train
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "build"))
-from parity import inference_logits  # noqa: E402
-from tiny_models import sample_text  # noqa: E402
+from tests.parity import inference_logits
+from tests.tiny_models import sample_text
 
 TINY = dict(batch_size=4, seq_len=48, progress=False)  # a step takes milliseconds
 BLOCK_TORCH = """
@@ -38,9 +39,10 @@ Optimizer.step = lambda self: (time.sleep(0.05), _step(self))[1]  # time to catc
 RUN = """
 import json, sys
 from edgetune.common.errors import EdgetuneError
+from edgetune.options import TrainConfig
 from edgetune.runtime.train import train
 try:
-    print(json.dumps(train(**json.loads(sys.argv[1]))))
+    print(json.dumps(train(TrainConfig(**json.loads(sys.argv[1])))))
 except EdgetuneError as e:
     print(f"edgetune: {e}", file=sys.stderr)
     sys.exit(1)
@@ -57,16 +59,21 @@ def data(tmp_path_factory):
     """train.jsonl (32 text examples) and eval.jsonl (8 prompt/completion pairs)."""
     folder = tmp_path_factory.mktemp("data")
     train_file = write_jsonl(folder / "train.jsonl", [{"text": t} for t in sample_text(32, seed=1)])
-    eval_file = write_jsonl(folder / "eval.jsonl",
-                            [{"prompt": t[:12], "completion": t[12:]} for t in sample_text(8, seed=2)])
+    eval_file = write_jsonl(
+        folder / "eval.jsonl", [{"prompt": t[:12], "completion": t[12:]} for t in sample_text(8, seed=2)]
+    )
     return train_file, eval_file
 
 
 def start(args: dict, prelude: str = "") -> subprocess.Popen:
     """`train(**args)` in a torch-free subprocess that exits like the CLI (1 + one line on error)."""
     args = {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}
-    return subprocess.Popen([sys.executable, "-c", BLOCK_TORCH + prelude + RUN, json.dumps(args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", BLOCK_TORCH + prelude + RUN, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition, proc, timeout=60):
@@ -84,15 +91,23 @@ def adapter(run):
 @pytest.fixture(scope="module")
 def run(tiny_bundle, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    summary = train(tiny_bundle("llama"), data[0], out, eval_data=data[1], epochs=3, lr=5e-3, eval_every=8,
-                    save_every=5, **TINY)
+    summary = train(
+        TrainConfig(
+            tiny_bundle("llama"), data[0], out, eval_data=data[1], epochs=3, lr=5e-3, eval_every=8, save_every=5, **TINY
+        )
+    )
     return out, summary
 
 
 def test_run_folder(run):
     out, summary = run
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints", "loss.png", "metrics.jsonl",
-                                                      "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter",
+        "checkpoints",
+        "loss.png",
+        "metrics.jsonl",
+        "summary.json",
+    ]
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["steps"] == 24 and summary["epochs"] == 3.0 and summary["examples"] == 32
     assert summary["truncated"] == 0 and 0 < summary["padding_fraction"] < 0.5
@@ -128,12 +143,12 @@ def test_adapter_loads_in_peft_and_matches_inference_graph(run, tiny_bundle, tin
     with torch.no_grad():
         ref = peft(torch.from_numpy(ids)).logits.numpy()
     config = json.loads((out / "adapter" / ADAPTER_CONFIG).read_text())
-    np.testing.assert_allclose(inference_logits(bundle, ids, weights, scaling(config)), ref, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(inference_logits(bundle, ids, weights, config_scaling(config)), ref, atol=1e-4, rtol=0)
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_bundle, data, tmp_path):
     args = dict(bundle=tiny_bundle("llama"), data=data[0], steps=20, lr=5e-3, save_every=4, **TINY)
-    train(out=tmp_path / "whole", **args)
+    train(TrainConfig(out=tmp_path / "whole", **args))
 
     proc = start({**args, "out": tmp_path / "killed"}, SLOW_STEPS)
     wait_for(lambda: checkpoints.latest(tmp_path / "killed") is not None, proc)
@@ -142,7 +157,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_bundle, data, tm
     killed_at = checkpoints.read_state(checkpoints.latest(tmp_path / "killed"))["step"]
     assert 4 <= killed_at < 20 and not (tmp_path / "killed" / "adapter").exists()
 
-    summary = train(out=tmp_path / "killed", resume=True, **args)
+    summary = train(TrainConfig(out=tmp_path / "killed", resume=True, **args))
     assert summary["steps"] == 20 and summary["steps_this_run"] == 20 - killed_at
     ours, ref = adapter(tmp_path / "killed"), adapter(tmp_path / "whole")
     assert max(np.abs(ours[k] - ref[k]).max() for k in ref) <= 1e-6
@@ -159,8 +174,10 @@ def test_sigterm_finishes_the_step_saves_and_exits_nonzero(tiny_bundle, data, tm
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     step = checkpoints.read_state(checkpoints.latest(out))["step"]
-    assert err.strip().splitlines() == [f"edgetune: stopped by SIGTERM after step {step}; checkpoint saved in "
-                                        f"{out / 'checkpoints' / f'step-{step:06d}'} (continue with --resume)"]
+    assert err.strip().splitlines() == [
+        f"edgetune: stopped by SIGTERM after step {step}; checkpoint saved in "
+        f"{out / 'checkpoints' / f'step-{step:06d}'} (continue with --resume)"
+    ]
     assert read_metrics(out)[-1]["step"] == step
 
 
@@ -183,18 +200,23 @@ checkpoints.save = save
     proc = start({**args, "out": out}, fill_disk_after_first_save)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
-    assert err.strip().splitlines() == [f"edgetune: {out / 'checkpoints'}: cannot save the checkpoint of step 8 "
-                                        "(File too large); the checkpoint of step 4 is kept"]
+    assert err.strip().splitlines() == [
+        f"edgetune: {out / 'checkpoints'}: cannot save the checkpoint of step 8 "
+        "(File too large); the checkpoint of step 4 is kept"
+    ]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000004"]
     CheckpointState.load_checkpoint(str(out / "checkpoints" / "step-000004" / CHECKPOINT))
-    assert train(out=out, resume=True, **args)["steps"] == 12  # and the run goes on from it
+    assert train(TrainConfig(out=out, resume=True, **args))["steps"] == 12  # and the run goes on from it
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_bundle, data, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"^loss is nan at step 2: training stopped; the checkpoint of "
-                                            r"step 1 is kept \(try a lower --lr\)$"):
-        train(tiny_bundle("llama"), data[0], out, steps=6, lr=1e30, warmup=0, save_every=1, **TINY)
+    with pytest.raises(
+        TrainingError,
+        match=r"^loss is nan at step 2: training stopped; the checkpoint of "
+        r"step 1 is kept \(try a lower --lr\)$",
+    ):
+        train(TrainConfig(tiny_bundle("llama"), data[0], out, steps=6, lr=1e30, warmup=0, save_every=1, **TINY))
     assert checkpoints.read_state(checkpoints.latest(out))["step"] == 1
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "metrics.jsonl"]  # no adapter, no summary
 
@@ -204,16 +226,16 @@ def test_bad_data_is_refused_before_the_run_folder_exists(tiny_bundle, data, tmp
     bad.write_text(data[0].read_text() + '{"text": "a"\n{"prompt": "only a prompt"}\n')
     out = tmp_path / "run"
     with pytest.raises(DataError, match=rf"^{bad}:33: malformed JSON"):
-        train(tiny_bundle("llama"), bad, out, steps=1, **TINY)
+        train(TrainConfig(tiny_bundle("llama"), bad, out, steps=1, **TINY))
     assert not out.exists()
-    summary = train(tiny_bundle("llama"), bad, out, steps=1, skip_bad_lines=True, **TINY)
+    summary = train(TrainConfig(tiny_bundle("llama"), bad, out, steps=1, skip_bad_lines=True, **TINY))
     assert summary["skipped_lines"] == 2 and summary["examples"] == 32
 
 
 def test_structure_error_names_the_line(tiny_bundle, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine"}, {"prompt": "only a prompt"}])
     with pytest.raises(DataError, match=rf'^{bad}:2: missing field "completion"$'):
-        train(tiny_bundle("llama"), bad, tmp_path / "run", steps=1, **TINY)
+        train(TrainConfig(tiny_bundle("llama"), bad, tmp_path / "run", steps=1, **TINY))
     assert not (tmp_path / "run").exists()
 
 
@@ -225,31 +247,33 @@ def test_corrupted_bundle_is_refused(tiny_bundle, data, tmp_path):
     with open(bundle / "base_weights.bin", "r+b") as f:
         f.write(b"\x01")
     with pytest.raises(BundleError, match=r"base_weights.bin: sha256 does not match the manifest"):
-        train(bundle, data[0], tmp_path / "run", steps=1, **TINY)
+        train(TrainConfig(bundle, data[0], tmp_path / "run", steps=1, **TINY))
     assert not (tmp_path / "run").exists()
 
 
 def test_resume_refusals(tiny_bundle, data, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(checkpoints.CheckpointError, match=rf"^{out}: nothing to resume"):
-        train(tiny_bundle("llama"), data[0], out, steps=2, resume=True, **TINY)
+    with pytest.raises(CheckpointError, match=rf"^{out}: nothing to resume"):
+        train(TrainConfig(tiny_bundle("llama"), data[0], out, steps=2, resume=True, **TINY))
     assert not out.exists()
-    train(tiny_bundle("llama"), data[0], out, steps=2, **TINY)
+    train(TrainConfig(tiny_bundle("llama"), data[0], out, steps=2, **TINY))
     with pytest.raises(TrainingError, match="already holds a run"):
-        train(tiny_bundle("llama"), data[0], out, steps=2, **TINY)
-    with pytest.raises(checkpoints.CheckpointError, match="made with another bundle .* refusing to resume$"):
-        train(tiny_bundle("phi3"), data[0], out, steps=4, resume=True, **TINY)
-    with pytest.raises(checkpoints.CheckpointError, match="seed was 0, not 1"):
-        train(tiny_bundle("llama"), data[0], out, steps=4, resume=True, seed=1, **TINY)
+        train(TrainConfig(tiny_bundle("llama"), data[0], out, steps=2, **TINY))
+    with pytest.raises(CheckpointError, match=r"made with another bundle .* refusing to resume$"):
+        train(TrainConfig(tiny_bundle("phi3"), data[0], out, steps=4, resume=True, **TINY))
+    with pytest.raises(CheckpointError, match="seed was 0, not 1"):
+        train(TrainConfig(tiny_bundle("llama"), data[0], out, steps=4, resume=True, seed=1, **TINY))
     before = (out / "summary.json").read_text()
-    summary = train(tiny_bundle("llama"), data[0], out, steps=4, lr=1e-3, resume=True, **TINY)  # more steps
+    summary = train(
+        TrainConfig(tiny_bundle("llama"), data[0], out, steps=4, lr=1e-3, resume=True, **TINY)
+    )  # more steps
     assert summary["steps"] == 4 and before != (out / "summary.json").read_text()
     assert read_metrics(out)[2] == {"type": "resume", "step": 2, "changed": {"lr": [2e-4, 1e-3], "total_steps": [2, 4]}}
 
 
 def test_init_adapter(run, tiny_bundle, data, tmp_path):
     trained = run[0] / "adapter"
-    train(tiny_bundle("llama"), data[0], tmp_path / "run", steps=1, lr=1e-12, init_adapter=trained, **TINY)
+    train(TrainConfig(tiny_bundle("llama"), data[0], tmp_path / "run", steps=1, lr=1e-12, init_adapter=trained, **TINY))
     ours, initial = adapter(tmp_path / "run"), adapter(run[0])
     assert max(np.abs(ours[k] - initial[k]).max() for k in initial) < 1e-6  # started from it (lr ~ 0)
     other = tmp_path / "other"
@@ -259,25 +283,28 @@ def test_init_adapter(run, tiny_bundle, data, tmp_path):
     config = json.loads((other / ADAPTER_CONFIG).read_text())
     (other / ADAPTER_CONFIG).write_text(json.dumps({**config, "lora_alpha": 32}))
     with pytest.raises(AdapterError, match="lora_alpha=32 differ from the bundle's r=8, lora_alpha=16"):
-        train(tiny_bundle("llama"), data[0], tmp_path / "run2", steps=1, init_adapter=other, **TINY)
+        train(TrainConfig(tiny_bundle("llama"), data[0], tmp_path / "run2", steps=1, init_adapter=other, **TINY))
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(steps=2, epochs=1), "give --steps or --epochs, not both"),
-    (dict(steps=0), "--steps must be a whole number >= 1, got 0"),
-    (dict(lr=float("nan")), "--lr must be a finite number > 0, got nan"),
-    (dict(schedule="step"), "--schedule must be one of cosine, linear, constant, got 'step'"),
-    (dict(warmup=2.5), "--warmup: warmup >= 1 is a number of steps and must be whole, got 2.5"),
-    (dict(eval_every=5), "--eval-every needs eval data"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(steps=2, epochs=1), "steps: give steps or epochs, not both"),
+        (dict(steps=0), "steps: must be a whole number >= 1, got 0"),
+        (dict(lr=float("nan")), "lr: must be a finite number > 0, got nan"),
+        (dict(schedule="step"), "schedule: must be one of cosine, linear, constant, got 'step'"),
+        (dict(warmup=2.5), "warmup: of 1 or more is a number of steps and must be whole, got 2.5"),
+        (dict(eval_every=5), "eval_every: needs eval data"),
+    ],
+)
 def test_bad_options(options, message, tiny_bundle, data, tmp_path):
     with pytest.raises(EdgetuneError) as e:
-        train(tiny_bundle("llama"), data[0], tmp_path / "run", **{**TINY, **options})
+        train(TrainConfig(tiny_bundle("llama"), data[0], tmp_path / "run", **{**TINY, **options}))
     assert str(e.value) == message
     assert not (tmp_path / "run").exists()
 
 
 def test_signal_handlers_are_restored(tiny_bundle, data, tmp_path):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    train(tiny_bundle("llama"), data[0], tmp_path / "run", steps=1, **TINY)
+    train(TrainConfig(tiny_bundle("llama"), data[0], tmp_path / "run", steps=1, **TINY))
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

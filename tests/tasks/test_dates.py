@@ -6,6 +6,7 @@ import json
 import pytest
 
 from edgetune.common.errors import EdgetuneError
+from edgetune.runtime.evaluate import exact_match
 from edgetune.tasks import dates
 
 
@@ -25,13 +26,35 @@ def test_examples_are_deterministic_distinct_and_well_formed():
 def test_every_style_reads_back_to_the_same_date():
     d = dt.date(2021, 3, 5)
     texts = [dates.make_example(d, s)["prompt"].split(": ", 1)[1].split("\n")[0] for s in range(len(dates.STYLES))]
-    assert texts == ["5 March 2021", "March 5, 2021", "Mar 5th 2021", "Mar. 5, 2021", "5th of March, 2021",
-                     "Friday, March 5, 2021", "5-Mar-2021", "05/03/2021 (day first)", "03/05/2021 (month first)"]
+    assert texts == [
+        "5 March 2021",
+        "March 5, 2021",
+        "Mar 5th 2021",
+        "Mar. 5, 2021",
+        "5th of March, 2021",
+        "Friday, March 5, 2021",
+        "5-Mar-2021",
+        "05/03/2021 (day first)",
+        "03/05/2021 (month first)",
+    ]
     assert {dates.make_example(d, s)["completion"] for s in range(len(dates.STYLES))} == {" 2021-03-05"}
 
 
-@pytest.mark.parametrize("day, text", [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (11, "11th"),
-                                       (12, "12th"), (13, "13th"), (21, "21st"), (22, "22nd"), (31, "31st")])
+@pytest.mark.parametrize(
+    "day, text",
+    [
+        (1, "1st"),
+        (2, "2nd"),
+        (3, "3rd"),
+        (4, "4th"),
+        (11, "11th"),
+        (12, "12th"),
+        (13, "13th"),
+        (21, "21st"),
+        (22, "22nd"),
+        (31, "31st"),
+    ],
+)
 def test_ordinals(day, text):
     assert dates._ordinal(day) == text
 
@@ -59,9 +82,17 @@ def test_bad_sizes():
         dates.write_splits("unused", n_train=0, n_eval=5)
 
 
-@pytest.mark.parametrize("prediction, ok", [
-    (" 2021-03-05", True), ("2021-03-05\n", True), ("\n 2021-03-05 \nConvert to ISO date: x", True),
-    ("2021-03-05.", False), ("2021-3-5", False), ("", False), ("ISO: 2021-03-05", False),
-])
+@pytest.mark.parametrize(
+    "prediction, ok",
+    [
+        (" 2021-03-05", True),
+        ("2021-03-05\n", True),
+        ("\n 2021-03-05 \nConvert to ISO date: x", True),
+        ("2021-03-05.", False),
+        ("2021-3-5", False),
+        ("", False),
+        ("ISO: 2021-03-05", False),
+    ],
+)
 def test_exact_match(prediction, ok):
-    assert dates.exact_match(prediction, " 2021-03-05") is ok
+    assert exact_match(prediction, " 2021-03-05") is ok

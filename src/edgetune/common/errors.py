@@ -1,8 +1,23 @@
-"""The one exception type users see: its message is the one-line error the CLI prints."""
+"""Every error type edgetune raises, in one place.
+
+`EdgetuneError` and its subclasses are user-facing: bad input, a missing file, an option
+out of range. Their message is the one line the CLI prints (`edgetune: <message>`), with
+no traceback. `InternalError` is the opposite: a broken invariant inside edgetune, which
+the CLI lets through with its traceback, so that it can be reported.
+"""
 
 
 class EdgetuneError(Exception):
     """A user-facing error; the CLI prints `edgetune: <message>` and exits non-zero."""
+
+
+class ConfigError(EdgetuneError):
+    """A configuration field has a value it cannot take; `field` names it (the CLI shows the flag)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
 
 
 class BundleError(EdgetuneError):
@@ -15,3 +30,15 @@ class DataError(EdgetuneError):
 
 class AdapterError(EdgetuneError):
     """An adapter folder is missing, malformed, or does not fit the bundle."""
+
+
+class TrainingError(EdgetuneError):
+    """Training cannot start or had to stop (bad options, a non-finite loss, a signal)."""
+
+
+class CheckpointError(EdgetuneError):
+    """A checkpoint cannot be written, read, or resumed from."""
+
+
+class InternalError(Exception):
+    """A bug in edgetune, not bad input: it keeps its traceback (not an EdgetuneError on purpose)."""

@@ -5,10 +5,9 @@ edited bundle is refused by name before anything runs on it.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from edgetune.common.atomic import write_json_atomic
 from edgetune.common.errors import BundleError
 from edgetune.common.hashing import sha256_file
 from edgetune.common.names import MANIFEST
@@ -65,20 +64,3 @@ def read_json(path: Path, error: type[Exception], missing: str = "missing") -> d
         raise error(f"{path}: {missing}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path}: not valid JSON ({e})") from None
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temp file in the same folder, fsync it, and rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

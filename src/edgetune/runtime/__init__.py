@@ -4,9 +4,9 @@ Never imports torch, transformers, optimum or peft (a test proves it).
 
 Where torch is installed anyway (a dev box), onnxruntime-training 1.19.2's import-time
 build check (`onnxruntime.capi.onnxruntime_validation`) imports ORTModule and with it all
-of torch: about 220 MB of RSS and a second of start-up in every runtime process. The
-runtime does not need it, so onnxruntime is first imported here with torch hidden; the
-check's ImportError is ORT's own "no ORTModule" path. torch stays importable afterwards.
+of torch (docs/design.md, "The two sides"). The runtime does not need it, so onnxruntime
+is first imported here with torch hidden; the check's ImportError is ORT's own "no
+ORTModule" path. torch stays importable afterwards.
 """
 
 import sys

@@ -9,7 +9,7 @@ labels[:, t] directly.
 import json
 import os
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jinja2
 import numpy as np
@@ -26,11 +26,11 @@ CHUNK_BATCHES = 50  # length-sort within shuffled chunks of this many batches
 class TokenizerInfo:
     """What encoding needs beyond `tokenizer.json`: chat template and special tokens."""
 
-    chat_template: Optional[str]
-    bos_token: Optional[str]
-    eos_token: Optional[str]
-    bos_id: Optional[int]
-    eos_id: Optional[int]
+    chat_template: str | None
+    bos_token: str | None
+    eos_token: str | None
+    bos_id: int | None
+    eos_id: int | None
     pad_id: int
     add_bos: bool  # prepend BOS to plain text and prompt/completion examples
 
@@ -49,8 +49,8 @@ class Batch:
 
     input_ids: np.ndarray
     attention_mask: np.ndarray  # 1 real token, 0 padding
-    position_ids: np.ndarray    # 0..len-1 per example, 0 on padding
-    labels: np.ndarray          # shifted targets, -100 on padding
+    position_ids: np.ndarray  # 0..len-1 per example, 0 on padding
+    labels: np.ndarray  # shifted targets, -100 on padding
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,12 @@ class DataSummary:
     loss_tokens: int
 
 
-def _token(value):
+def _token(value: str | dict | None) -> str | None:
     """A special token from tokenizer_config: a string, or an AddedToken dict with `content`."""
     return value.get("content") if isinstance(value, dict) else value
 
 
-def _read(folder, name):
+def _read(folder: str | os.PathLike, name: str) -> str | None:
     """The text of `folder/name`, or None if there is no such file."""
     path = os.path.join(folder, name)
     if not os.path.exists(path):
@@ -78,7 +78,7 @@ def _read(folder, name):
         return f.read()
 
 
-def load_tokenizer(folder):
+def load_tokenizer(folder: str | os.PathLike) -> tuple[tokenizers.Tokenizer, TokenizerInfo]:
     """Load `tokenizer.json` and `tokenizer_config.json` from `folder` -> `(Tokenizer, TokenizerInfo)`.
 
     The chat template comes from `chat_template.jinja` if present, else from the config's
@@ -92,8 +92,10 @@ def load_tokenizer(folder):
     if not os.path.exists(path):
         raise BundleError(f"{folder}: no tokenizer.json")
     tokenizer = tokenizers.Tokenizer.from_file(path)
-    config = {**json.loads(_read(folder, "special_tokens_map.json") or "{}"),
-              **json.loads(_read(folder, "tokenizer_config.json") or "{}")}
+    config = {
+        **json.loads(_read(folder, "special_tokens_map.json") or "{}"),
+        **json.loads(_read(folder, "tokenizer_config.json") or "{}"),
+    }
     template = config.get("chat_template")
     if isinstance(template, list):
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
@@ -109,16 +111,18 @@ def load_tokenizer(folder):
     return tokenizer, info
 
 
-def _shift(ids, loss_mask):
+def _shift(ids: list[int], loss_mask: list[bool]) -> list[int]:
     """Targets for each position: the next token where it is in the loss, else -100."""
     return [ids[t + 1] if loss_mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
 
 
-def _ids(tokenizer, text):
+def _ids(tokenizer: tokenizers.Tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False).ids
 
 
-def encode_example(example, tokenizer, template_info, seq_len):
+def encode_example(
+    example: dict, tokenizer: tokenizers.Tokenizer, template_info: TokenizerInfo, seq_len: int
+) -> Encoded:
     """Tokenize one example -> `Encoded(input_ids, labels, truncated)`, at most `seq_len` long.
 
     text:              [BOS] text EOS, loss on every token after the first.
@@ -151,7 +155,7 @@ def encode_example(example, tokenizer, template_info, seq_len):
     return Encoded(ids, labels, truncated)
 
 
-def _encode_chat(example, tokenizer, info):
+def _encode_chat(example: dict, tokenizer: tokenizers.Tokenizer, info: TokenizerInfo) -> tuple[list[int], list[bool]]:
     source = example.get("source", "<example>")
     if not info.chat_template:
         raise DataError(f"{source}: messages need a chat template, and the tokenizer has none")
@@ -164,7 +168,9 @@ def _encode_chat(example, tokenizer, info):
     return enc.ids, mask
 
 
-def encode_examples(examples, tokenizer, template_info, seq_len):
+def encode_examples(
+    examples: list[dict], tokenizer: tokenizers.Tokenizer, template_info: TokenizerInfo, seq_len: int
+) -> tuple[list[Encoded], DataSummary]:
     """Encode every example -> `(encoded, DataSummary)`; examples left with no loss
     token (e.g. a completion cut off by truncation) are dropped and counted."""
     encoded, truncated, dropped = [], 0, 0
@@ -180,7 +186,7 @@ def encode_examples(examples, tokenizer, template_info, seq_len):
     return encoded, DataSummary(len(examples), truncated, dropped, tokens, loss_tokens)
 
 
-def make_batches(encoded, batch_size, seed, epoch, pad_id):
+def make_batches(encoded: list[Encoded], batch_size: int, seed: int, epoch: int, pad_id: int) -> list[Batch]:
     """Group encoded examples into padded batches, deterministically in `(seed, epoch)`.
 
     The examples are shuffled, cut into chunks of `50 * batch_size`, sorted by length
@@ -193,25 +199,26 @@ def make_batches(encoded, batch_size, seed, epoch, pad_id):
     chunk = CHUNK_BATCHES * batch_size
     groups = []
     for c in range(0, len(order), chunk):
-        part = sorted(order[c:c + chunk], key=lambda i: -len(encoded[i][0]))
-        groups += [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
+        part = sorted(order[c : c + chunk], key=lambda i: -len(encoded[i].input_ids))
+        groups += [part[b : b + batch_size] for b in range(0, len(part), batch_size)]
     return [_pad([encoded[i] for i in groups[g]], pad_id) for g in rng.permutation(len(groups))]
 
 
-def _pad(rows, pad_id):
+def _pad(rows: list[Encoded], pad_id: int) -> Batch:
     """Right-pad `(input_ids, labels, ...)` rows into one Batch."""
-    size = max(len(r[0]) for r in rows)
+    size = max(len(r.input_ids) for r in rows)
     input_ids = np.full((len(rows), size), pad_id, dtype=np.int64)
     labels = np.full((len(rows), size), IGNORE, dtype=np.int64)
     mask = np.zeros((len(rows), size), dtype=np.int64)
     positions = np.zeros((len(rows), size), dtype=np.int64)
-    for b, (ids, targets, *_) in enumerate(rows):
-        n = len(ids)                                      # (S,) row b holds n real tokens
+    for b, row in enumerate(rows):
+        ids, targets = row.input_ids, row.labels
+        n = len(ids)  # (S,) row b holds n real tokens
         input_ids[b, :n], labels[b, :n], mask[b, :n], positions[b, :n] = ids, targets, 1, np.arange(n)
     return Batch(input_ids, mask, positions, labels)
 
 
-def padding_fraction(batches):
+def padding_fraction(batches: list[Batch]) -> float:
     """Pad tokens / all tokens over `batches` (0.0 for no batches)."""
     total = sum(b.attention_mask.size for b in batches)
     return 1.0 - sum(int(b.attention_mask.sum()) for b in batches) / total if total else 0.0

@@ -11,6 +11,7 @@ special tokens. This module reproduces that without importing transformers.
 import functools
 import json
 from datetime import datetime
+from typing import ClassVar
 
 import jinja2
 import jinja2.ext
@@ -21,41 +22,54 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 class _GenerationTag(jinja2.ext.Extension):
     """Accept `{% generation %}...{% endgeneration %}` and render its body unchanged."""
 
-    tags = {"generation"}
+    tags: ClassVar[set[str]] = {"generation"}
 
-    def parse(self, parser):
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
         lineno = next(parser.stream).lineno
         body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
         return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
 
-    def _body(self, caller):
+    def _body(self, caller) -> str:
         return caller()
 
 
-def _raise_exception(message):
+def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+def _tojson(
+    x: object,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple | None = None,
+    sort_keys: bool = False,
+) -> str:
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def _strftime_now(format):
+def _strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
 
 
 @functools.lru_cache(maxsize=8)
-def compile_template(template):
+def compile_template(template: str) -> jinja2.Template:
     """Compile a chat template string in transformers' sandboxed jinja2 environment."""
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env.from_string(template)
 
 
-def render_chat(template, messages, bos_token, eos_token, add_generation_prompt=False):
+def render_chat(
+    template: str,
+    messages: list[dict],
+    bos_token: str | None,
+    eos_token: str | None,
+    add_generation_prompt: bool = False,
+) -> str:
     """Render `messages` to the prompt text; raises jinja2.TemplateError from the template.
 
     A token that is None is left undefined (as transformers leaves an unset special token
@@ -63,10 +77,13 @@ def render_chat(template, messages, bos_token, eos_token, add_generation_prompt=
     """
     tokens = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token)) if v is not None}
     return compile_template(template).render(
-        messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **tokens)
+        messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **tokens
+    )
 
 
-def assistant_spans(template, messages, bos_token, eos_token):
+def assistant_spans(
+    template: str, messages: list[dict], bos_token: str | None, eos_token: str | None
+) -> tuple[str, list[tuple[int, int]]]:
     """Render `messages` and return `(text, spans)`: `[start, end)` character ranges of
     `text` that the assistant turns produced.
 
@@ -88,11 +105,10 @@ def assistant_spans(template, messages, bos_token, eos_token):
             continue
         before = render_chat(template, messages[:i], bos_token, eos_token) if i else ""
         prompt = render_chat(template, messages[:i], bos_token, eos_token, add_generation_prompt=True)
-        upto = render_chat(template, messages[:i + 1], bos_token, eos_token)
+        upto = render_chat(template, messages[: i + 1], bos_token, eos_token)
         if not (text.startswith(upto) and upto.startswith(before) and prompt.startswith(before)):
-            raise ValueError(
-                f"chat template is not prefix-stable at message {i}: cannot locate the assistant turn")
-        header, turn = prompt[len(before):], upto[len(before):]
+            raise ValueError(f"chat template is not prefix-stable at message {i}: cannot locate the assistant turn")
+        header, turn = prompt[len(before) :], upto[len(before) :]
         at = turn.find(header) if header else -1
         start = len(before) + (at + len(header) if at >= 0 else 0)
         end = max(start, len(before) + len(turn.rstrip()))

@@ -11,32 +11,27 @@ folder is the one to resume from; leftover temp folders are ignored and cleaned.
 """
 
 import json
-import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from edgetune.common.errors import EdgetuneError
+from edgetune.common.atomic import atomic_folder, write_json_atomic
+from edgetune.common.errors import CheckpointError
 from edgetune.common.hashing import sha256_file
-from edgetune.common.manifest import write_json_atomic
-from edgetune.common.names import CHECKPOINT, MANIFEST
+from edgetune.common.names import CHECKPOINT, CHECKPOINTS, MANIFEST, STATE
 from edgetune.runtime.ort_training import CheckpointState
 
-CHECKPOINTS = "checkpoints"
-STATE = "state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-class CheckpointError(EdgetuneError):
-    """A checkpoint cannot be written, read, or resumed from."""
 
 
 def bundle_identity(bundle: Path, manifest: dict) -> dict:
     """What ties a checkpoint to its bundle: the manifest's sha256 (it lists every file's hash)."""
-    return {"path": str(bundle), "manifest_sha256": sha256_file(Path(bundle) / MANIFEST),
-            "weights_sha256": manifest["source"]["weights_sha256"]}
+    return {
+        "path": str(bundle),
+        "manifest_sha256": sha256_file(Path(bundle) / MANIFEST),
+        "weights_sha256": manifest["source"]["weights_sha256"],
+    }
 
 
 def save(run_dir: Path, state: CheckpointState, resume_state: dict) -> tuple[Path, int]:
@@ -45,17 +40,11 @@ def save(run_dir: Path, state: CheckpointState, resume_state: dict) -> tuple[Pat
     root.mkdir(parents=True, exist_ok=True)
     step = resume_state["step"]
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.saving-"))
     try:
-        CheckpointState.save_checkpoint(state, tmp / CHECKPOINT, include_optimizer_state=True)
-        for path in tmp.iterdir():  # ORT may add an external-data file next to the checkpoint
-            _fsync(path)
-        write_json_atomic(tmp / STATE, {**resume_state, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        _fsync(tmp)
-        tmp.rename(final)
-        _fsync(root)
+        with atomic_folder(final, "saving") as tmp:
+            CheckpointState.save_checkpoint(state, tmp / CHECKPOINT, include_optimizer_state=True)
+            write_json_atomic(tmp / STATE, {**resume_state, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     except (OSError, RuntimeError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         previous = latest(run_dir)
         kept = f"the checkpoint of step {read_state(previous)['step']} is kept" if previous else "no earlier checkpoint"
         raise CheckpointError(f"{root}: cannot save the checkpoint of step {step} ({_reason(e)}); {kept}") from None
@@ -68,8 +57,11 @@ def save(run_dir: Path, state: CheckpointState, resume_state: dict) -> tuple[Pat
 def latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
     root = Path(run_dir) / CHECKPOINTS
-    found = [(int(m.group(1)), p) for p in root.glob("step-*") if (m := _STEP_DIR.match(p.name))
-             and (p / CHECKPOINT).is_file() and (p / STATE).is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.glob("step-*")
+        if (m := _STEP_DIR.match(p.name)) and (p / CHECKPOINT).is_file() and (p / STATE).is_file()
+    ]
     return max(found)[1] if found else None
 
 
@@ -82,15 +74,20 @@ def check_resumable(folder: Path, state: dict, identity: dict, hparams: dict, fi
     """Refuse a checkpoint from another bundle or data file, or whose `fixed` hparams differ."""
     theirs, ours = state["bundle"], identity["bundle"]
     if theirs["manifest_sha256"] != ours["manifest_sha256"]:
-        raise CheckpointError(f"{folder}: made with another bundle ({theirs['path']}), not {ours['path']}; "
-                              "refusing to resume")
+        raise CheckpointError(
+            f"{folder}: made with another bundle ({theirs['path']}), not {ours['path']}; refusing to resume"
+        )
     if state["data"]["sha256"] != identity["data"]["sha256"]:
-        raise CheckpointError(f"{identity['data']['path']}: not the data this run was trained on "
-                              f"({state['data']['path']}); refusing to resume")
+        raise CheckpointError(
+            f"{identity['data']['path']}: not the data this run was trained on "
+            f"({state['data']['path']}); refusing to resume"
+        )
     for key in fixed:
         if state["hparams"][key] != hparams[key]:
-            raise CheckpointError(f"{folder}: {key} was {state['hparams'][key]}, not {hparams[key]} "
-                                  "(it fixes the data order); refusing to resume")
+            raise CheckpointError(
+                f"{folder}: {key} was {state['hparams'][key]}, not {hparams[key]} "
+                "(it fixes the data order); refusing to resume"
+            )
 
 
 def read_state(folder: Path) -> dict:
@@ -105,15 +102,6 @@ def remove_partial(run_dir: Path) -> None:
     """Delete temp folders left by a save that crashed."""
     for tmp in (Path(run_dir) / CHECKPOINTS).glob(".step-*.saving-*"):
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    """fsync a file or a folder (a folder's fsync makes the renames in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _reason(error: Exception) -> str:

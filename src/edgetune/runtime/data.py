@@ -9,17 +9,19 @@ tokenization) can name the line in their own errors.
 """
 
 import json
+import os
+from collections.abc import Iterator
 
 from edgetune.common.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 
 
-class _BadLine(Exception):
+class _BadLineError(Exception):
     """A problem with one line; becomes a DataError or a skipped line."""
 
 
-def read_examples(path, skip_bad_lines=False):
+def read_examples(path: str | os.PathLike, skip_bad_lines: bool = False) -> tuple[list[dict], int]:
     """Read `path` into `(examples, skipped)`; a bad line raises DataError unless skipped.
 
     `.txt` files (any case) are plain text: paragraphs separated by one or more blank
@@ -48,7 +50,7 @@ def read_examples(path, skip_bad_lines=False):
     for lineno, chunk in records:
         try:
             example = {"text": _decode(chunk).strip()} if plain else _parse_line(_decode(chunk))
-        except _BadLine as e:
+        except _BadLineError as e:
             if not skip_bad_lines:
                 raise DataError(f"{name}:{lineno}: {e}") from None
             skipped += 1
@@ -61,7 +63,7 @@ def read_examples(path, skip_bad_lines=False):
     return examples, skipped
 
 
-def _paragraphs(raw):
+def _paragraphs(raw: bytes) -> Iterator[tuple[int, bytes]]:
     """Yield `(first_line_number, bytes)` for each blank-line-separated paragraph."""
     start, lines = None, []
     for n, line in enumerate(raw.split(b"\n"), 1):
@@ -75,72 +77,81 @@ def _paragraphs(raw):
         yield start, b"\n".join(lines)
 
 
-def _decode(chunk):
+def _decode(chunk: bytes) -> str:
     """Decode UTF-8 bytes, or report the first bad byte."""
     try:
         return chunk.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _BadLine(f"not valid UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1})") from None
+        raise _BadLineError(f"not valid UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1})") from None
 
 
-def _parse_line(line):
+def _parse_line(line: str) -> dict:
     """Parse one JSONL line into a normalised example dict; raises on a bad line."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise _BadLine(f"malformed JSON ({e.msg} at column {e.colno})") from None
+        raise _BadLineError(f"malformed JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
-        raise _BadLine(f"expected a JSON object, got {_type(obj)}")
+        raise _BadLineError(f"expected a JSON object, got {_type(obj)}")
     shapes = [k for k in ("text", "prompt", "completion", "messages") if k in obj]
     if shapes == ["text"]:
         return {"text": _string(obj, "text", allow_empty=False)}
     if shapes == ["prompt", "completion"]:
-        return {"prompt": _string(obj, "prompt", allow_empty=True),
-                "completion": _string(obj, "completion", allow_empty=False)}
+        return {
+            "prompt": _string(obj, "prompt", allow_empty=True),
+            "completion": _string(obj, "completion", allow_empty=False),
+        }
     if shapes == ["messages"]:
         return {"messages": _messages(obj["messages"])}
     if shapes == ["prompt"]:
-        raise _BadLine('missing field "completion"')
+        raise _BadLineError('missing field "completion"')
     if shapes == ["completion"]:
-        raise _BadLine('missing field "prompt"')
+        raise _BadLineError('missing field "prompt"')
     if not shapes:
-        raise _BadLine('unknown shape: expected "text", "prompt"+"completion" or "messages"')
-    raise _BadLine(f"ambiguous shape: fields {', '.join(repr(s) for s in shapes)} on one line")
+        raise _BadLineError('unknown shape: expected "text", "prompt"+"completion" or "messages"')
+    raise _BadLineError(f"ambiguous shape: fields {', '.join(repr(s) for s in shapes)} on one line")
 
 
-def _string(obj, key, allow_empty):
+def _string(obj: dict, key: str, allow_empty: bool) -> str:
     value = obj[key]
     if not isinstance(value, str):
-        raise _BadLine(f'field "{key}" must be a string, got {_type(value)}')
+        raise _BadLineError(f'field "{key}" must be a string, got {_type(value)}')
     if not allow_empty and not value.strip():
-        raise _BadLine(f'field "{key}" is empty')
+        raise _BadLineError(f'field "{key}" is empty')
     return value
 
 
-def _messages(messages):
+def _messages(messages: object) -> list[dict]:
     if not isinstance(messages, list):
-        raise _BadLine(f'field "messages" must be a list, got {_type(messages)}')
+        raise _BadLineError(f'field "messages" must be a list, got {_type(messages)}')
     if not messages:
-        raise _BadLine('field "messages" is empty')
+        raise _BadLineError('field "messages" is empty')
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise _BadLine(f"messages[{i}] must be an object, got {_type(m)}")
+            raise _BadLineError(f"messages[{i}] must be an object, got {_type(m)}")
         for key in ("role", "content"):
             if key not in m:
-                raise _BadLine(f'messages[{i}]: missing field "{key}"')
+                raise _BadLineError(f'messages[{i}]: missing field "{key}"')
             if not isinstance(m[key], str):
-                raise _BadLine(f'messages[{i}]: field "{key}" must be a string, got {_type(m[key])}')
+                raise _BadLineError(f'messages[{i}]: field "{key}" must be a string, got {_type(m[key])}')
         if m["role"] not in ROLES:
-            raise _BadLine(f'messages[{i}]: unknown role "{m["role"]}" (expected system, user or assistant)')
+            raise _BadLineError(f'messages[{i}]: unknown role "{m["role"]}" (expected system, user or assistant)')
         out.append({"role": m["role"], "content": m["content"]})
     if not any(m["role"] == "assistant" for m in out):
-        raise _BadLine("messages has no assistant turn to learn from")
+        raise _BadLineError("messages has no assistant turn to learn from")
     return out
 
 
-def _type(value):
+def _type(value: object) -> str:
     """JSON's name for a Python value's type, for error messages."""
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)

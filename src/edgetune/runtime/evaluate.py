@@ -7,7 +7,6 @@ from pathlib import Path
 from edgetune.common.errors import DataError
 from edgetune.runtime.data import read_examples
 from edgetune.runtime.generate import Generator
-from edgetune.tasks.dates import exact_match
 
 
 @dataclass
@@ -19,8 +18,9 @@ class ExactMatch:
     seconds: float
 
 
-def evaluate_exact_match(generator: Generator, data: Path, max_new_tokens: int = 16,
-                         limit: int | None = None) -> ExactMatch:
+def evaluate_exact_match(
+    generator: Generator, data: Path, max_new_tokens: int = 16, limit: int | None = None
+) -> ExactMatch:
     """Greedy-decode each prompt (stopping at a newline) and compare with its completion."""
     examples, _ = read_examples(data)
     examples = [e for e in examples if "prompt" in e][:limit]
@@ -32,3 +32,13 @@ def evaluate_exact_match(generator: Generator, data: Path, max_new_tokens: int =
         rows.append((example["prompt"], prediction, example["completion"]))
     hits = sum(exact_match(p, r) for _, p, r in rows)
     return ExactMatch(hits / len(rows), rows, time.perf_counter() - start)
+
+
+def _first_line(text: str) -> str:
+    """Leading whitespace dropped, then everything from the first newline on, then trailing space."""
+    return text.lstrip().split("\n", 1)[0].strip()
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    """True if the prediction's first non-blank line equals the reference, ignoring outer whitespace."""
+    return _first_line(prediction) == _first_line(reference)

@@ -15,8 +15,8 @@ Graph inputs other than input_ids / attention_mask / position_ids / past_key_val
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import jinja2
 import numpy as np
@@ -24,18 +24,21 @@ import onnxruntime as ort
 
 from edgetune.common import names
 from edgetune.common.errors import AdapterError, BundleError, EdgetuneError
-from edgetune.common.adapter_config import scaling
 from edgetune.common.manifest import read_manifest
-from edgetune.runtime.adapters import load_adapter, to_graph_layout
+from edgetune.common.names import LOGITS, PAST, PRESENT, TOKEN_INPUTS
+from edgetune.common.peft import config_scaling, load_adapter, to_graph_layout
 from edgetune.runtime.batching import load_tokenizer
 from edgetune.runtime.chat_template import render_chat
 from edgetune.runtime.sampling import Sampler, SamplingParams
 from edgetune.runtime.text_stream import TextStream
 
-TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids")
-PAST, PRESENT = "past_key_values.", "present."
-DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-          "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
 
 
 def physical_cores() -> int:
@@ -54,9 +57,8 @@ def physical_cores() -> int:
 def default_session_options() -> ort.SessionOptions:
     """One intra-op thread per physical core, no spin-waiting, sequential execution, all graph optimizations.
 
-    Measured on SmolLM2-135M, 2 cores: spin-waiting threads make a decode step ~20% faster
-    on an idle machine (~15 vs ~19 ms) but ~2x slower when another process (training,
-    tests) holds a core (~40 vs ~22 ms), so the default is not to spin.
+    Spinning is faster on an idle machine but much slower on a shared one (docs/design.md,
+    "Decoding threads"), so the default is not to spin.
     """
     so = ort.SessionOptions()
     so.intra_op_num_threads = physical_cores()
@@ -83,11 +85,17 @@ def _ids(value) -> set[int]:
 class Generator:
     """Greedy or sampled decoding of one sequence at a time with a KV cache."""
 
-    def __init__(self, model_dir: str | os.PathLike, adapter: str | os.PathLike | None = None,
-                 session_options: ort.SessionOptions | None = None):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        adapter: str | os.PathLike | None = None,
+        session_options: ort.SessionOptions | None = None,
+    ):
         """Load `model_dir` (inference.onnx, config.json, tokenizer files); `adapter` goes to `set_adapter`."""
         folder = Path(model_dir)
-        model_file = next((folder / n for n in (names.INFERENCE_MODEL, names.MERGED_MODEL) if (folder / n).is_file()), None)
+        model_file = next(
+            (folder / n for n in (names.INFERENCE_MODEL, names.MERGED_MODEL) if (folder / n).is_file()), None
+        )
         if model_file is None:
             raise BundleError(f"{folder}: no {names.INFERENCE_MODEL} (bundle) or {names.MERGED_MODEL} (merged model)")
         if not (folder / names.HF_CONFIG).is_file():
@@ -98,20 +106,31 @@ class Generator:
         generation_config = _read_json(folder / names.GENERATION_CONFIG)
         self.tokenizer, self.tokenizer_info = load_tokenizer(folder)
         self.tokenizer.no_truncation()
-        self.eos_token_ids = frozenset(_ids(config.get("eos_token_id")) | _ids(generation_config.get("eos_token_id"))
-                                       | _ids(self.tokenizer_info.eos_id))
-        self.max_context = next((config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx") if k in config),
-                                None)
+        self.eos_token_ids = frozenset(
+            _ids(config.get("eos_token_id"))
+            | _ids(generation_config.get("eos_token_id"))
+            | _ids(self.tokenizer_info.eos_id)
+        )
+        self.max_context = next(
+            (config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx") if k in config), None
+        )
         if self.max_context is None:
             raise BundleError(f"{folder / names.HF_CONFIG}: no max_position_embeddings (context length)")
-        self.session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"],
-                                            sess_options=session_options or default_session_options())
+        self.session = ort.InferenceSession(
+            str(model_file),
+            providers=["CPUExecutionProvider"],
+            sess_options=session_options or default_session_options(),
+        )
         inputs = {i.name: i for i in self.session.get_inputs()}
         self._token_inputs = {n: DTYPES[inputs[n].type] for n in TOKEN_INPUTS if n in inputs}
         past_names = [n for n in inputs if n.startswith(PAST)]
-        self._empty_past = {n: ort.OrtValue.ortvalue_from_numpy(
-            np.zeros(self._past_shape(inputs[n].shape, config), DTYPES[inputs[n].type])) for n in past_names}
-        self._output_names = ["logits"] + [PRESENT + n[len(PAST):] for n in past_names]
+        self._empty_past = {
+            n: ort.OrtValue.ortvalue_from_numpy(
+                np.zeros(self._past_shape(inputs[n].shape, config), DTYPES[inputs[n].type])
+            )
+            for n in past_names
+        }
+        self._output_names = [LOGITS] + [PRESENT + n[len(PAST) :] for n in past_names]
         self._extra_inputs = {n: i for n, i in inputs.items() if n not in TOKEN_INPUTS and n not in past_names}
         self._set_extra_feeds({})
         if adapter is not None:
@@ -136,8 +155,9 @@ class Generator:
         """
         unknown = sorted(set(feeds) - set(self._extra_inputs))
         if unknown:
-            raise AdapterError(f"{unknown[0]} is not an adapter input of {names.INFERENCE_MODEL}"
-                               f" ({len(unknown)} unknown names)")
+            raise AdapterError(
+                f"{unknown[0]} is not an adapter input of {names.INFERENCE_MODEL} ({len(unknown)} unknown names)"
+            )
         merged = {}
         for name, spec in self._extra_inputs.items():
             dtype = DTYPES.get(spec.type)
@@ -163,7 +183,7 @@ class Generator:
             raise AdapterError(f"{path}: this model takes no adapter (not a bundle: merged already?)")
         weights, config = load_adapter(Path(path), self._bundle_manifest)
         feeds = to_graph_layout(weights)
-        feeds[names.LORA_SCALING] = np.array(scaling(config), np.float32)
+        feeds[names.LORA_SCALING] = np.array(config_scaling(config), np.float32)
         self._set_extra_feeds(feeds)
 
     # --- decoding ---------------------------------------------------------------------
@@ -171,14 +191,17 @@ class Generator:
     def _step(self, ids: np.ndarray, past_len: int, past: dict) -> tuple[np.ndarray, dict]:
         """Run the graph on `ids` (1, T) after `past_len` cached tokens -> (last logits (V,), new past)."""
         t = ids.shape[1]
-        arrays = {"input_ids": ids, "attention_mask": np.ones((1, past_len + t)),
-                  "position_ids": np.arange(past_len, past_len + t)[None]}  # (1, T), (1, P+T), (1, T)
+        arrays = {
+            "input_ids": ids,
+            "attention_mask": np.ones((1, past_len + t)),
+            "position_ids": np.arange(past_len, past_len + t)[None],
+        }  # (1, T), (1, P+T), (1, T)
         feeds = {n: ort.OrtValue.ortvalue_from_numpy(arrays[n].astype(dt)) for n, dt in self._token_inputs.items()}
         feeds.update(self._extra_values)
         feeds.update(past)
         outputs = self.session.run_with_ort_values(self._output_names, feeds)
         logits = outputs[0].numpy()  # (1, T, V)
-        new_past = {PAST + n[len(PRESENT):]: v for n, v in zip(self._output_names[1:], outputs[1:])}
+        new_past = {PAST + n[len(PRESENT) :]: v for n, v in zip(self._output_names[1:], outputs[1:])}
         return logits[0, -1], new_past
 
     def _tokens(self, input_ids: list[int], max_new_tokens: int, sampler: Sampler) -> Iterator[int]:
@@ -202,14 +225,17 @@ class Generator:
         if not input_ids:
             raise EdgetuneError("the prompt is empty (no tokens)")
         if truncate:
-            return list(input_ids[-max(1, self.max_context - max_new_tokens):]), sampler
+            return list(input_ids[-max(1, self.max_context - max_new_tokens) :]), sampler
         if len(input_ids) > self.max_context:
-            raise EdgetuneError(f"the prompt has {len(input_ids)} tokens, more than the model's context of"
-                                f" {self.max_context} (pass truncate=True to keep the last tokens)")
+            raise EdgetuneError(
+                f"the prompt has {len(input_ids)} tokens, more than the model's context of"
+                f" {self.max_context} (pass truncate=True to keep the last tokens)"
+            )
         return list(input_ids), sampler
 
-    def generate_ids(self, input_ids: list[int], max_new_tokens: int = 256, *, truncate: bool = False,
-                     **options) -> list[int]:
+    def generate_ids(
+        self, input_ids: list[int], max_new_tokens: int = 256, *, truncate: bool = False, **options
+    ) -> list[int]:
         """New token ids after `input_ids` (an EOS that ended decoding included); options as for `stream`."""
         input_ids, sampler = self._start(input_ids, max_new_tokens, truncate, options)
         return list(self._tokens(input_ids, max_new_tokens, sampler))
@@ -219,8 +245,15 @@ class Generator:
         info = self.tokenizer_info
         return ([info.bos_id] if info.add_bos else []) + self.tokenizer.encode(prompt, add_special_tokens=False).ids
 
-    def stream_ids(self, input_ids: list[int], max_new_tokens: int = 256, *, stop: Iterable[str] = (),
-                   truncate: bool = False, **options) -> Iterator[str]:
+    def stream_ids(
+        self,
+        input_ids: list[int],
+        max_new_tokens: int = 256,
+        *,
+        stop: Iterable[str] = (),
+        truncate: bool = False,
+        **options,
+    ) -> Iterator[str]:
         """Like `stream`, from token ids."""
         input_ids, sampler = self._start(input_ids, max_new_tokens, truncate, options)
         return self._pieces(input_ids, self._tokens(input_ids, max_new_tokens, sampler), tuple(stop))
@@ -240,8 +273,18 @@ class Generator:
         if piece:
             yield piece
 
-    def stream(self, prompt: str, max_new_tokens: int = 256, *, stop: Iterable[str] = (), truncate: bool = False,
-               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: str,
+        max_new_tokens: int = 256,
+        *,
+        stop: Iterable[str] = (),
+        truncate: bool = False,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[str]:
         """Yield the continuation of `prompt` in pieces as they become final.
 
         temperature 0 is greedy; top_k 0 and top_p 1 are off; `seed` makes sampling
@@ -250,8 +293,16 @@ class Generator:
         truncate=True keeps the prompt's last (context - max_new_tokens) tokens instead
         of rejecting a prompt longer than the context.
         """
-        return self.stream_ids(self.encode(prompt), max_new_tokens, stop=stop, truncate=truncate,
-                               temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return self.stream_ids(
+            self.encode(prompt),
+            max_new_tokens,
+            stop=stop,
+            truncate=truncate,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
 
     def generate(self, prompt: str, max_new_tokens: int = 256, **options) -> str:
         """The continuation of `prompt` as one string; options as for `stream`."""

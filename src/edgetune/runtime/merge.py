@@ -15,12 +15,19 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 import edgetune
-from edgetune.common.atomic import atomic_folder
 from edgetune.common import names
-from edgetune.common.adapter_config import scaling
+from edgetune.common.atomic import atomic_folder
 from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import verify, write_manifest
-from edgetune.runtime.adapters import MAGNITUDE, load_adapter
+from edgetune.common.peft import (
+    PEFT_PREFIX,
+    base_output,
+    branch_prefix,
+    config_scaling,
+    load_adapter,
+    lora_keys,
+    magnitude_key,
+)
 
 MERGED_MODEL = names.MERGED_MODEL
 MERGED_DATA = "model.onnx_data"
@@ -37,19 +44,31 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
     onnx.checker.check_model(model)
 
     with atomic_folder(out, "merging") as tmp:
-        onnx.save(model, tmp / MERGED_MODEL, save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=MERGED_DATA, size_threshold=1024)
+        onnx.save(
+            model,
+            tmp / MERGED_MODEL,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=MERGED_DATA,
+            size_threshold=1024,
+        )
         for name in COPIED:
             if (bundle / name).exists():
                 shutil.copy2(bundle / name, tmp / name)
-        result = write_manifest(tmp, {
-            "kind": "merged",
-            "edgetune_version": edgetune.__version__,
-            "source": manifest["source"],
-            "architecture": manifest["architecture"],
-            "adapter": {"path": str(adapter), "config": config,
-                        "sha256": sha256_file(Path(adapter) / names.ADAPTER_WEIGHTS)},
-        })
+        result = write_manifest(
+            tmp,
+            {
+                "kind": "merged",
+                "edgetune_version": edgetune.__version__,
+                "source": manifest["source"],
+                "architecture": manifest["architecture"],
+                "adapter": {
+                    "path": str(adapter),
+                    "config": config,
+                    "sha256": sha256_file(Path(adapter) / names.ADAPTER_WEIGHTS),
+                },
+            },
+        )
     return result
 
 
@@ -61,7 +80,7 @@ def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: l
     the layers without an adapter stay quantized.
     """
     graph = model.graph
-    scale, dora = scaling(config), bool(config.get("use_dora"))
+    scale, dora = config_scaling(config), bool(config.get("use_dora"))
     inits = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     consumers = {}
@@ -70,21 +89,22 @@ def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: l
             consumers.setdefault(name, []).append(node)
     drop: set[int] = set()
     for path in modules:
-        prefix, key = f"/lora/{path}/", f"{names.PEFT_PREFIX}{path}"
-        base = producers[f"{prefix}base_output"]
+        prefix = branch_prefix(path) + "/"
+        base = producers[base_output(path)]
         trans_b = any(attr.name == "transB" and attr.i for attr in base.attribute)
         if base.op_type == "MatMulNBits":  # QLoRA int4: becomes a float MatMul
-            w = _nbits_weight(model, base, inits, producers)               # (in, out)
+            w = _nbits_weight(model, base, inits, producers)  # (in, out)
             base.op_type, base.domain = "MatMul", ""
             del base.input[2:]
             del base.attribute[:]
         else:
             w = _constant(model, base.input[1], inits, producers)
-            w = w.T if trans_b else w                                       # (in, out)
-        a, b = weights[f"{key}.lora_A.weight"], weights[f"{key}.lora_B.weight"]  # (r, in), (out, r)
-        merged = w + (scale * (a.T @ b.T)).astype(np.float32)              # (in, out)
+            w = w.T if trans_b else w  # (in, out)
+        key_a, key_b = lora_keys(path)
+        a, b = weights[key_a], weights[key_b]  # (r, in), (out, r)
+        merged = w + (scale * (a.T @ b.T)).astype(np.float32)  # (in, out)
         if dora:
-            merged = merged * (weights[f"{key}.{MAGNITUDE}"] / np.linalg.norm(merged, axis=0))  # (out,) per column
+            merged = merged * (weights[magnitude_key(path)] / np.linalg.norm(merged, axis=0))  # (out,) per column
         name = f"{base.input[1]}/merged"
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(merged.T if trans_b else merged), name))
         base.input[1] = name
@@ -94,7 +114,7 @@ def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: l
     kept = [n for n in graph.node if id(n) not in drop]
     del graph.node[:]
     graph.node.extend(kept)
-    inputs = [i for i in graph.input if i.name != names.LORA_SCALING and not i.name.startswith(names.PEFT_PREFIX)]
+    inputs = [i for i in graph.input if i.name != names.LORA_SCALING and not i.name.startswith(PEFT_PREFIX)]
     del graph.input[:]
     graph.input.extend(inputs)
     _prune(graph)
@@ -127,9 +147,9 @@ def _nbits_weight(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, pro
     """
     attrs = {a.name: a.i for a in node.attribute}
     n_out, block = attrs["N"], attrs["block_size"]
-    blob = numpy_helper.to_array(inits[node.input[1]])                     # (out, in/bs, bs/2) uint8
+    blob = numpy_helper.to_array(inits[node.input[1]])  # (out, in/bs, bs/2) uint8
     q = np.stack([blob & 0x0F, blob >> 4], axis=-1).reshape(n_out, -1, block).astype(np.float32)  # low nibble first
-    scale = _constant(model, node.input[2], inits, producers).reshape(n_out, -1, 1)   # (out, in/bs, 1)
+    scale = _constant(model, node.input[2], inits, producers).reshape(n_out, -1, 1)  # (out, in/bs, 1)
     has_zero = len(node.input) > 3 and node.input[3]
     zero = _constant(model, node.input[3], inits, producers).reshape(n_out, -1, 1) if has_zero else 8.0
     return ((q - zero) * scale).reshape(n_out, attrs["K"]).T

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-METRICS = "metrics.jsonl"
-LOSS_PLOT = "loss.png"
+from edgetune.common.atomic import write_atomic
+from edgetune.common.names import LOSS_PLOT, METRICS
 
 
 class Metrics:
@@ -24,9 +24,15 @@ class Metrics:
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress: bool):
         self.path = Path(run_dir) / METRICS
-        self._file = open(self.path, "a", encoding="utf-8")
-        self._bar = tqdm(total=total_steps, initial=start_step, unit="step", disable=not progress,
-                         dynamic_ncols=True, file=sys.stderr)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        self._bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def log(self, record: dict) -> None:
         """Append one record; a train record advances the bar, an eval record is printed above it."""
@@ -36,8 +42,10 @@ class Metrics:
             self._bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
             self._bar.update(1)
         elif record["type"] == "eval" and not self._bar.disable:
-            self._bar.write(f"step {record['step']}: eval loss {record['eval_loss']:.4f}, "
-                            f"perplexity {record['perplexity']:.2f}", file=sys.stderr)
+            self._bar.write(
+                f"step {record['step']}: eval loss {record['eval_loss']:.4f}, perplexity {record['perplexity']:.2f}",
+                file=sys.stderr,
+            )
 
     def note(self, message: str) -> None:
         """Print a line above the progress bar (to stderr even when the bar is off)."""
@@ -73,12 +81,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
             continue
         if record["step"] <= last_step:
             kept.append(line + "\n")
-    tmp = path.with_name(f".{METRICS}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, "".join(kept))
 
 
 def plot_losses(run_dir: Path) -> Path | None:
@@ -103,7 +106,7 @@ def plot_losses(run_dir: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     path = Path(run_dir) / LOSS_PLOT
-    fig.savefig(path, bbox_inches="tight")
+    write_atomic(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
     plt.close(fig)
     return path
 

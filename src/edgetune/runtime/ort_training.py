@@ -20,6 +20,7 @@ def _training_api() -> types.ModuleType:
         package.__path__ = [str(Path(ort.__file__).parent / "training")]
         sys.modules["onnxruntime.training"] = package
     import onnxruntime.training.api as api
+
     return api
 
 
@@ -30,11 +31,8 @@ CheckpointState, Module, Optimizer = _api.CheckpointState, _api.Module, _api.Opt
 def training_session_options() -> ort.SessionOptions:
     """Session options for a training Module: no spin-waiting, and no buffer reuse.
 
-    Spinning threads waste the few cores of a shared device. ORT's allocation planner
-    hands a freed buffer to a later tensor of the same size; in a training graph that
-    ties short-lived forward buffers to tensors kept until the backward pass, and at
-    batch 2 x seq 512 on SmolLM2 it held about 0.9 GB more at the forward/backward turn
-    than planning without reuse (3.62 vs 2.70 GB peak RSS), at the same CPU time per step.
+    Spinning threads waste the few cores of a shared device. Buffer reuse ties short-lived
+    forward buffers to tensors kept until the backward pass (docs/design.md, "Training memory").
     """
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

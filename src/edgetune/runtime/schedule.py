@@ -7,7 +7,7 @@ Steps are optimizer steps, counted from 0. Warmup reaches the peak on its last s
 
 import math
 
-SCHEDULES = ("cosine", "linear", "constant")
+from edgetune.options import SCHEDULES
 
 
 def warmup_steps(warmup: float, total_steps: int) -> int:

@@ -16,15 +16,15 @@ class TextStream:
     def __init__(self, tokenizer, prompt_ids: list[int], stop: tuple[str, ...] = ()):
         """Start after `prompt_ids`; `stop` strings end the text (without them)."""
         self.tokenizer, self.stop = tokenizer, stop
-        self.ids = list(prompt_ids[-self.CONTEXT_TOKENS:])
+        self.ids = list(prompt_ids[-self.CONTEXT_TOKENS :])
         self.prefix, self.read = 0, len(self.ids)
         self.text, self.sent, self.stopped = "", 0, False
 
     def _new_text(self) -> str:
         """Decoded text of the ids after `read`, given the context ids[prefix:read]."""
         decode = self.tokenizer.decode
-        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        return decode(self.ids[self.prefix:], skip_special_tokens=True)[len(before):]
+        before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        return decode(self.ids[self.prefix :], skip_special_tokens=True)[len(before) :]
 
     def push(self, token: int) -> str:
         """Add one token id; return the text that became final (maybe "")."""
@@ -50,12 +50,12 @@ class TextStream:
             end = len(self.text)
         else:
             end = len(self.text) - self._stop_prefix_len()
-        piece, self.sent = self.text[self.sent:end], end
+        piece, self.sent = self.text[self.sent : end], end
         return piece
 
     def _stop_prefix_len(self) -> int:
         """Length of the longest unsent tail of `text` that begins some stop string."""
-        tail = self.text[self.sent:]
+        tail = self.text[self.sent :]
         for k in range(min(len(tail), max((len(s) for s in self.stop), default=1) - 1), 0, -1):
             if any(s.startswith(tail[-k:]) for s in self.stop):
                 return k

@@ -27,50 +27,72 @@ import math
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
 
 import edgetune
-from edgetune.common.adapter_config import scaling
-from edgetune.common.errors import AdapterError, DataError, EdgetuneError
+from edgetune.common.atomic import write_json_atomic
+from edgetune.common.errors import AdapterError, CheckpointError, DataError, TrainingError
 from edgetune.common.hashing import sha256_file
-from edgetune.common.manifest import verify, write_json_atomic
-from edgetune.common.names import BASE_WEIGHTS, CHECKPOINT, EVAL_MODEL, OPTIMIZER_MODEL, TRAINING_MODEL
+from edgetune.common.manifest import verify
+from edgetune.common.names import (
+    ADAPTER_DIR,
+    BASE_WEIGHTS,
+    CHECKPOINT,
+    EVAL_MODEL,
+    OPTIMIZER_MODEL,
+    SUMMARY,
+    TRAINING_MODEL,
+)
+from edgetune.common.peft import (
+    bundle_adapter_keys,
+    config_scaling,
+    load_adapter,
+    save_adapter,
+    to_graph_layout,
+    to_peft_layout,
+)
+from edgetune.options import TrainConfig
 from edgetune.runtime import checkpoints
-from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer, training_session_options
-from edgetune.runtime.adapters import adapter_keys, load_adapter, save_adapter, to_graph_layout, to_peft_layout
 from edgetune.runtime.batching import IGNORE, encode_examples, load_tokenizer, make_batches
 from edgetune.runtime.data import read_examples
 from edgetune.runtime.metrics import Metrics, peak_rss_bytes, plot_losses, process_age, truncate_metrics
-from edgetune.runtime.schedule import SCHEDULES, learning_rate, warmup_steps
+from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer, training_session_options
+from edgetune.runtime.schedule import learning_rate, warmup_steps
 
-ADAPTER_DIR = "adapter"
-SUMMARY = "summary.json"
 ORDER_KEYS = ("seed", "batch_size", "grad_accum", "seq_len")  # fix the data order: a resume keeps them
 CHANGEABLE_KEYS = ("lr", "warmup", "schedule", "total_steps")  # a resume may change these (logged)
 
 
-class TrainingError(EdgetuneError):
-    """Training cannot start or had to stop (bad options, non-finite loss, a signal)."""
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """The run's last checkpoint: its folder, its size, and how long saving it took (None: an earlier run's)."""
+
+    folder: Path
+    size: int
+    save_s: float | None
 
 
-def train(bundle, data, out, *, eval_data=None, steps=None, epochs=None, lr=2e-4, warmup=0.03,
-          schedule="cosine", batch_size=8, grad_accum=1, seq_len=512, eval_every=None, save_every=None,
-          seed=0, resume=False, skip_bad_lines=False, init_adapter=None, progress=True) -> dict:
-    """Train the adapter of `bundle` on `data` into run folder `out`; return the summary.
+@dataclass(frozen=True)
+class StartPoint:
+    """Where a run starts: the ORT checkpoint to load, its step, and the resumed state (None: a fresh run)."""
 
-    `steps` or `epochs` (default 1 epoch); `warmup` < 1 is a fraction of the steps, else
-    a step count. Writes out/checkpoints/, out/metrics.jsonl, out/adapter/ (PEFT),
-    out/summary.json and out/loss.png. Raises EdgetuneError with a one-line message.
+    checkpoint: Path
+    step: int
+    resumed: dict | None
+    saved: SavedCheckpoint | None
+
+
+def train(config: TrainConfig) -> dict:
+    """Train the adapter of `config.bundle` on `config.data` into run folder `config.out`; return the summary.
+
+    Writes out/checkpoints/, out/metrics.jsonl, out/adapter/ (PEFT), out/summary.json and
+    out/loss.png. Raises EdgetuneError with a one-line message.
     """
-    options = SimpleNamespace(**locals())
-    for name in ("bundle", "data", "out", "eval_data", "init_adapter"):
-        if getattr(options, name) is not None:
-            setattr(options, name, Path(getattr(options, name)))
-    recipe = _Recipe(options)
+    recipe = _Recipe(config)
     try:
         recipe.setup()
         recipe.train()
@@ -82,16 +104,24 @@ def train(bundle, data, out, *, eval_data=None, steps=None, epochs=None, lr=2e-4
 class _Recipe:
     """One training run: `setup()`, `train()`, `finish()`, and always `cleanup()`."""
 
-    def __init__(self, options: SimpleNamespace):
-        self.o = options
+    def __init__(self, config: TrainConfig):
+        self.o = config
         self.called_at = time.perf_counter()
-        self.stop_signal, self.old_handlers, self.metrics, self.checkpoint = None, {}, None, None
+        self.stop_signal: str | None = None  # set by SIGINT/SIGTERM; the loop stops after the step
+        self.old_handlers: dict = {}
+        self.metrics: Metrics | None = None
+        self.checkpoint: SavedCheckpoint | None = None
+        self.saved_step = 0
+        self.last_loss: float | None = None
+        self.last_eval: dict | None = None
+        self.first_step_done: tuple | None = None  # (perf_counter, process age) after the first step
+        self.tokens, self.pad_tokens, self.step_time, self.train_s = 0, 0, 0.0, 0.0
+        self.batches, self.batches_epoch = None, None  # the current epoch's micro-batches
 
     # ---- setup -------------------------------------------------------------------------
     def setup(self) -> None:
         """Check all that can be checked before the run folder is touched, then open ORT."""
         o = self.o
-        _check_options(o)
         self.manifest = verify(o.bundle)
         tokenizer, self.info = load_tokenizer(o.bundle)  # ~30 MB, free for ORT's use once encoded
         self.train_set, self.data_summary, self.skipped = self._encode(tokenizer, o.data, o.skip_bad_lines)
@@ -105,25 +135,35 @@ class _Recipe:
         self.steps_per_epoch = math.ceil(batches_per_epoch / o.grad_accum)
         self.total_steps = o.steps or math.ceil((o.epochs or 1) * self.steps_per_epoch)
         self.warmup_steps = warmup_steps(o.warmup, self.total_steps)
-        self.hparams = {"seed": o.seed, "batch_size": o.batch_size, "grad_accum": o.grad_accum,
-                        "seq_len": o.seq_len, "lr": o.lr, "warmup": o.warmup, "schedule": o.schedule,
-                        "total_steps": self.total_steps}
-        self.identity = {"bundle": checkpoints.bundle_identity(o.bundle, self.manifest),
-                         "data": {"path": str(o.data), "sha256": sha256_file(o.data)}}
+        self.hparams = {
+            "seed": o.seed,
+            "batch_size": o.batch_size,
+            "grad_accum": o.grad_accum,
+            "seq_len": o.seq_len,
+            "lr": o.lr,
+            "warmup": o.warmup,
+            "schedule": o.schedule,
+            "total_steps": self.total_steps,
+        }
+        self.identity = {
+            "bundle": checkpoints.bundle_identity(o.bundle, self.manifest),
+            "data": {"path": str(o.data), "sha256": sha256_file(o.data)},
+        }
         start = self._resume_point() if o.resume else self._fresh_run()
         init_weights = self._init_adapter() if o.init_adapter else None
+        self.start_step, self.checkpoint, self.saved_step = start.step, start.saved, start.step
 
         o.out.mkdir(parents=True, exist_ok=True)  # every check passed: now the run folder may change
         checkpoints.remove_partial(o.out)
         truncate_metrics(o.out, self.start_step)
         self.metrics = Metrics(o.out, self.total_steps, self.start_step, o.progress)
-        if o.resume:
-            before = self.resumed["hparams"]
+        if start.resumed:
+            before = start.resumed["hparams"]
             changed = {k: [before.get(k), self.hparams[k]] for k in CHANGEABLE_KEYS if before.get(k) != self.hparams[k]}
             self.metrics.log({"type": "resume", "step": self.start_step, "changed": changed})
             if changed:
                 self.metrics.note(f"resuming at step {self.start_step} with changed settings {changed}")
-        self._open_session(start, init_weights)
+        self._open_session(start.checkpoint, init_weights)
 
     def _encode(self, tokenizer, path: Path, skip_bad_lines: bool) -> tuple:
         """Read and tokenize a data file -> (encoded examples, DataSummary, skipped lines)."""
@@ -133,39 +173,37 @@ class _Recipe:
             raise DataError(f"{path}: no example keeps a token to learn from at --seq-len {self.o.seq_len}")
         return encoded, summary, skipped
 
-    def _fresh_run(self) -> Path:
+    def _fresh_run(self) -> StartPoint:
         """A new run: `out` must not hold one already. Starts from the bundle's checkpoint."""
         out = self.o.out
         if out.exists() and not out.is_dir():
             raise TrainingError(f"{out}: exists and is not a folder")
         if checkpoints.latest(out) or (out / ADAPTER_DIR).exists() or (out / SUMMARY).exists():
             raise TrainingError(f"{out}: already holds a run (continue it with --resume, or choose another output)")
-        self.start_step, self.resumed = 0, None
-        return self.o.bundle / CHECKPOINT
+        return StartPoint(self.o.bundle / CHECKPOINT, 0, None, None)
 
-    def _resume_point(self) -> Path:
+    def _resume_point(self) -> StartPoint:
         """The run's last checkpoint, if it belongs to this bundle, data and data order."""
         o = self.o
-        if o.init_adapter:
-            raise TrainingError("--init-adapter and --resume exclude each other (the checkpoint holds the adapter)")
         folder = checkpoints.latest(o.out)
         if folder is None:
-            raise checkpoints.CheckpointError(f"{o.out}: nothing to resume (no checkpoint in it)")
+            raise CheckpointError(f"{o.out}: nothing to resume (no checkpoint in it)")
         state = checkpoints.read_state(folder)
         checkpoints.check_resumable(folder, state, self.identity, self.hparams, ORDER_KEYS)
         if state["step"] > self.total_steps:
             raise TrainingError(f"{folder}: already at step {state['step']}, past the {self.total_steps} steps asked")
-        self.start_step, self.resumed = state["step"], state
-        self.checkpoint = (folder, checkpoints.size(folder), None)
-        return folder / CHECKPOINT
+        saved = SavedCheckpoint(folder, checkpoints.size(folder), None)
+        return StartPoint(folder / CHECKPOINT, state["step"], state, saved)
 
     def _init_adapter(self) -> dict:
         """The starting adapter from a PEFT folder (PEFT layout); its r and scale must be the bundle's."""
         weights, config = load_adapter(self.o.init_adapter, self.manifest)
         ours = self.manifest["adapter_config"]
-        if (config["r"], scaling(config)) != (ours["r"], scaling(ours)):
-            raise AdapterError(f"{self.o.init_adapter}: r={config['r']}, lora_alpha={config['lora_alpha']} "
-                               f"differ from the bundle's r={ours['r']}, lora_alpha={ours['lora_alpha']}")
+        if (config["r"], config_scaling(config)) != (ours["r"], config_scaling(ours)):
+            raise AdapterError(
+                f"{self.o.init_adapter}: r={config['r']}, lora_alpha={config['lora_alpha']} "
+                f"differ from the bundle's r={ours['r']}, lora_alpha={ours['lora_alpha']}"
+            )
         return weights
 
     def _open_session(self, checkpoint: Path, init_weights: dict | None) -> None:
@@ -177,14 +215,14 @@ class _Recipe:
         try:
             self.state = CheckpointState.load_checkpoint(str(checkpoint))
         except RuntimeError:
-            raise checkpoints.CheckpointError(f"{checkpoint}: not a readable ORT checkpoint") from None
+            raise CheckpointError(f"{checkpoint}: not a readable ORT checkpoint") from None
         eval_model = str(o.bundle / EVAL_MODEL) if o.eval_data else None  # a session costs ~25 MB
         self.module = Module(str(o.bundle / TRAINING_MODEL), self.state, eval_model, session_options=options)
         for key, value in to_graph_layout(init_weights or {}).items():  # only once a Module owns the state
             self.state.parameters[key] = value
         self.optimizer = Optimizer(str(o.bundle / OPTIMIZER_MODEL), self.module)
         self.sgd = self.manifest["optimizer"] == "sgd"
-        self.train_inputs = self.module.input_names()         # names of Batch fields, in graph order
+        self.train_inputs = self.module.input_names()  # names of Batch fields, in graph order
         self.eval_inputs = self.module.eval().input_names() if eval_model else []
         self.module.train()
 
@@ -193,9 +231,6 @@ class _Recipe:
         """The loop: optimizer steps `start_step` .. `total_steps - 1`, then stop."""
         o = self.o
         self.old_handlers = _catch_signals(self._on_signal)
-        self.saved_step, self.last_loss, self.last_eval, self.first_step_done = self.start_step, None, None, None
-        self.tokens, self.pad_tokens, self.step_time = 0, 0, 0.0
-        self.batches, self.batches_epoch = None, None
         loop_start = time.perf_counter()
         for step in range(self.start_step, self.total_steps):
             record = self._train_step(step)
@@ -206,8 +241,10 @@ class _Recipe:
             if (o.save_every and done % o.save_every == 0) or self.stop_signal:
                 self._save(done)
             if self.stop_signal:
-                raise TrainingError(f"stopped by {self.stop_signal} after step {done}; checkpoint saved in "
-                                    f"{self.checkpoint[0]} (continue with --resume)")
+                raise TrainingError(
+                    f"stopped by {self.stop_signal} after step {done}; checkpoint saved in "
+                    f"{self.checkpoint.folder} (continue with --resume)"
+                )
         self.train_s = time.perf_counter() - loop_start
 
     def _train_step(self, step: int) -> dict:
@@ -217,7 +254,7 @@ class _Recipe:
         if epoch != self.batches_epoch:  # deterministic in (seed, epoch)
             self.batches = make_batches(self.train_set, o.batch_size, o.seed, epoch, self.info.pad_id)
             self.batches_epoch = epoch
-        micro = self.batches[index * k:(index + 1) * k]
+        micro = self.batches[index * k : (index + 1) * k]
         lr = learning_rate(step, self.total_steps, o.lr, self.warmup_steps, o.schedule)
         self.optimizer.set_learning_rate(lr / len(micro) if self.sgd else lr)
         started = time.perf_counter()
@@ -230,8 +267,15 @@ class _Recipe:
         self.tokens, self.step_time = self.tokens + tokens, self.step_time + elapsed
         self.pad_tokens += sum(b.attention_mask.size for b in micro) - tokens
         self.last_loss = float(np.mean(losses))
-        return {"type": "train", "step": step + 1, "epoch": epoch, "loss": self.last_loss, "lr": lr,
-                "tokens": tokens, "tokens_per_s": tokens / elapsed}
+        return {
+            "type": "train",
+            "step": step + 1,
+            "epoch": epoch,
+            "loss": self.last_loss,
+            "lr": lr,
+            "tokens": tokens,
+            "tokens_per_s": tokens / elapsed,
+        }
 
     def _forward_backward(self, batch, step: int) -> float:
         """One train call on a micro-batch (B, S): gradients add up in ORT until the optimizer step."""
@@ -257,13 +301,20 @@ class _Recipe:
     def _save(self, step: int) -> None:
         """Checkpoint the state after `step` optimizer steps, with the resume position."""
         epoch, index = divmod(step, self.steps_per_epoch)
-        resume_state = {"step": step, "epoch": epoch, "batch_in_epoch": index * self.o.grad_accum,
-                        "seed": self.o.seed, "rng": {"data_order": [self.o.seed, epoch], "ort": self.ort_seed},
-                        **self.identity, "hparams": self.hparams, "train_loss": self.last_loss,
-                        "edgetune_version": edgetune.__version__}
+        resume_state = {
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": index * self.o.grad_accum,
+            "seed": self.o.seed,
+            "rng": {"data_order": [self.o.seed, epoch], "ort": self.ort_seed},
+            **self.identity,
+            "hparams": self.hparams,
+            "train_loss": self.last_loss,
+            "edgetune_version": edgetune.__version__,
+        }
         started = time.perf_counter()
         folder, size = checkpoints.save(self.o.out, self.state, resume_state)
-        self.checkpoint = (folder, size, time.perf_counter() - started)
+        self.checkpoint = SavedCheckpoint(folder, size, time.perf_counter() - started)
         self.saved_step = step
 
     def _on_signal(self, signum, frame) -> None:
@@ -278,28 +329,39 @@ class _Recipe:
             self._evaluate(done)
         if self.checkpoint is None or self.saved_step != done:
             self._save(done)
-        keys = adapter_keys(self.manifest)
+        keys = bundle_adapter_keys(self.manifest)
         weights = to_peft_layout({key: self.state.parameters[key].data for key in keys})  # (r, in), (out, r)
-        save_adapter(o.out / ADAPTER_DIR, weights, self.manifest["adapter_config"],
-                     self.manifest["source"]["weights_sha256"])
+        save_adapter(
+            o.out / ADAPTER_DIR, weights, self.manifest["adapter_config"], self.manifest["source"]["weights_sha256"]
+        )
         first = self.first_step_done
         total_tokens = self.tokens + self.pad_tokens
         summary = {
-            "run": str(o.out), "bundle": str(o.bundle), "adapter": str(o.out / ADAPTER_DIR),
-            "steps": done, "steps_this_run": done - self.start_step, "epochs": done / self.steps_per_epoch,
-            "examples": self.data_summary.examples, "skipped_lines": self.skipped,
-            "dropped": self.data_summary.dropped, "truncated": self.data_summary.truncated,
+            "run": str(o.out),
+            "bundle": str(o.bundle),
+            "adapter": str(o.out / ADAPTER_DIR),
+            "steps": done,
+            "steps_this_run": done - self.start_step,
+            "epochs": done / self.steps_per_epoch,
+            "examples": self.data_summary.examples,
+            "skipped_lines": self.skipped,
+            "dropped": self.data_summary.dropped,
+            "truncated": self.data_summary.truncated,
             "padding_fraction": self.pad_tokens / total_tokens if total_tokens else 0.0,
-            "tokens": self.tokens, "tokens_per_s": self.tokens / self.step_time if self.step_time else None,
-            "train_s": self.train_s, "startup_s": first[1] if first else None,
+            "tokens": self.tokens,
+            "tokens_per_s": self.tokens / self.step_time if self.step_time else None,
+            "train_s": self.train_s,
+            "startup_s": first[1] if first else None,
             "setup_s": first[0] - self.called_at if first else None,
             "final_train_loss": self.last_loss,
             "final_eval_loss": self.last_eval["eval_loss"] if self.last_eval else None,
             "final_perplexity": self.last_eval["perplexity"] if self.last_eval else None,
-            "checkpoint": str(self.checkpoint[0]), "checkpoint_bytes": self.checkpoint[1],
-            "checkpoint_save_s": self.checkpoint[2], "base_weights_bytes": (o.bundle / BASE_WEIGHTS).stat().st_size,
-            "peak_rss_bytes": peak_rss_bytes(), "options": {k: str(v) if isinstance(v, Path) else v
-                                                            for k, v in vars(o).items()},
+            "checkpoint": str(self.checkpoint.folder),
+            "checkpoint_bytes": self.checkpoint.size,
+            "checkpoint_save_s": self.checkpoint.save_s,
+            "base_weights_bytes": (o.bundle / BASE_WEIGHTS).stat().st_size,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "options": _options_record(o),
         }
         write_json_atomic(o.out / SUMMARY, summary)
         plot_losses(o.out)
@@ -313,28 +375,9 @@ class _Recipe:
             self.metrics.close()
 
 
-def _check_options(o: SimpleNamespace) -> None:
-    """Refuse impossible option values with one line naming the option."""
-    if o.steps is not None and o.epochs is not None:
-        raise TrainingError("give --steps or --epochs, not both")
-    for name in ("steps", "batch_size", "grad_accum", "eval_every", "save_every"):
-        value = getattr(o, name)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise TrainingError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value}")
-    if o.epochs is not None and not o.epochs > 0:
-        raise TrainingError(f"--epochs must be > 0, got {o.epochs}")
-    if not (math.isfinite(o.lr) and o.lr > 0):
-        raise TrainingError(f"--lr must be a finite number > 0, got {o.lr}")
-    if o.seq_len < 2:
-        raise TrainingError(f"--seq-len must be at least 2, got {o.seq_len}")
-    if o.schedule not in SCHEDULES:
-        raise TrainingError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{o.schedule}'")
-    try:
-        warmup_steps(o.warmup, 1)
-    except ValueError as e:
-        raise TrainingError(f"--warmup: {e}") from None
-    if o.eval_every and not o.eval_data:
-        raise TrainingError("--eval-every needs eval data")
+def _options_record(config: TrainConfig) -> dict:
+    """The run's options as JSON values, for summary.json."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(config).items()}
 
 
 def _catch_signals(handler) -> dict:

@@ -7,19 +7,18 @@ The completion starts with a space and the prompt ends without one, so that a
 byte-level BPE tokenizer gives the same tokens for prompt + completion as for the
 two halves apart (the space joins the answer's first token, as in lm-eval). No
 newline or EOS is part of the completion: the trainer appends EOS, and at
-evaluation `exact_match` ignores anything after the first newline.
+evaluation `edgetune.runtime.evaluate.exact_match` ignores anything after the first newline.
 
 Every input style names the month in words or says which number is the day, so
 each date has one correct answer. stdlib only.
 """
 
 import datetime as dt
-import json
 import os
 import random
-import tempfile
 from pathlib import Path
 
+from edgetune.common.atomic import write_jsonl_atomic
 from edgetune.common.errors import EdgetuneError
 
 TRAIN_FILE = "train.jsonl"
@@ -29,8 +28,20 @@ FIRST_DAY = dt.date(1950, 1, 1)
 LAST_DAY = dt.date(2049, 12, 31)
 N_DAYS = (LAST_DAY - FIRST_DAY).days + 1  # 36,525 distinct dates
 
-MONTHS = ("January", "February", "March", "April", "May", "June", "July",
-          "August", "September", "October", "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -42,15 +53,15 @@ def _ordinal(day: int) -> str:
 
 # One function per written style; each is unambiguous.
 STYLES = (
-    lambda d: f"{d.day} {MONTHS[d.month - 1]} {d.year}",                 # 5 March 2021
-    lambda d: f"{MONTHS[d.month - 1]} {d.day}, {d.year}",                # March 5, 2021
-    lambda d: f"{MONTHS[d.month - 1][:3]} {_ordinal(d.day)} {d.year}",   # Mar 5th 2021
-    lambda d: f"{MONTHS[d.month - 1][:3]}. {d.day}, {d.year}",           # Mar. 5, 2021
-    lambda d: f"{_ordinal(d.day)} of {MONTHS[d.month - 1]}, {d.year}",   # 5th of March, 2021
+    lambda d: f"{d.day} {MONTHS[d.month - 1]} {d.year}",  # 5 March 2021
+    lambda d: f"{MONTHS[d.month - 1]} {d.day}, {d.year}",  # March 5, 2021
+    lambda d: f"{MONTHS[d.month - 1][:3]} {_ordinal(d.day)} {d.year}",  # Mar 5th 2021
+    lambda d: f"{MONTHS[d.month - 1][:3]}. {d.day}, {d.year}",  # Mar. 5, 2021
+    lambda d: f"{_ordinal(d.day)} of {MONTHS[d.month - 1]}, {d.year}",  # 5th of March, 2021
     lambda d: f"{WEEKDAYS[d.weekday()]}, {MONTHS[d.month - 1]} {d.day}, {d.year}",  # Friday, March 5, 2021
-    lambda d: f"{d.day}-{MONTHS[d.month - 1][:3]}-{d.year}",             # 5-Mar-2021
-    lambda d: f"{d.day:02d}/{d.month:02d}/{d.year} (day first)",         # 05/03/2021 (day first)
-    lambda d: f"{d.month:02d}/{d.day:02d}/{d.year} (month first)",       # 03/05/2021 (month first)
+    lambda d: f"{d.day}-{MONTHS[d.month - 1][:3]}-{d.year}",  # 5-Mar-2021
+    lambda d: f"{d.day:02d}/{d.month:02d}/{d.year} (day first)",  # 05/03/2021 (day first)
+    lambda d: f"{d.month:02d}/{d.day:02d}/{d.year} (month first)",  # 03/05/2021 (month first)
 )
 
 
@@ -69,19 +80,6 @@ def make_examples(n: int, seed: int) -> list[dict]:
     return [make_example(FIRST_DAY + dt.timedelta(days=k), rng.randrange(len(STYLES))) for k in offsets]
 
 
-def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    """Write one JSON object per line to a temp file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_splits(out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: int = 0) -> dict[str, Path]:
     """Write `train.jsonl` and `heldout.jsonl` to `out_dir`, no date shared between them.
 
@@ -93,16 +91,6 @@ def write_splits(out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: in
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"train": out / TRAIN_FILE, "heldout": out / HELDOUT_FILE}
-    _write_jsonl_atomic(paths["train"], examples[:n_train])
-    _write_jsonl_atomic(paths["heldout"], examples[n_train:])
+    write_jsonl_atomic(paths["train"], examples[:n_train])
+    write_jsonl_atomic(paths["heldout"], examples[n_train:])
     return paths
-
-
-def _first_line(text: str) -> str:
-    """Leading whitespace dropped, then everything from the first newline on, then trailing space."""
-    return text.lstrip().split("\n", 1)[0].strip()
-
-
-def exact_match(prediction: str, reference: str) -> bool:
-    """True if the prediction's first non-blank line equals the reference, ignoring outer whitespace."""
-    return _first_line(prediction) == _first_line(reference)

@@ -1,0 +1,131 @@
+"""The adapter methods as variants of one protocol, as PEFT's `LoraVariant` does.
+
+The build pipeline knows no method by name: it asks the bundle's variant which weight
+values its rewrite reads, what the adapter's initial values are, how to rewrite a graph
+(training or inference) and its LM head, and whether layers are checkpointed by default.
+
+    lora   y = x·W + s·x·Aᵀ·Bᵀ over the exported float weights
+    dora   the LoRA branch plus PEFT's magnitude vector m (`rewrites.dora`)
+    qlora  LoRA over a base stored int8 or int4 (`rewrites.quant`), layers checkpointed
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgetune.builder.graph import LinearSite
+from edgetune.builder.rewrites import lora
+from edgetune.builder.rewrites.dora import add_dora, weight_norms
+from edgetune.builder.rewrites.quant.base import quantize_frozen_base
+from edgetune.builder.rewrites.quant.lm_head import quantize_lm_head
+from edgetune.builder.rewrites.quant.tensors import is_float_matrix
+from edgetune.builder.rewrites.recompute.weights import recompute_dequantized_weights
+from edgetune.common.errors import AdapterError
+from edgetune.options import BuildConfig, LoraSpec
+
+
+@dataclass(frozen=True)
+class LoraVariant:
+    """Plain LoRA; the base for the others."""
+
+    name: str = "lora"
+    use_dora: bool = False
+    checkpointing_by_default: bool = False
+    quant: str | None = None  # the base's storage: None (float), int8 or int4
+
+    def weights_read(self, graph: onnx.ModelProto, sites: list[LinearSite], training: bool) -> set[str]:
+        """Initializers whose values the rewrite reads (the rest stays on disk)."""
+        return set()
+
+    def initial_weights(
+        self, graph: onnx.ModelProto, sites: list[LinearSite], spec: LoraSpec, seed: int
+    ) -> dict[str, np.ndarray]:
+        """PEFT's initial adapter in graph layout: A kaiming-uniform, B = 0."""
+        return lora.init_adapter(sites, spec, seed)
+
+    def rewrite(
+        self, graph: onnx.ModelProto, sites: list[LinearSite], spec: LoraSpec, weights: dict | None, training: bool
+    ) -> list[str]:
+        """Add the adapter to one graph; return the adapter tensor names."""
+        return lora.add_lora(graph, sites, spec, weights, training)
+
+    def rewrite_head(self, graph: onnx.ModelProto, training: bool) -> dict[str, tuple[str, int]]:
+        """Rewrite the LM head (after the loss, in a training graph); return tied slices of the embedding."""
+        return {}
+
+    def rewrite_backward(self, training_model: onnx.ModelProto) -> None:
+        """Rewrite the training model once ORT has added its gradient nodes."""
+
+
+@dataclass(frozen=True)
+class DoraVariant(LoraVariant):
+    """DoRA: the training rewrite reads the adapted weights (m starts at their row norms)."""
+
+    name: str = "dora"
+    use_dora: bool = True
+
+    def weights_read(self, graph, sites, training):
+        """The adapted layers' weights, for the initial magnitude (training graph only)."""
+        return {s.weight for s in sites} if training else set()
+
+    def initial_weights(self, graph, sites, spec, seed):
+        """LoRA's initial A and B, and m = ‖W + s·B·A‖ = ‖W‖ per output row."""
+        weights = super().initial_weights(graph, sites, spec, seed)
+        return weights | weight_norms(graph, sites, spec.scaling, weights)
+
+    def rewrite(self, graph, sites, spec, weights, training):
+        """The DoRA branch on every site."""
+        return add_dora(graph, sites, spec, weights, training)
+
+
+@dataclass(frozen=True)
+class QLoraVariant(LoraVariant):
+    """QLoRA: every frozen weight quantized (`quant`, `block_size` for int4), LoRA on top."""
+
+    name: str = "qlora"
+    checkpointing_by_default: bool = True
+    quant: str | None = "int8"
+    block_size: int = 32
+
+    def weights_read(self, graph, sites, training):
+        """Every 2-D float constant: the quantizer reads them all."""
+        return {t.name for t in graph.graph.initializer if is_float_matrix(t)}
+
+    def rewrite(self, graph, sites, spec, weights, training):
+        """Quantize the base, then add the LoRA branches."""
+        quantize_frozen_base(graph, self.quant, self.block_size, training)
+        return super().rewrite(graph, sites, spec, weights, training)
+
+    def rewrite_head(self, graph, training):
+        """The LM head int8 in vocabulary chunks (with a chunked loss in training)."""
+        return quantize_lm_head(graph, training)
+
+    def rewrite_backward(self, training_model):
+        """Float weights rebuilt per use, not kept from forward to backward (`recompute.weights`)."""
+        recompute_dequantized_weights(training_model)
+
+
+def variant_for(config: BuildConfig, peft_config: dict | None = None) -> LoraVariant:
+    """The variant a build config asks for; an init adapter's use_dora may turn lora into dora."""
+    method = config.method
+    if peft_config is not None:
+        method = _method_for_adapter(method, peft_config, config.init_adapter)
+    if method == "qlora":
+        return QLoraVariant(quant=config.quant, block_size=config.block_size)
+    return DoraVariant() if method == "dora" else LoraVariant()
+
+
+def _method_for_adapter(method: str, peft_config: dict, folder: Path) -> str:
+    """A DoRA adapter makes a DoRA bundle; a LoRA one a LoRA or QLoRA bundle."""
+    dora = bool(peft_config.get("use_dora"))
+    if dora and method == "lora":
+        return "dora"
+    if dora and method == "qlora":
+        raise AdapterError(
+            f"{folder}: a DoRA adapter cannot start a qlora bundle (DoRA over quantized weights is not supported)"
+        )
+    if method == "dora" and not dora:
+        raise AdapterError(f"{folder}: method=dora needs a DoRA adapter (use_dora is false in its adapter_config.json)")
+    return method

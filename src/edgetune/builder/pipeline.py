@@ -1,0 +1,247 @@
+"""`edgetune build` as a recipe: HF model -> bundle folder a device can train and serve from.
+
+    plan       the architecture, the adapter (fresh, or from a PEFT folder) and its method variant
+    export     Optimum exports a no-past graph (to train) and a with-past graph (to serve);
+               weights go straight to a staging file, graphs are handled as structure only
+    prepare    each graph, the same steps for both (GraphRole says what differs): find the
+               adapted layers, read the weights the rewrite needs, rewrite (quantize, add the
+               adapter), the loss (training), the LM head, save
+    artifacts  ORT's training, eval and optimizer models and the checkpoint; then the
+               backward-pass rewrites (checkpointing or attention recompute, dequantization)
+    bundle     base weights shared once in base_weights.bin, tokenizer and configs, manifest
+
+Everything is written into a temporary sibling folder that is renamed into place at the
+end, so an interrupted build never leaves a half bundle. Components live in `builder/`
+(stages) and `builder/rewrites/` (one graph rewrite per module); the methods in `methods`.
+"""
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxruntime
+
+import edgetune
+from edgetune.builder.artifacts import generate_training_artifacts
+from edgetune.builder.export import export_graphs, load_exported
+from edgetune.builder.graph import LinearSite, find_linears
+from edgetune.builder.init_adapter import import_weights, read_init_adapter, target_matcher
+from edgetune.builder.methods import LoraVariant, variant_for
+from edgetune.builder.registry import Architecture, get_architecture, resolve_targets
+from edgetune.builder.rewrites.loss import add_causal_lm_loss
+from edgetune.builder.rewrites.nan_guards import drop_nan_guards
+from edgetune.builder.rewrites.recompute.attention import recompute_attention_probs
+from edgetune.builder.rewrites.recompute.layers import recompute_layers
+from edgetune.builder.source import Source, load_source
+from edgetune.builder.weights import STAGING_WEIGHTS, WeightStore, load_weights, share_base_weights
+from edgetune.common import names
+from edgetune.common.atomic import atomic_folder
+from edgetune.common.errors import ConfigError, EdgetuneError, InternalError
+from edgetune.common.manifest import write_manifest
+from edgetune.common.peft import make_adapter_config
+from edgetune.options import BuildConfig, LoraSpec
+
+QUANT_SCHEMES = {"int8": "symmetric, per output channel", "int4": "asymmetric, blockwise along the input dimension"}
+
+
+@dataclass(frozen=True)
+class GraphRole:
+    """What one exported graph is for; the only difference between preparing the two."""
+
+    name: str
+    training: bool  # adapter tensors trainable initializers, dropout on, loss added (else graph inputs)
+
+
+TRAINING = GraphRole("training", training=True)
+INFERENCE = GraphRole("inference", training=False)
+
+
+@dataclass(frozen=True)
+class AdapterPlan:
+    """The adapter every graph gets: where, how big, by which method, starting from what."""
+
+    arch: Architecture
+    variant: LoraVariant
+    spec: LoraSpec
+    targets: list[str] | str  # as written in adapter_config.json
+    selected: Callable[[str], bool]  # module path -> adapted?
+    init_adapter: Path | None
+    peft_config: dict | None  # the init adapter's config
+    gradient_checkpointing: bool
+
+
+@dataclass
+class PreparedGraph:
+    """A rewritten graph, saved at `path`, with what the later stages need from it."""
+
+    model: onnx.ModelProto
+    path: Path
+    sites: list[LinearSite]
+    trainable: list[str]
+    head_slices: dict[str, tuple[str, int]]
+
+
+def build_bundle(config: BuildConfig) -> dict:
+    """Build a bundle for `config.model` into `config.out` and return its manifest."""
+    _check_output(config)
+    source = load_source(config.model)
+    plan = plan_adapter(config, get_architecture(source.model.config.model_type))
+    with atomic_folder(config.out, "building") as tmp:
+        staging = WeightStore(tmp / STAGING_WEIGHTS)
+        exported = export_stage(source, tmp, staging)
+        training = prepare_graph(exported[TRAINING], TRAINING, plan, config.seed, source, staging)
+        graphs = artifacts_stage(training, plan, config.optimizer)
+        inference = prepare_graph(exported[INFERENCE], INFERENCE, plan, config.seed, source, staging)
+        _check_agree(training, inference)
+        graphs[tmp / names.INFERENCE_MODEL] = inference.model
+        staging.close()
+        share_base_weights(graphs, tmp, training.head_slices)  # each graph saved once, pointing into base_weights.bin
+        for path in (*exported.values(), staging.path):
+            path.unlink()
+        return bundle_stage(tmp, config, plan, source, training, inference)
+
+
+def plan_adapter(config: BuildConfig, arch: Architecture) -> AdapterPlan:
+    """The adapter from the config, or from the init adapter's adapter_config.json."""
+    if config.init_adapter is None:
+        leaf_targets = resolve_targets(arch, config.targets)
+        spec, peft_config, targets = config.spec, None, list(leaf_targets)
+        selected = lambda path: path.rsplit(".", 1)[-1] in leaf_targets
+    else:
+        peft_config, spec = read_init_adapter(config.init_adapter, arch)
+        targets = peft_config["target_modules"]
+        selected = target_matcher(targets, arch)
+    variant = variant_for(config, peft_config)
+    checkpointing = config.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = variant.checkpointing_by_default
+    return AdapterPlan(arch, variant, spec, targets, selected, config.init_adapter, peft_config, checkpointing)
+
+
+def export_stage(source: Source, tmp: Path, staging: WeightStore) -> dict[GraphRole, Path]:
+    """Export both graphs, save the tokenizer and configs, and free the torch model."""
+    train_path, infer_path = export_graphs(source.model, tmp, staging)
+    source.tokenizer.save_pretrained(tmp)
+    source.model.config.save_pretrained(tmp)
+    if source.model.generation_config is not None:
+        source.model.generation_config.save_pretrained(tmp)
+    source.model = None
+    gc.collect()
+    return {TRAINING: train_path, INFERENCE: infer_path}
+
+
+def prepare_graph(
+    path: Path, role: GraphRole, plan: AdapterPlan, seed: int, source: Source, staging: WeightStore
+) -> PreparedGraph:
+    """Load one exported graph, add the adapter (and, for training, the loss), and save it in place."""
+    model = load_exported(path)
+    sites = _sites(model, plan)
+    load_weights(model, plan.variant.weights_read(model, sites, role.training), path.parent)
+    weights = _initial_weights(model, sites, plan, seed, source) if role.training else None
+    trainable = plan.variant.rewrite(model, sites, plan.spec, weights, role.training)
+    if role.training:
+        drop_nan_guards(model.graph)
+        add_causal_lm_loss(model)
+    head_slices = plan.variant.rewrite_head(model, role.training)  # after the loss: it reads the labelled rows
+    staging.externalize(model, keep=set(trainable) if role.training else set())  # ORT reads adapter values inline
+    onnx.save(model, path)
+    onnx.checker.check_model(path)  # by path: external data resolves next to it, and no 2 GB proto limit
+    return PreparedGraph(model, path, sites, trainable if role.training else [], head_slices)
+
+
+def artifacts_stage(training: PreparedGraph, plan: AdapterPlan, optimizer: str) -> dict[Path, onnx.ModelProto]:
+    """ORT's training artifacts, then the backward-pass rewrites; returns the training and eval models."""
+    graphs = generate_training_artifacts(training.model, training.trainable, optimizer, training.path.parent)
+    backward = graphs[training.path.parent / names.TRAINING_MODEL]
+    if plan.gradient_checkpointing:
+        if recompute_layers(backward.graph) == 0:
+            raise EdgetuneError(
+                "gradient checkpointing found no decoder layer in the training graph "
+                "(node names without layers.N or h.N)"
+            )
+    else:
+        recompute_attention_probs(backward.graph)
+    plan.variant.rewrite_backward(backward)
+    training.model = None  # the artifacts replace it
+    return graphs
+
+
+def bundle_stage(
+    tmp: Path, config: BuildConfig, plan: AdapterPlan, source: Source, training: PreparedGraph, inference: PreparedGraph
+) -> dict:
+    """Check the inference graph's file and write the manifest; returns it."""
+    onnx.checker.check_model(tmp / names.INFERENCE_MODEL)  # its references into base_weights.bin
+    model = inference.model
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    quant = plan.variant.quant
+    spec = plan.spec
+    return write_manifest(
+        tmp,
+        {
+            "kind": "bundle",
+            "edgetune_version": edgetune.__version__,
+            "onnxruntime_version": onnxruntime.__version__,
+            "source": {"model": config.model, "weights_sha256": source.weights_sha256},
+            "architecture": plan.arch.model_type,
+            "task": config.task,
+            "optimizer": config.optimizer,
+            "method": plan.variant.name,
+            "quantization": None
+            if quant is None
+            else {
+                "type": quant,
+                "scheme": QUANT_SCHEMES[quant],
+                **({"block_size": plan.variant.block_size} if quant == "int4" else {}),
+            },
+            "adapter_config": make_adapter_config(
+                config.model,
+                plan.targets,
+                spec.rank,
+                spec.alpha,
+                spec.dropout,
+                plan.arch.fan_in_fan_out,
+                spec.use_rslora,
+                use_dora=plan.variant.use_dora,
+            ),
+            "adapted_modules": [s.module_path for s in training.sites],
+            "gradient_checkpointing": plan.gradient_checkpointing,
+            "init_seed": config.seed,
+            "init_adapter": None if config.init_adapter is None else str(config.init_adapter),
+            "onnx": {"opset": opset, "ir_version": model.ir_version},
+        },
+    )
+
+
+def _check_output(config: BuildConfig) -> None:
+    """Refuse to overwrite a non-empty output folder without force."""
+    out = config.out
+    if out.exists() and any(out.iterdir()) and not config.force:
+        raise ConfigError("out", f"{out} already exists (use force to replace it)")
+
+
+def _initial_weights(model, sites, plan: AdapterPlan, seed: int, source: Source) -> dict:
+    """The adapter's starting values in graph layout: fresh, or the init adapter's."""
+    if plan.init_adapter is None:
+        return plan.variant.initial_weights(model, sites, plan.spec, seed)
+    return import_weights(plan.init_adapter, sites, plan.peft_config, source.weights_sha256)
+
+
+def _check_agree(training: PreparedGraph, inference: PreparedGraph) -> None:
+    """The two exports must adapt the same layers and share the LM head's storage."""
+    if [s.module_path for s in training.sites] != [s.module_path for s in inference.sites]:
+        raise InternalError("the training and inference exports disagree on the adapted layers")
+    if inference.head_slices != training.head_slices:
+        raise InternalError("the training and inference exports disagree on the LM head")
+
+
+def _sites(model: onnx.ModelProto, plan: AdapterPlan) -> list[LinearSite]:
+    """The Linear sites of `model` whose module path is selected."""
+    linears = find_linears(model.graph, plan.arch)
+    sites = [s for s in linears if plan.selected(s.module_path)]
+    if not sites:
+        found = sorted({s.module_path.rsplit(".", 1)[-1] for s in linears})
+        shown = plan.targets if isinstance(plan.targets, str) else ",".join(plan.targets)
+        raise ConfigError("targets", f"{shown} match no layer in the graph (found: {', '.join(found)})")
+    return sites

@@ -1,0 +1,63 @@
+"""Per-architecture facts, keyed on the Hugging Face `model_type`.
+
+A new family is one entry: the Linear module names that LoRA may target, the default
+targets, and whether its Linear layers store weights as (in, out) like GPT-2's Conv1D
+(PEFT's `fan_in_fan_out`).
+"""
+
+from dataclasses import dataclass
+
+from edgetune.common.errors import ConfigError, EdgetuneError
+from edgetune.options import ALL_LINEAR
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the graph rewrites need to know about one model family."""
+
+    model_type: str
+    linear_names: tuple[str, ...]  # leaf names of every adaptable Linear (LM head excluded)
+    default_targets: tuple[str, ...]
+    fan_in_fan_out: bool = False  # weights stored (in, out): GPT-2's Conv1D
+    lm_head: str = "lm_head"
+
+
+_LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+ARCHITECTURES = {
+    a.model_type: a
+    for a in (
+        Architecture("llama", _LLAMA_LINEARS, ("q_proj", "v_proj")),
+        Architecture("qwen2", _LLAMA_LINEARS, ("q_proj", "v_proj")),
+        Architecture("mistral", _LLAMA_LINEARS, ("q_proj", "v_proj")),
+        Architecture("phi3", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), ("qkv_proj",)),
+        Architecture("gpt2", ("c_attn", "c_proj", "c_fc"), ("c_attn",), fan_in_fan_out=True),
+    )
+}
+
+
+def get_architecture(model_type: str) -> Architecture:
+    """Return the registry entry for `model_type`, or fail naming the supported ones."""
+    try:
+        return ARCHITECTURES[model_type]
+    except KeyError:
+        supported = ", ".join(sorted(ARCHITECTURES))
+        raise EdgetuneError(f"unsupported architecture '{model_type}' (supported: {supported})") from None
+
+
+def resolve_targets(arch: Architecture, targets: str | list[str] | None) -> tuple[str, ...]:
+    """Turn a `--targets` value (None, 'all-linear' or names) into leaf module names."""
+    if targets is None:
+        return arch.default_targets
+    if isinstance(targets, str):
+        if targets == ALL_LINEAR:
+            return arch.linear_names
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in arch.linear_names]
+    if unknown or not targets:
+        raise ConfigError(
+            "targets",
+            f"{','.join(unknown) or '(none)'} match no Linear layer of {arch.model_type} "
+            f"(names: {', '.join(arch.linear_names)}, or {ALL_LINEAR})",
+        )
+    return tuple(dict.fromkeys(targets))

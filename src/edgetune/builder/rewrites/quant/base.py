@@ -1,0 +1,197 @@
+"""QLoRA's frozen base: every Linear and the token embedding stored int8 or int4, in place.
+
+As bitsandbytes/PEFT QLoRA does, every frozen Linear is quantized, whatever the LoRA
+targets are (see `formats` for the number formats); the embedding table too, int8 per
+row, gathered per token and scaled, so no float copy of the table exists. The LM head is
+`lm_head`'s job.
+
+Training graphs rebuild each float weight per use with ORT's contrib
+`com.microsoft.DequantizeLinear` in front of a standard MatMul: ORT never constant-folds
+it, so the weights stay quantized in memory, and ORT needs no gradient on paths from
+constants, so LoRA trains on top (`recompute.weights` keeps each float weight alive only
+around its reader). Inference graphs instead run int4 Linears on `MatMulNBits` over the
+same 4-bit bytes, and int8 Linears as a Cast/Mul that ORT folds into float weights at
+load. Measurements behind each choice: docs/design.md, "QLoRA".
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgetune.builder.graph import add_initializer, add_node, initializer_map, module_path
+from edgetune.builder.rewrites.quant.formats import quantize_int4, quantize_int8
+from edgetune.builder.rewrites.quant.tensors import (
+    CONTRIB,
+    UINT4_IR_VERSION,
+    add_quantized,
+    declare_float,
+    drop_unused_initializers,
+    is_float_matrix,
+    quantized_tensor_names,
+    use_contrib_opset,
+)
+from edgetune.common.errors import EdgetuneError
+from edgetune.common.names import LOGITS
+
+
+def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, training: bool) -> None:
+    """Quantize every Linear (MatMul/Gemm over a 2-D float constant) and the embeddings, in place.
+
+    The LM head is left to `quantize_lm_head`, which the training graph needs after its loss.
+
+    Fails, before changing anything, on a Linear whose input dimension the int4 block size
+    does not divide.
+    """
+    graph = model.graph
+    inits = initializer_map(graph)
+    linears = [
+        n
+        for n in graph.node
+        if n.op_type in ("MatMul", "Gemm") and n.output[0] != LOGITS and is_float_matrix(inits.get(n.input[1]))
+    ]
+    gathers = [n for n in graph.node if n.op_type == "Gather" and is_float_matrix(inits.get(n.input[0]))]
+    if quant == "int4":
+        for node in linears:
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            n_in = inits[node.input[1]].dims[1 if trans_b else 0]
+            if n_in % block_size:
+                raise EdgetuneError(
+                    f"block size {block_size} does not divide the input dimension {n_in} of {module_path(node.name)}"
+                )
+    rewired: dict[int, tuple[list, list]] = {}  # id(node) -> (nodes to put before it, nodes after it)
+    for node in gathers:
+        table = numpy_helper.to_array(inits[node.input[0]])  # (V, H)
+        rewired[id(node)] = _quantize_embedding(graph, node, table, module_path(node.name))
+    for node in linears:
+        path = module_path(node.name)
+        w = numpy_helper.to_array(inits[node.input[1]])
+        trans_b = [a for a in node.attribute if a.name == "transB" and a.i]
+        if trans_b:  # Gemm with W (out, in): quantize W.T and feed it untransposed
+            w, trans_b[0].i = w.T, 0
+        w = np.ascontiguousarray(w, np.float32)  # (in, out)
+        nodes: list[onnx.NodeProto] = []
+        after: list[onnx.NodeProto] = []
+        if quant == "int8":
+            tensors = add_quantized(graph, path, quantize_int8(w))
+            node.input[1] = _int8_weight(nodes, path, tensors, training)
+        else:
+            tensors = add_quantized(graph, path, quantize_int4(w, block_size))
+            if training or not _plain_product(node):
+                node.input[1] = _int4_weight(graph, nodes, path, tensors, w.shape)
+            else:
+                after = _use_matmul_nbits(graph, nodes, node, path, tensors, w.shape, block_size)
+        if training:
+            declare_float(graph, node.input[1], w.shape)
+        rewired[id(node)] = (nodes, after)
+    new_nodes = []
+    for node in graph.node:  # each layer's dequantization just before its use
+        before, after = rewired.get(id(node), ([], []))
+        new_nodes += [*before, node, *after]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    drop_unused_initializers(graph)
+    if quant == "int4":
+        model.ir_version = max(model.ir_version, UINT4_IR_VERSION)
+    use_contrib_opset(model)
+
+
+def _quantize_embedding(graph, node: onnx.NodeProto, table: np.ndarray, path: str) -> tuple[list, list]:
+    """Gather int8 rows and their scales instead of float rows; return the nodes to put before and after."""
+    q = quantize_int8(np.ascontiguousarray(table.T))  # per row of the (V, H) table
+    names = quantized_tensor_names(path)
+    add_initializer(graph, names["q"], np.ascontiguousarray(q["q"].T))  # (V, H) int8
+    add_initializer(graph, names["scale"], q["scale"])  # (V,)
+    p = f"/quant/{path}"
+    add_initializer(graph, f"{p}/last_axis", np.array([-1], np.int64))
+    ids, out = node.input[1], node.output[0]
+    before: list[onnx.NodeProto] = []
+    scale = add_node(before, "Gather", [names["scale"], ids], f"{p}/row_scale")  # (B, S)
+    scale = add_node(before, "Unsqueeze", [scale, f"{p}/last_axis"], f"{p}/row_scale_3d")  # (B, S, 1)
+    node.input[0], node.output[0] = names["q"], f"{p}/rows"  # (B, S, H) int8
+    after: list[onnx.NodeProto] = []
+    rows = add_node(after, "Cast", [f"{p}/rows"], f"{p}/float_rows", to=TensorProto.FLOAT)
+    add_node(after, "Mul", [rows, scale], out)  # (B, S, H)
+    return before, after
+
+
+def _int8_weight(nodes: list, path: str, names: dict, training: bool) -> str:
+    """The float (in, out) weight: DequantizeLinear per use (training), or a Cast/Mul ORT folds at load."""
+    p = f"/quant/{path}"
+    if training:
+        w = add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/weight", axis=1)
+        nodes[-1].domain = CONTRIB  # see the module docstring
+        return w
+    w = add_node(nodes, "Cast", [names["q"]], f"{p}/float", to=TensorProto.FLOAT)
+    return add_node(nodes, "Mul", [w, names["scale"]], f"{p}/weight")
+
+
+def _int4_weight(graph, nodes: list, path: str, names: dict, shape: tuple[int, int]) -> str:
+    """The float (in, out) weight rebuilt per use from 4-bit blocks: W = q·s + min."""
+    p = f"/quant/{path}"
+    add_initializer(graph, f"{p}/transposed_shape", np.array(shape[::-1], np.int64))
+    w = add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/scaled", axis=0)  # q·s (out·in/bs, bs)
+    nodes[-1].domain = CONTRIB  # 4-bit input
+    w = add_node(nodes, "Add", [w, names["offset"]], f"{p}/shifted")  # + min
+    w = add_node(nodes, "Reshape", [w, f"{p}/transposed_shape"], f"{p}/weight_t")  # (out, in)
+    return add_node(nodes, "Transpose", [w], f"{p}/weight", perm=[1, 0])  # (in, out)
+
+
+def _plain_product(node: onnx.NodeProto) -> bool:
+    """A MatMul, or a Gemm computing x·W (+ bias): no transposed x, no alpha or beta scaling."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return node.op_type == "MatMul" or (
+        attrs.get("alpha", 1.0) == 1.0
+        and attrs.get("beta", 1.0) == 1.0
+        and not attrs.get("transA", 0)
+        and not attrs.get("transB", 0)
+    )
+
+
+def _use_matmul_nbits(
+    graph, nodes: list, node: onnx.NodeProto, path: str, names: dict, shape: tuple[int, int], block_size: int
+) -> list[onnx.NodeProto]:
+    """An inference MatMul (or a Gemm's x·W + bias) as MatMulNBits over the same 4-bit bytes, plus the offsets' share.
+
+    MatMulNBits' fast kernels take only integer zero points; without one it computes
+    x·((q - 8)·s). The rest of x·W, W = q·s + min, is blockwise constant along the input:
+    Σ_b (Σ_{i∈b} x_i)·(8·s_b + min_b), two small MatMuls over block sums of x.
+    """
+    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
+    n_in, n_out = shape
+    n_blocks = n_in // block_size
+    q = next(t for t in graph.initializer if t.name == names["q"])
+    blob = helper.make_tensor(
+        f"{names['q']}/blocks", TensorProto.UINT8, [n_out, n_blocks, block_size // 2], q.raw_data, raw=True
+    )
+    graph.initializer.append(blob)
+    p, x, y = f"/quant/{path}", node.input[0], node.output[0]
+    node.op_type, node.domain = "MatMulNBits", CONTRIB
+    node.input[1:] = [blob.name, names["scale"]]
+    del node.attribute[:]  # a Gemm's alpha, beta, transA, transB
+    node.output[0] = f"{p}/centered_output"  # x·((q - 8)·s)
+    node.attribute.extend(
+        [helper.make_attribute(k, v) for k, v in (("K", n_in), ("N", n_out), ("bits", 4), ("block_size", block_size))]
+    )
+    summer = f"/quant/block_sums/{n_in}x{block_size}"  # (in, in/bs): 1 where input i is in block b
+    if summer not in {t.name for t in graph.initializer}:
+        add_initializer(
+            graph, summer, np.kron(np.eye(n_blocks, dtype=np.float32), np.ones((block_size, 1), np.float32))
+        )
+    add_initializer(graph, f"{p}/eight", np.array(8.0, np.float32))
+    add_initializer(graph, f"{p}/blocks_by_out", np.array([n_out, n_blocks], np.int64))
+    offset = add_node(nodes, "Mul", [names["scale"], f"{p}/eight"], f"{p}/eight_s")  # folded at load
+    offset = add_node(nodes, "Reshape", [names["offset"], f"{p}/blocks_by_out"], f"{p}/min_blocks")
+    offset = add_node(
+        nodes,
+        "Add",
+        [add_node(nodes, "Reshape", [f"{p}/eight_s", f"{p}/blocks_by_out"], f"{p}/eight_s_blocks"), offset],
+        f"{p}/block_offset",
+    )
+    offset = add_node(nodes, "Transpose", [offset], f"{p}/block_offset_t", perm=[1, 0])  # (in/bs, out)
+    after: list[onnx.NodeProto] = []
+    sums = add_node(after, "MatMul", [x, summer], f"{p}/block_sums")  # (..., in/bs)
+    share = add_node(after, "MatMul", [sums, offset], f"{p}/offset_share")  # (..., out)
+    if bias:
+        share = add_node(after, "Add", [share, bias], f"{p}/offset_share_and_bias")
+    add_node(after, "Add", [node.output[0], share], y)
+    return after

@@ -1,0 +1,44 @@
+"""QLoRA's number formats, in numpy: int8 per output channel and int4 in blocks (GGUF's Q4_1 form).
+
+Linear weights W are (in, out), as the graph's MatMul reads them.
+
+- int8: symmetric, per output channel. s = max|W[:, j]| / 127, q = round(W / s) in
+  [-127, 127], W ≈ q·s.
+- int4: asymmetric, in blocks of `block_size` inputs per output. s = (max - min) / 15,
+  q = round((W - min) / s) in [0, 15], W ≈ q·s + min: GGUF's Q4_1 form with a float
+  offset, so weights loaded from a Q4_1 GGUF with block 32 come back exactly. q is laid
+  out as ORT's MatMulNBits reads it: (out·in/bs, bs), packed two values a byte, low
+  nibble first, when stored (`tensors.add_quantized`).
+Why these forms, and what the alternatives measured: docs/design.md, "QLoRA".
+"""
+
+import numpy as np
+
+INT8_MAX = 127
+INT4_MAX = 15
+
+
+def quantize_int8(w: np.ndarray) -> dict[str, np.ndarray]:
+    """W (in, out) -> {q int8 (in, out), scale (out,)}: symmetric per output channel."""
+    absmax = np.abs(w).max(axis=0)  # (out,)
+    scale = np.where(absmax > 0, absmax / INT8_MAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -INT8_MAX, INT8_MAX).astype(np.int8)  # (in, out)
+    return {"q": q, "scale": scale}
+
+
+def quantize_int4(w: np.ndarray, block_size: int) -> dict[str, np.ndarray]:
+    """W (in, out) -> {q uint8 in [0, 15] (out·in/bs, bs), scale (out·in/bs,), offset (out·in/bs, 1)}."""
+    blocks = np.ascontiguousarray(w.T).reshape(-1, block_size)  # (out·in/bs, bs)
+    lo, hi = blocks.min(axis=1), blocks.max(axis=1)  # (out·in/bs,)
+    scale = np.where(hi > lo, (hi - lo) / INT4_MAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint((blocks - lo[:, None]) / scale[:, None]), 0, INT4_MAX).astype(np.uint8)
+    return {"q": q, "scale": scale, "offset": lo[:, None].astype(np.float32)}
+
+
+def dequantize(tensors: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """The float32 (in, out) weight of `shape` the training graph computes from quantized tensors, in numpy."""
+    q, scale = tensors["q"], tensors["scale"]
+    if "offset" not in tensors:  # int8
+        return q.astype(np.float32) * scale
+    blocks = q.reshape(scale.size, -1).astype(np.float32) * scale[:, None] + tensors["offset"]  # (out·in/bs, bs)
+    return blocks.reshape(shape[1], shape[0]).T  # (in, out)

@@ -1,0 +1,61 @@
+"""How quantized weights live in a graph: their initializer names, packing, and small graph helpers."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from edgetune.builder.graph import add_initializer
+
+CONTRIB = "com.microsoft"
+UINT4_IR_VERSION = 10  # the first IR version with 4-bit tensors; ORT 1.19 reads up to 10
+
+
+def quantized_tensor_names(module: str) -> dict[str, str]:
+    """Initializer names of one module's quantized weight, shared by every graph of a bundle."""
+    return {part: f"/quant/{module}/{part}" for part in ("q", "scale", "offset")}
+
+
+def read_quantized(inits: dict[str, np.ndarray], module: str) -> dict[str, np.ndarray]:
+    """A module's quantized tensors from an initializer dict (4-bit q comes back one value a byte)."""
+    out = {part: inits[name] for part, name in quantized_tensor_names(module).items() if name in inits}
+    if out["q"].dtype.fields or out["q"].dtype.names:  # onnx's uint4 numpy type
+        out["q"] = np.asarray(out["q"]).view(np.uint8)
+    return out
+
+
+def add_quantized(graph, path: str, tensors: dict[str, np.ndarray]) -> dict[str, str]:
+    """Add a Linear's quantized tensors as initializers (q of int4 as UINT4); return part -> name."""
+    names = quantized_tensor_names(path)
+    for part, array in tensors.items():
+        if part == "q" and "offset" in tensors:  # two values a byte, low nibble first
+            packed = array[:, 0::2] | (array[:, 1::2] << 4)
+            graph.initializer.append(
+                helper.make_tensor(names[part], TensorProto.UINT4, list(array.shape), packed.tobytes(), raw=True)
+            )
+        else:
+            add_initializer(graph, names[part], array)
+    return {part: names[part] for part in tensors}
+
+
+def declare_float(graph: onnx.GraphProto, name: str, shape: tuple[int, ...]) -> None:
+    """Record a dequantized weight's float shape: ORT cannot infer through the contrib DequantizeLinear."""
+    graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [int(d) for d in shape]))
+
+
+def is_float_matrix(tensor: onnx.TensorProto | None) -> bool:
+    """A 2-D float32 constant: a Linear's weight or an embedding table."""
+    return tensor is not None and tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node reads, in place (extending a new list would copy every tensor)."""
+    used = {name for n in graph.node for name in n.input}
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
+
+
+def use_contrib_opset(model: onnx.ModelProto) -> None:
+    """Declare the com.microsoft domain (DequantizeLinear with 4-bit input, MatMulNBits), once."""
+    if not any(o.domain == CONTRIB for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(CONTRIB, 1))

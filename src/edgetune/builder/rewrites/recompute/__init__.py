@@ -1,0 +1,1 @@
+"""Backward-pass rewrites: recompute what the gradient reads instead of keeping it from the forward pass."""

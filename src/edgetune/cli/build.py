@@ -1,0 +1,70 @@
+"""`edgetune build` (dev box) and `edgetune inspect`."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgetune.cli.common import add_command, config_from_args
+from edgetune.options import BLOCK_SIZES, METHODS, OPTIMIZERS, QUANT_TYPES, TASKS, BuildConfig
+
+
+def run_build(args: argparse.Namespace) -> None:
+    """Build a bundle and print a one-line summary."""
+    from edgetune.builder.pipeline import build_bundle
+
+    manifest = build_bundle(config_from_args(BuildConfig, args))
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(
+        f"built {args.out}: {manifest['architecture']}, "
+        f"{len(manifest['adapted_modules'])} adapted layers, {size / 1e6:.1f} MB"
+    )
+
+
+def run_inspect(args: argparse.Namespace) -> None:
+    """Print a bundle's manifest after checking every file's hash."""
+    from edgetune.common.manifest import verify
+
+    manifest = verify(Path(args.bundle))
+    print(json.dumps(manifest, indent=2))
+    print(f"ok: {len(manifest['files'])} files match their sha256", file=sys.stderr)
+
+
+def register(sub) -> None:
+    """Add `build` and `inspect`."""
+    p = add_command(sub, "build", run_build, help="export a HF model and build a trainable bundle (dev box)")
+    p.add_argument("model", help="local HF folder, .gguf file, or hub id")
+    p.add_argument("-o", "--output", dest="out", required=True, help="bundle folder to create")
+    p.add_argument(
+        "--targets", default=None, help="comma-separated module names, or all-linear (default: per architecture)"
+    )
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument(
+        "--rslora", dest="use_rslora", action="store_true", help="scale by alpha/sqrt(r) (PEFT's use_rslora)"
+    )
+    p.add_argument(
+        "--method", choices=METHODS, default="lora", help="qlora: LoRA over a quantized frozen base (needs --quant)"
+    )
+    p.add_argument(
+        "--quant",
+        choices=QUANT_TYPES,
+        default=None,
+        help="qlora base: int8 per output channel, or int4 in blocks of --block-size",
+    )
+    p.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=32, help="int4 block size")
+    p.add_argument("--init-adapter", default=None, help="start from an existing PEFT LoRA/DoRA adapter folder")
+    p.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute each layer in the backward pass: less memory, ~25%% more time (default: on for qlora)",
+    )
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument("--task", choices=TASKS, default="causal-lm")
+    p.add_argument("--seed", type=int, default=0, help="seed of the adapter's initial A")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+
+    p = add_command(sub, "inspect", run_inspect, help="print a bundle's manifest and verify every file's hash")
+    p.add_argument("bundle")

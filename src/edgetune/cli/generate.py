@@ -1,0 +1,96 @@
+"""`edgetune generate` and `edgetune eval`: the runtime's decoding, from the command line."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgetune.cli.common import add_command, positive_int
+from edgetune.common.errors import EdgetuneError
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    """Complete a prompt, or chat (one turn from --prompt, or turns from stdin)."""
+    from edgetune.runtime.generate import Generator
+
+    if not args.chat and args.prompt is None:
+        raise EdgetuneError("give --prompt TEXT, or --chat")
+    g = Generator(args.bundle, adapter=args.adapter)
+    options = dict(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        truncate=args.truncate,
+        stop=args.stop or (),
+    )
+    if not args.chat:
+        _emit(g.stream(args.prompt, args.max_new_tokens, **options), args.no_stream)
+        return
+    g.chat_prompt([{"role": "user", "content": "x"}])  # fails now if there is no chat template
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    turns = [args.prompt] if args.prompt is not None else _read_turns()
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        reply = _emit(g.stream_chat(messages, args.max_new_tokens, **options), args.no_stream)
+        messages.append({"role": "assistant", "content": reply})
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    """Greedy exact match on prompt/completion data, with a few answers shown."""
+    from edgetune.runtime.evaluate import evaluate_exact_match
+    from edgetune.runtime.generate import Generator
+
+    g = Generator(args.bundle, adapter=args.adapter)
+    result = evaluate_exact_match(g, Path(args.data), max_new_tokens=args.max_new_tokens, limit=args.limit)
+    for prompt, prediction, reference in result.rows[: args.show]:
+        print(f"  {prompt.splitlines()[0]!r:50} -> {prediction.strip()!r:16} (expected {reference.strip()!r})")
+    print(f"exact match: {result.accuracy:.1%} of {len(result.rows)} in {result.seconds:.1f} s")
+
+
+def _read_turns():
+    """User turns typed on stdin, one per line, until EOF."""
+    while True:
+        if sys.stdin.isatty():
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.rstrip("\n")
+
+
+def _emit(pieces, no_stream: bool) -> str:
+    """Print generated text as it comes (or once at the end) and return it."""
+    text = ""
+    for piece in pieces:
+        text += piece
+        if not no_stream:
+            print(piece, end="", flush=True)
+    print(text if no_stream else "", flush=True)
+    return text
+
+
+def register(sub) -> None:
+    """Add `generate` and `eval`."""
+    p = add_command(sub, "generate", run_generate, help="generate text with the bundle (optionally with an adapter)")
+    p.add_argument("bundle", help="bundle folder, or a merged model folder")
+    p.add_argument("--adapter", default=None, help="PEFT adapter folder, served unmerged")
+    p.add_argument("--prompt", default=None, help="the prompt (with --chat: the user's message)")
+    p.add_argument("--chat", action="store_true", help="use the chat template; without --prompt, read turns from stdin")
+    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--truncate", action="store_true", help="keep the last tokens of a prompt longer than the context")
+    p.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
+
+    p = add_command(sub, "eval", run_eval, help="exact-match accuracy on prompt/completion data (greedy)")
+    p.add_argument("bundle")
+    p.add_argument("--data", required=True, help="JSONL with prompt/completion examples")
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--max-new-tokens", type=positive_int, default=16)
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N examples")
+    p.add_argument("--show", type=int, default=3, help="print this many answers")

@@ -1,0 +1,23 @@
+"""`edgetune merge`."""
+
+import argparse
+from pathlib import Path
+
+from edgetune.cli.common import add_command
+
+
+def run_merge(args: argparse.Namespace) -> None:
+    """Fold an adapter into the base weights and print where it went."""
+    from edgetune.runtime.merge import merge
+
+    manifest = merge(Path(args.bundle), Path(args.adapter), Path(args.output))
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(f"merged {args.adapter} into {args.output} ({size / 1e6:.1f} MB)")
+
+
+def register(sub) -> None:
+    """Add `merge`."""
+    p = add_command(sub, "merge", run_merge, help="fold an adapter into the base weights as a standalone model")
+    p.add_argument("bundle")
+    p.add_argument("--adapter", required=True, help="PEFT adapter folder (runs/NAME/adapter)")
+    p.add_argument("-o", "--output", required=True)

@@ -1,0 +1,49 @@
+"""`edgetune train` (device side, torch-free)."""
+
+import argparse
+from pathlib import Path
+
+from edgetune.cli.common import add_command, config_from_args
+from edgetune.options import SCHEDULES, TrainConfig
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """Train and print a one-line summary."""
+    from edgetune.runtime.train import train
+
+    summary = train(config_from_args(TrainConfig, args, progress=not args.no_progress))
+    eval_part = (
+        f", eval loss {summary['final_eval_loss']:.4f} (ppl {summary['final_perplexity']:.2f})"
+        if summary.get("final_eval_loss") is not None
+        else ""
+    )
+    print(
+        f"trained {summary['steps']} steps in {summary['train_s']:.1f} s "
+        f"({summary['tokens_per_s']:.0f} tokens/s, start-up {summary['startup_s']:.2f} s): "
+        f"train loss {summary['final_train_loss']:.4f}{eval_part}; adapter in {Path(args.out) / 'adapter'}"
+    )
+
+
+def register(sub) -> None:
+    """Add `train`."""
+    p = add_command(sub, "train", run_train, help="fine-tune the bundle's adapter on CPU (device side, torch-free)")
+    p.add_argument("bundle")
+    p.add_argument("--data", required=True, help="JSONL (text | prompt/completion | messages) or .txt")
+    p.add_argument("--eval-data", default=None)
+    p.add_argument("-o", "--output", dest="out", required=True, help="run folder (runs/NAME)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None)
+    length.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=float, default=0.03, help="< 1: fraction of the steps; >= 1: steps")
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed data lines")
+    p.add_argument("--init-adapter", default=None, help="PEFT adapter folder to start from")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")

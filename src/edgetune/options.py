@@ -1,0 +1,183 @@
+"""Typed configurations for building and training, validated once, in library terms.
+
+Each config is a frozen dataclass that checks itself in `__post_init__` and names the
+field it refuses (`ConfigError("rank", "must be ...")`). The CLI builds them from its
+flags, takes its choices from the tuples below, and shows a refused field as its flag.
+stdlib only: both sides import this module.
+"""
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from edgetune.common.errors import ConfigError
+from edgetune.common.peft import scaling
+
+TASKS = ("causal-lm",)
+METHODS = ("lora", "dora", "qlora")
+QUANT_TYPES = ("int8", "int4")
+BLOCK_SIZES = (32, 64, 128)
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "linear", "constant")
+ALL_LINEAR = "all-linear"
+
+
+def _whole(name: str, value, minimum: int = 1, optional: bool = False) -> None:
+    """Refuse a value that is not an int >= minimum (None allowed when optional)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(name, f"must be a whole number >= {minimum}, got {value}")
+
+
+def _positive(name: str, value) -> None:
+    """Refuse a value that is not a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ConfigError(name, f"must be a finite number > 0, got {value}")
+
+
+def _choice(name: str, value, choices: tuple, optional: bool = False) -> None:
+    """Refuse a value outside `choices`."""
+    if value is None and optional:
+        return
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _as_path(config, name: str) -> None:
+    """Turn a str field of a frozen dataclass into a Path, in place."""
+    value = getattr(config, name)
+    if value is not None and not isinstance(value, Path):
+        object.__setattr__(config, name, Path(value))
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The adapter's hyper-parameters, as PEFT names them (r, lora_alpha, lora_dropout, use_rslora)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    use_rslora: bool = False
+
+    def __post_init__(self):
+        _whole("rank", self.rank)
+        _positive("alpha", self.alpha)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout}")
+
+    @property
+    def scaling(self) -> float:
+        """PEFT's scale: alpha/r, or alpha/sqrt(r) with rsLoRA."""
+        return scaling(self.rank, self.alpha, self.use_rslora)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What `edgetune build` makes: the source model, the adapter, its method and the training setup.
+
+    targets: comma-separated module names, `all-linear`, or None (the architecture's default).
+    method: lora | dora | qlora; quant (qlora only): int8 | int4; block_size (int4): 32 | 64 | 128.
+    init_adapter: a PEFT adapter folder that sets r, alpha, dropout, rsLoRA, DoRA and targets
+    (leave those at their defaults). gradient_checkpointing: None takes the method's default.
+    """
+
+    model: str
+    out: Path
+    targets: str | None = None
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    use_rslora: bool = False
+    method: str = "lora"
+    quant: str | None = None
+    block_size: int = 32
+    optimizer: str = "adamw"
+    task: str = "causal-lm"
+    seed: int = 0
+    force: bool = False
+    init_adapter: Path | None = None
+    gradient_checkpointing: bool | None = None
+
+    def __post_init__(self):
+        _as_path(self, "out")
+        _as_path(self, "init_adapter")
+        _choice("task", self.task, TASKS)
+        _choice("method", self.method, METHODS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("quant", self.quant, QUANT_TYPES, optional=True)
+        _choice("block_size", self.block_size, BLOCK_SIZES)
+        _whole("seed", self.seed, minimum=0)
+        if self.quant is not None and self.method != "qlora":
+            raise ConfigError("quant", f"{self.quant} needs method qlora (method is {self.method})")
+        if self.method == "qlora" and self.quant is None:
+            raise ConfigError("quant", f"method qlora needs a quant type ({', '.join(QUANT_TYPES)})")
+        spec = self.spec  # validates rank, alpha, dropout
+        if self.init_adapter is not None and (self.targets is not None or spec != LoraSpec()):
+            raise ConfigError(
+                "init_adapter",
+                "sets r, lora_alpha, lora_dropout, use_rslora and targets from its "
+                "adapter_config.json: do not pass targets or LoRA settings as well",
+            )
+
+    @property
+    def spec(self) -> LoraSpec:
+        """The LoRA hyper-parameters given (an init_adapter's config replaces them)."""
+        return LoraSpec(self.rank, self.alpha, self.dropout, self.use_rslora)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One `edgetune train` run: the bundle, the data, the run folder and the schedule.
+
+    steps or epochs (default: 1 epoch); warmup < 1 is a fraction of the steps, else a step count.
+    """
+
+    bundle: Path
+    data: Path
+    out: Path
+    eval_data: Path | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    lr: float = 2e-4
+    warmup: float = 0.03
+    schedule: str = "cosine"
+    batch_size: int = 8
+    grad_accum: int = 1
+    seq_len: int = 512
+    eval_every: int | None = None
+    save_every: int | None = None
+    seed: int = 0
+    resume: bool = False
+    skip_bad_lines: bool = False
+    init_adapter: Path | None = None
+    progress: bool = field(default=True, compare=False)
+
+    def __post_init__(self):
+        for name in ("bundle", "data", "out", "eval_data", "init_adapter"):
+            _as_path(self, name)
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError("steps", "give steps or epochs, not both")
+        for name in ("steps", "eval_every", "save_every"):
+            _whole(name, getattr(self, name), optional=True)
+        for name in ("batch_size", "grad_accum"):
+            _whole(name, getattr(self, name))
+        _whole("seq_len", self.seq_len, minimum=2)
+        _whole("seed", self.seed, minimum=0)
+        if self.epochs is not None:
+            _positive("epochs", self.epochs)
+        _positive("lr", self.lr)
+        _choice("schedule", self.schedule, SCHEDULES)
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or not self.warmup >= 0:
+            raise ConfigError("warmup", f"must be >= 0, got {self.warmup}")
+        if self.warmup >= 1 and self.warmup != int(self.warmup):
+            raise ConfigError("warmup", f"of 1 or more is a number of steps and must be whole, got {self.warmup}")
+        if self.eval_every and not self.eval_data:
+            raise ConfigError("eval_every", "needs eval data")
+        if self.resume and self.init_adapter:
+            raise ConfigError("init_adapter", "excludes resume (the checkpoint holds the adapter)")
+
+
+def field_names(cls) -> list[str]:
+    """The field names of a config class (what the CLI maps its flags to)."""
+    return [f.name for f in fields(cls)]
