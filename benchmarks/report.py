@@ -7,8 +7,10 @@ figure in it comes from a run.
 
 import json
 import sys
+from pathlib import Path
 
-import common
+import flops
+import workloads
 
 GiB = 2**30
 
@@ -20,29 +22,42 @@ def _f(value, fmt="{:.2f}", scale=1.0):
 def machine(r: dict) -> str:
     m = r["machine"]
     hw = r.get("hardware", {})
-    lines = [f"- {m['nproc']} logical CPUs, `{m['cpu']}` ({', '.join(m['simd'])}), "
-             f"{m['mem_bytes'] / GiB:.1f} GiB RAM, Python {m['python']}",
-             f"- load average (1 min) at start {m['loadavg'][0]:.1f}, at end {m['loadavg_end'][0]:.1f} "
-             f"(the machine was shared with other engineers' test runs)",
-             f"- run: {r['mode']}, sections {', '.join(r['sections'])}, started {r['started']}, "
-             f"{r['total_s'] / 60:.1f} min"]
+    lines = [
+        f"- {m['nproc']} logical CPUs, `{m['cpu']}` ({', '.join(m['simd'])}), "
+        f"{m['mem_bytes'] / GiB:.1f} GiB RAM, Python {m['python']}",
+        f"- load average (1 min) at start {m['loadavg'][0]:.1f}, at end {m['loadavg_end'][0]:.1f} "
+        f"(the machine was shared with other engineers' test runs)",
+        f"- run: {r['mode']}, sections {', '.join(r['sections'])}, started {r['started']}, {r['total_s'] / 60:.1f} min",
+    ]
     if hw.get("gemm_peak_flops"):
-        lines.append(f"- measured at the start of the run: fp32 GEMM {hw['gemm_peak_flops'] / 1e9:.0f} GFLOP/s "
-                     f"(torch {hw['gemm_torch_flops'] / 1e9:.0f}, numpy {hw['gemm_numpy_flops'] / 1e9:.0f}; "
-                     f"{hw['gemm_n']}² matmul, 2 threads, best of 8; MFU uses the best sample of the whole run, below), "
-                     f"memory bandwidth "
-                     f"{hw['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (512 MiB numpy copy, read + write)")
+        lines.append(
+            f"- measured at the start of the run: fp32 GEMM {hw['gemm_peak_flops'] / 1e9:.0f} GFLOP/s "
+            f"(torch {hw['gemm_torch_flops'] / 1e9:.0f}, numpy {hw['gemm_numpy_flops'] / 1e9:.0f}; "
+            f"{hw['gemm_n']}² matmul, 2 threads, best of 8; MFU uses the best sample of the whole run, below), "
+            f"memory bandwidth "
+            f"{hw['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (512 MiB numpy copy, read + write)"
+        )
     return "\n".join(lines)
 
 
 def train(r: dict) -> str:
     t = r.get("train", {})
-    rows = ["| contender | tokens/s | step (s) | CPU s/step | peak RSS | MFU | MFU with attention | load (s) | "
-            "runs (tokens/s) | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| contender | tokens/s | step (s) | CPU s/step | peak RSS | MFU | MFU with attention | load (s) | "
+        "runs (tokens/s) | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     peak, seq_len = t.get("gemm_peak_flops"), t.get("seq_len") or 0
-    attention = common.attention_flops_per_token(common.read_config(common.SMOLLM2_HF), seq_len)
-    for name in ("edgetune", "torch_fp32", "edgetune_all_labels", "torch_bf16", "torch_fp32_spin",
-                 "edgetune_checkpointing", "torch_fp32_checkpointing"):
+    attention = flops.attention_flops_per_token(workloads.read_config(workloads.SMOLLM2_HF), seq_len)
+    for name in (
+        "edgetune",
+        "torch_fp32",
+        "edgetune_all_labels",
+        "torch_bf16",
+        "torch_fp32_spin",
+        "edgetune_checkpointing",
+        "torch_fp32_checkpointing",
+    ):
         f = t.get(name)
         if not f:
             continue
@@ -50,38 +65,47 @@ def train(r: dict) -> str:
             rows.append(f"| {name} | failed: {f['error'][:120]} ||||||||")
             continue
         runs = ", ".join(f"{x:.1f}" for x in f["runs_tokens_per_s"])
-        rows.append(f"| {name} | {f['tokens_per_s']:.1f} | {f['step_s']:.2f} | {_f(f.get('cpu_s_per_step'))} | "
-                    f"{f['peak_rss_bytes'] / GiB:.2f} GiB | {_f(f.get('mfu'), '{:.1%}')} | "
-                    f"{_f(peak and (f['model_flops_per_s'] + attention * f['tokens_per_s']) / peak, '{:.1%}')} | "
-                    f"{f['load_s']:.1f} | "
-                    f"{runs} | {_f(f.get('loadavg_1min'), '{:.1f}')} |")
+        rows.append(
+            f"| {name} | {f['tokens_per_s']:.1f} | {f['step_s']:.2f} | {_f(f.get('cpu_s_per_step'))} | "
+            f"{f['peak_rss_bytes'] / GiB:.2f} GiB | {_f(f.get('mfu'), '{:.1%}')} | "
+            f"{_f(peak and (f['model_flops_per_s'] + attention * f['tokens_per_s']) / peak, '{:.1%}')} | "
+            f"{f['load_s']:.1f} | "
+            f"{runs} | {_f(f.get('loadavg_1min'), '{:.1f}')} |"
+        )
     tokens = (t.get("batch") or 0) * (t.get("seq_len") or 0)
-    head = f"SmolLM2-135M, batch {t.get('batch')}, seq-len {t.get('seq_len')}, {t.get('steps')} timed steps per run " \
-           f"after 1 warm-up step; packed dates-task examples with the loss on completions: " \
-           f"{_f(t.get('labelled_tokens'), '{:.0f}')} of {tokens} positions labelled (`edgetune_all_labels`: every " \
-           f"position); model FLOPs = {t.get('flops_per_token', 0) / 1e6:.0f} M per labelled token, less the " \
-           f"LM head's 4·d·V elsewhere; MFU against the run's best fp32 GEMM sample, " \
-           f"{_f(t.get('gemm_peak_flops'), '{:.0f}', 1e9)} GFLOP/s"
+    head = (
+        f"SmolLM2-135M, batch {t.get('batch')}, seq-len {t.get('seq_len')}, {t.get('steps')} timed steps per run "
+        f"after 1 warm-up step; packed dates-task examples with the loss on completions: "
+        f"{_f(t.get('labelled_tokens'), '{:.0f}')} of {tokens} positions labelled (`edgetune_all_labels`: every "
+        f"position); model FLOPs = {t.get('flops_per_token', 0) / 1e6:.0f} M per labelled token, less the "
+        f"LM head's 4·d·V elsewhere; MFU against the run's best fp32 GEMM sample, "
+        f"{_f(t.get('gemm_peak_flops'), '{:.0f}', 1e9)} GFLOP/s"
+    )
     return head + "\n\n" + "\n".join(rows)
 
 
 def checkpoint(r: dict) -> str:
     t = r.get("train", {})
     rows = ["| contender | what is saved | size | save time |", "|---|---|---|---|"]
-    what = {"edgetune": "ORT checkpoint (adapter + AdamW moments) + resume JSON, `checkpoints.save`",
-            "torch_fp32": "`peft_model.save_pretrained` + `torch.save(optimizer.state_dict())`"}
+    what = {
+        "edgetune": "ORT checkpoint (adapter + AdamW moments) + resume JSON, `checkpoints.save`",
+        "torch_fp32": "`peft_model.save_pretrained` + `torch.save(optimizer.state_dict())`",
+    }
     for name, text in what.items():
         f = t.get(name, {})
         if f.get("checkpoint_bytes"):
-            rows.append(f"| {name} | {text} | {f['checkpoint_bytes'] / 1e6:.2f} MB | "
-                        f"{f['checkpoint_save_s'] * 1000:.0f} ms |")
+            rows.append(
+                f"| {name} | {text} | {f['checkpoint_bytes'] / 1e6:.2f} MB | {f['checkpoint_save_s'] * 1000:.0f} ms |"
+            )
     return "\n".join(rows)
 
 
 def decode(r: dict) -> str:
     d = r.get("decode", {})
-    rows = ["| contender | TTFT (ms) | decode tokens/s | % of bandwidth bound | peak RSS | runs (tokens/s) |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| contender | TTFT (ms) | decode tokens/s | % of bandwidth bound | peak RSS | runs (tokens/s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in ("edgetune", "transformers", "transformers_spin"):
         f = d.get(name)
         if not f or "error" in f:
@@ -89,11 +113,15 @@ def decode(r: dict) -> str:
                 rows.append(f"| {name} | failed: {f['error'][:120]} |||||")
             continue
         runs = ", ".join(f"{x:.1f}" for x in f["runs_decode_tokens_per_s"])
-        rows.append(f"| {name} | {f['ttft_s'] * 1000:.0f} | {f['decode_tokens_per_s']:.1f} | "
-                    f"{_f(f.get('fraction_of_bound'), '{:.0%}')} | {f['peak_rss_bytes'] / GiB:.2f} GiB | {runs} |")
-    tail = (f"\nBound: {d.get('weight_bytes_per_token', 0) / 1e6:.0f} MB of fp32 weights read per token → "
-            f"{_f(d.get('bound_tokens_per_s'), '{:.1f}')} tokens/s at the measured bandwidth. "
-            f"Greedy tokens identical for the first {d.get('same_prefix_tokens')} of 128.")
+        rows.append(
+            f"| {name} | {f['ttft_s'] * 1000:.0f} | {f['decode_tokens_per_s']:.1f} | "
+            f"{_f(f.get('fraction_of_bound'), '{:.0%}')} | {f['peak_rss_bytes'] / GiB:.2f} GiB | {runs} |"
+        )
+    tail = (
+        f"\nBound: {d.get('weight_bytes_per_token', 0) / 1e6:.0f} MB of fp32 weights read per token → "
+        f"{_f(d.get('bound_tokens_per_s'), '{:.1f}')} tokens/s at the measured bandwidth. "
+        f"Greedy tokens identical for the first {d.get('same_prefix_tokens')} of 128."
+    )
     return "\n".join(rows) + "\n" + tail
 
 
@@ -103,16 +131,20 @@ def skill(r: dict) -> str:
         return "(not run)"
     if "error" in s and "edgetune" not in s:
         return f"failed: {s['error']}"
-    rows = ["| contender | wall (s) | steps | reached | peak RSS | exact match by step (elapsed s) |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| contender | wall (s) | steps | reached | peak RSS | exact match by step (elapsed s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in ("edgetune", "torch"):
         f = s.get(name, {})
         if "error" in f:
             rows.append(f"| {name} | failed: {f['error'][:160]} |||||")
             continue
         hist = ", ".join(f"{h['step']}: {h['accuracy']:.0%} ({h['elapsed_s']:.0f})" for h in f["history"])
-        rows.append(f"| {name} | {f['wall_s']:.0f} | {f['steps']} | {f['reached']} | "
-                    f"{f['peak_rss_bytes'] / GiB:.2f} GiB | {hist} |")
+        rows.append(
+            f"| {name} | {f['wall_s']:.0f} | {f['steps']} | {f['reached']} | "
+            f"{f['peak_rss_bytes'] / GiB:.2f} GiB | {hist} |"
+        )
     return "\n".join(rows)
 
 
@@ -122,27 +154,34 @@ def build(r: dict) -> str:
         return "(not run)"
     if "error" in b:
         return f"failed: {b['error']}"
-    return (f"`{b['command']}`\n\n| wall | peak RSS | bundle on disk | fp32 weights | ratio | checkpoint |\n"
-            f"|---|---|---|---|---|---|\n| {b['wall_s']:.0f} s | {b['peak_rss_bytes'] / GiB:.2f} GiB "
-            f"({b['peak_rss_bytes'] / b['fp32_weights_bytes']:.1f}× weights) | {b['bundle_bytes'] / 1e6:.0f} MB | "
-            f"{b['fp32_weights_bytes'] / 1e6:.0f} MB | {b['bundle_bytes'] / b['fp32_weights_bytes']:.2f}× | "
-            f"{b['checkpoint_bytes'] / 1e6:.2f} MB |")
+    return (
+        f"`{b['command']}`\n\n| wall | peak RSS | bundle on disk | fp32 weights | ratio | checkpoint |\n"
+        f"|---|---|---|---|---|---|\n| {b['wall_s']:.0f} s | {b['peak_rss_bytes'] / GiB:.2f} GiB "
+        f"({b['peak_rss_bytes'] / b['fp32_weights_bytes']:.1f}× weights) | {b['bundle_bytes'] / 1e6:.0f} MB | "
+        f"{b['fp32_weights_bytes'] / 1e6:.0f} MB | {b['bundle_bytes'] / b['fp32_weights_bytes']:.2f}× | "
+        f"{b['checkpoint_bytes'] / 1e6:.2f} MB |"
+    )
 
 
 def scaling(r: dict) -> str:
     s = r.get("scaling")
     if not s:
         return "(not run)"
-    rows = ["| point | edgetune tokens/s | PyTorch fp32 tokens/s | ratio | edgetune peak RSS | PyTorch peak RSS | RSS ratio |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| point | edgetune tokens/s | PyTorch fp32 tokens/s | ratio "
+        "| edgetune peak RSS | PyTorch peak RSS | RSS ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def row(label, v):
         e, t = v.get("edgetune", {}), v.get("torch_fp32", {})
         et, tt = e.get("tokens_per_s"), t.get("tokens_per_s")
         er, tr = e.get("peak_rss_bytes"), t.get("peak_rss_bytes")
-        rows.append(f"| {label} | {_f(et, '{:.1f}')} | {_f(tt, '{:.1f}')} | "
-                    f"{_f(et / tt if et and tt else None)} | {_f(er, '{:.2f} GiB', GiB)} | {_f(tr, '{:.2f} GiB', GiB)} | "
-                    f"{_f(er / tr if er and tr else None)} |")
+        rows.append(
+            f"| {label} | {_f(et, '{:.1f}')} | {_f(tt, '{:.1f}')} | "
+            f"{_f(et / tt if et and tt else None)} | {_f(er, '{:.2f} GiB', GiB)} | {_f(tr, '{:.2f} GiB', GiB)} | "
+            f"{_f(er / tr if er and tr else None)} |"
+        )
 
     for seq_len, v in sorted(s["seq_len"].items(), key=lambda kv: int(kv[0])):
         row(f"SmolLM2-135M, seq {seq_len}", v)
@@ -151,31 +190,50 @@ def scaling(r: dict) -> str:
         row(f"{name} ({v['params'] / 1e6:.0f} M params), seq 512" if v.get("params") else name, v)
         b = v.get("build")
         if b:
-            state = f"failed: {b['error']}" if "error" in b else \
-                f"built: {b['bundle_bytes'] / 1e6:.0f} MB bundle"
-            rss = f", peak RSS {b['build_peak_rss_bytes'] / GiB:.1f} GiB, {b['build_wall_s']:.0f} s" \
-                if b.get("build_peak_rss_bytes") else ""
+            state = f"failed: {b['error']}" if "error" in b else f"built: {b['bundle_bytes'] / 1e6:.0f} MB bundle"
+            rss = (
+                f", peak RSS {b['build_peak_rss_bytes'] / GiB:.1f} GiB, {b['build_wall_s']:.0f} s"
+                if b.get("build_peak_rss_bytes")
+                else ""
+            )
             builds.append(f"- {name} bundle: {state}{rss}")
     return "\n".join(rows) + ("\n\n" + "\n".join(builds) if builds else "")
 
 
 def headline(r: dict) -> str:
-    keys = ("train_speed_ratio", "train_rss_ratio", "mfu", "mfu_torch_fp32", "train_checkpointing_speed_ratio",
-            "train_checkpointing_rss_ratio", "decode_speed_ratio", "ttft_ratio", "time_to_skill_ratio",
-            "checkpoint_save_ratio")
+    keys = (
+        "train_speed_ratio",
+        "train_rss_ratio",
+        "mfu",
+        "mfu_torch_fp32",
+        "train_checkpointing_speed_ratio",
+        "train_checkpointing_rss_ratio",
+        "decode_speed_ratio",
+        "ttft_ratio",
+        "time_to_skill_ratio",
+        "checkpoint_save_ratio",
+    )
     return "\n".join(f"- `{k}` = {_f(r.get(k), '{:.3f}')}" for k in keys)
 
 
 def main() -> None:
-    r = json.load(open(sys.argv[1]))
+    r = json.loads(Path(sys.argv[1]).read_text())
     for path in sys.argv[2:]:
-        rerun = json.load(open(path))
+        rerun = json.loads(Path(path).read_text())
         for name in rerun["sections"]:
             r[name] = rerun[name]
         r.update({k: v for k, v in rerun.items() if (k.endswith("_ratio") or k.startswith("mfu")) and v is not None})
         print(f"(sections {', '.join(rerun['sections'])} from the run started {rerun['started']})\n")
-    for title, fn in (("Machine", machine), ("Headline", headline), ("Training", train), ("Checkpoint", checkpoint),
-                      ("Decode", decode), ("Time to skill", skill), ("Build", build), ("Scaling", scaling)):
+    for title, fn in (
+        ("Machine", machine),
+        ("Headline", headline),
+        ("Training", train),
+        ("Checkpoint", checkpoint),
+        ("Decode", decode),
+        ("Time to skill", skill),
+        ("Build", build),
+        ("Scaling", scaling),
+    ):
         print(f"### {title}\n\n{fn(r)}\n")
 
 

@@ -15,7 +15,10 @@ import json
 import sys
 import time
 
-import common
+import children
+import flops
+import hardware
+import workloads
 
 QUICK = {"batch": 1, "seq_len": 512, "steps": 2, "warmup": 1, "rounds": 2, "decode_rounds": 2, "spin_reference": False}
 FULL = {"batch": 2, "seq_len": 512, "steps": 3, "warmup": 1, "rounds": 2, "decode_rounds": 2, "spin_reference": True}
@@ -24,58 +27,75 @@ QUICK_SECTIONS = ("hardware", "train", "decode")
 
 
 def section_hardware(results: dict, s: dict) -> None:
-    run = common.run_child(common.child_cmd("common.py", {"threads": 2}), timeout=300, env=common.NO_SPIN)
+    run = children.run_child(children.child_cmd("hardware.py", {"threads": 2}), timeout=300, env=children.NO_SPIN)
     results["hardware"] = run["result"] or {"error": run["error"]}
 
 
 def section_train(results: dict, s: dict) -> None:
     import train_speed
 
-    points = train_speed.contenders(common.SMOLLM2_BUNDLE, common.SMOLLM2_HF, s["batch"], s["seq_len"],
-                                    s["steps"], s["warmup"], extras=True,
-                                    checkpointed_bundle=common.ensure_smollm2_bundle(checkpointing=True))
+    points = train_speed.contenders(
+        workloads.SMOLLM2_BUNDLE,
+        workloads.SMOLLM2_HF,
+        s["batch"],
+        s["seq_len"],
+        s["steps"],
+        s["warmup"],
+        extras=True,
+        checkpointed_bundle=workloads.ensure_smollm2_bundle(checkpointing=True),
+    )
     main = {k: points[k] for k in ("edgetune", "torch_fp32")}
     train = train_speed.measure(main, s["rounds"])
     checkpointing = ("edgetune_checkpointing", "torch_fp32_checkpointing")
     train.update(train_speed.measure({k: points[k] for k in checkpointing}, s["rounds"]))
     references = ("edgetune_all_labels", "torch_bf16") + (("torch_fp32_spin",) if s["spin_reference"] else ())
-    common.log(f"  references (one run each): {', '.join(references)}")
+    children.log(f"  references (one run each): {', '.join(references)}")
     train.update(train_speed.measure({k: points[k] for k in references}, 1))
     samples = [f["gemm_flops_max"] for f in train.values() if f.get("gemm_flops_max")]
     peak = max(samples + [(results.get("hardware") or {}).get("gemm_peak_flops") or 0])
     for figures in train.values():
         if peak and figures.get("model_flops_per_s"):
             figures["mfu"] = figures["model_flops_per_s"] / peak
-    results["train"] = {"batch": s["batch"], "seq_len": s["seq_len"], "steps": s["steps"], "gemm_peak_flops": peak,
-                        "flops_per_token": common.train_flops_per_token(common.read_config(common.SMOLLM2_HF)),
-                        "labelled_tokens": (train.get("edgetune") or {}).get("labelled_tokens"), **train}
+    results["train"] = {
+        "batch": s["batch"],
+        "seq_len": s["seq_len"],
+        "steps": s["steps"],
+        "gemm_peak_flops": peak,
+        "flops_per_token": flops.train_flops_per_token(workloads.read_config(workloads.SMOLLM2_HF)),
+        "labelled_tokens": (train.get("edgetune") or {}).get("labelled_tokens"),
+        **train,
+    }
 
 
 def section_decode(results: dict, s: dict) -> None:
     import decode
 
-    figures = decode.measure(common.SMOLLM2_BUNDLE, common.SMOLLM2_HF, s["decode_rounds"], spin=s["spin_reference"])
+    figures = decode.measure(
+        workloads.SMOLLM2_BUNDLE, workloads.SMOLLM2_HF, s["decode_rounds"], spin=s["spin_reference"]
+    )
     bandwidth = (results.get("hardware") or {}).get("mem_bandwidth_bytes_per_s")
-    weight_bytes = 4 * common.matmul_params(common.read_config(common.SMOLLM2_HF))
+    weight_bytes = 4 * flops.matmul_params(workloads.read_config(workloads.SMOLLM2_HF))
     figures["weight_bytes_per_token"] = weight_bytes
     if bandwidth:
         figures["bound_tokens_per_s"] = bandwidth / weight_bytes
         for name in ("edgetune", "transformers", "transformers_spin"):
             if figures.get(name, {}).get("decode_tokens_per_s"):
-                figures[name]["fraction_of_bound"] = figures[name]["decode_tokens_per_s"] / figures["bound_tokens_per_s"]
+                figures[name]["fraction_of_bound"] = (
+                    figures[name]["decode_tokens_per_s"] / figures["bound_tokens_per_s"]
+                )
     results["decode"] = figures
 
 
 def section_skill(results: dict, s: dict) -> None:
     import time_to_skill
 
-    results["skill"] = time_to_skill.measure(common.SMOLLM2_BUNDLE, common.SMOLLM2_HF)
+    results["skill"] = time_to_skill.measure(workloads.SMOLLM2_BUNDLE, workloads.SMOLLM2_HF)
 
 
 def section_build(results: dict, s: dict) -> None:
-    import build
+    import build_figures
 
-    results["build"] = build.build_smollm2_cli(common.BENCH / "b")
+    results["build"] = build_figures.build_smollm2_cli(children.BENCH / "b")
 
 
 def section_scaling(results: dict, s: dict) -> None:
@@ -83,11 +103,12 @@ def section_scaling(results: dict, s: dict) -> None:
 
     main = {k: v for k, v in results.get("train", {}).items() if k in ("edgetune", "torch_fp32")}
     results["scaling"] = scaling.measure(main)
-    results["scaling"]["plot"] = str(scaling.plot(results["scaling"], common.ROOT / "benchmarks" / "scaling.png"))
+    results["scaling"]["plot"] = str(scaling.plot(results["scaling"], children.ROOT / "benchmarks" / "scaling.png"))
 
 
 def headline(results: dict) -> dict:
     """The ratios the targets are stated in (None where a section did not run or failed)."""
+
     def get(*keys):
         node = results
         for k in keys:
@@ -98,21 +119,32 @@ def headline(results: dict) -> dict:
         return a / b if a is not None and b else None
 
     return {
-        "train_speed_ratio": ratio(get("train", "edgetune", "tokens_per_s"), get("train", "torch_fp32", "tokens_per_s")),
-        "train_rss_ratio": ratio(get("train", "edgetune", "peak_rss_bytes"), get("train", "torch_fp32", "peak_rss_bytes")),
+        "train_speed_ratio": ratio(
+            get("train", "edgetune", "tokens_per_s"), get("train", "torch_fp32", "tokens_per_s")
+        ),
+        "train_rss_ratio": ratio(
+            get("train", "edgetune", "peak_rss_bytes"), get("train", "torch_fp32", "peak_rss_bytes")
+        ),
         "mfu": get("train", "edgetune", "mfu"),
-        "train_checkpointing_speed_ratio": ratio(get("train", "edgetune_checkpointing", "tokens_per_s"),
-                                                 get("train", "torch_fp32_checkpointing", "tokens_per_s")),
-        "train_checkpointing_rss_ratio": ratio(get("train", "edgetune_checkpointing", "peak_rss_bytes"),
-                                               get("train", "torch_fp32_checkpointing", "peak_rss_bytes")),
+        "train_checkpointing_speed_ratio": ratio(
+            get("train", "edgetune_checkpointing", "tokens_per_s"),
+            get("train", "torch_fp32_checkpointing", "tokens_per_s"),
+        ),
+        "train_checkpointing_rss_ratio": ratio(
+            get("train", "edgetune_checkpointing", "peak_rss_bytes"),
+            get("train", "torch_fp32_checkpointing", "peak_rss_bytes"),
+        ),
         "mfu_torch_fp32": get("train", "torch_fp32", "mfu"),
-        "decode_speed_ratio": ratio(get("decode", "edgetune", "decode_tokens_per_s"),
-                                    get("decode", "transformers", "decode_tokens_per_s")),
+        "decode_speed_ratio": ratio(
+            get("decode", "edgetune", "decode_tokens_per_s"), get("decode", "transformers", "decode_tokens_per_s")
+        ),
         "ttft_ratio": ratio(get("decode", "transformers", "ttft_s"), get("decode", "edgetune", "ttft_s")),
         "time_to_skill_ratio": ratio(get("skill", "torch", "wall_s"), get("skill", "edgetune", "wall_s"))
-        if get("skill", "torch", "reached") and get("skill", "edgetune", "reached") else None,
-        "checkpoint_save_ratio": ratio(get("train", "torch_fp32", "checkpoint_save_s"),
-                                       get("train", "edgetune", "checkpoint_save_s")),
+        if get("skill", "torch", "reached") and get("skill", "edgetune", "reached")
+        else None,
+        "checkpoint_save_ratio": ratio(
+            get("train", "torch_fp32", "checkpoint_save_s"), get("train", "edgetune", "checkpoint_save_s")
+        ),
     }
 
 
@@ -124,28 +156,33 @@ def main() -> None:
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     sections = args.only or (QUICK_SECTIONS if args.quick else SECTIONS)
-    common.BENCH.mkdir(parents=True, exist_ok=True)
-    common.ensure_smollm2_bundle()
-    common.ensure_smollm2_hf()
+    children.BENCH.mkdir(parents=True, exist_ok=True)
+    workloads.ensure_smollm2_bundle()
+    workloads.ensure_smollm2_hf()
     started = time.perf_counter()
-    results = {"mode": "quick" if args.quick else "full", "settings": settings, "sections": list(sections),
-               "machine": common.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results = {
+        "mode": "quick" if args.quick else "full",
+        "settings": settings,
+        "sections": list(sections),
+        "machine": hardware.machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     for name in SECTIONS:
         if name in sections:
-            common.log(f"== {name}")
+            children.log(f"== {name}")
             t = time.perf_counter()
             try:
                 globals()[f"section_{name}"](results, settings)
             except Exception as e:  # record and go on: one broken section should not lose the others
                 results[name] = {"error": f"{type(e).__name__}: {e}"}
-                common.log(f"  {name} failed: {e}")
+                children.log(f"  {name} failed: {e}")
             results.setdefault("section_s", {})[name] = time.perf_counter() - t
     results["total_s"] = time.perf_counter() - started
     results["machine"]["loadavg_end"] = list(__import__("os").getloadavg())
     results.update(headline(results))
-    out = common.BENCH / f"results-{results['mode']}{'-' + '-'.join(args.only) if args.only else ''}.json"
+    out = children.BENCH / f"results-{results['mode']}{'-' + '-'.join(args.only) if args.only else ''}.json"
     out.write_text(json.dumps(results, indent=1, default=str))
-    common.log(f"results in {out} ({results['total_s'] / 60:.1f} min)")
+    children.log(f"results in {out} ({results['total_s'] / 60:.1f} min)")
     print_tables(results)
     if args.json:
         print(json.dumps(results, default=str))
@@ -153,25 +190,44 @@ def main() -> None:
 
 def print_tables(r: dict) -> None:
     """A short human summary on stdout."""
-    gb = lambda b: f"{b / 2**30:.2f} GiB" if b else "-"  # noqa: E731
+    gb = lambda b: f"{b / 2**30:.2f} GiB" if b else "-"
     hw = r.get("hardware", {})
     if hw.get("gemm_peak_flops"):
-        print(f"fp32 GEMM peak {hw['gemm_peak_flops'] / 1e9:.0f} GFLOP/s, "
-              f"memory bandwidth {hw['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s")
-    for name in ("edgetune", "torch_fp32", "torch_bf16", "torch_fp32_spin", "edgetune_checkpointing",
-                 "torch_fp32_checkpointing"):
+        print(
+            f"fp32 GEMM peak {hw['gemm_peak_flops'] / 1e9:.0f} GFLOP/s, "
+            f"memory bandwidth {hw['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"
+        )
+    for name in (
+        "edgetune",
+        "torch_fp32",
+        "torch_bf16",
+        "torch_fp32_spin",
+        "edgetune_checkpointing",
+        "torch_fp32_checkpointing",
+    ):
         f = r.get("train", {}).get(name, {})
         if f.get("tokens_per_s"):
-            print(f"train {name:24} {f['tokens_per_s']:7.1f} tok/s  step {f['step_s']:.2f} s  "
-                  f"peak RSS {gb(f['peak_rss_bytes'])}  MFU {f.get('mfu', 0):.1%}  "
-                  f"ckpt {f['checkpoint_bytes'] / 1e6:.1f} MB in {f['checkpoint_save_s']:.3f} s")
+            print(
+                f"train {name:24} {f['tokens_per_s']:7.1f} tok/s  step {f['step_s']:.2f} s  "
+                f"peak RSS {gb(f['peak_rss_bytes'])}  MFU {f.get('mfu', 0):.1%}  "
+                f"ckpt {f['checkpoint_bytes'] / 1e6:.1f} MB in {f['checkpoint_save_s']:.3f} s"
+            )
     for name in ("edgetune", "transformers", "transformers_spin"):
         f = r.get("decode", {}).get(name, {})
         if f.get("decode_tokens_per_s"):
-            print(f"decode {name:12} TTFT {f['ttft_s'] * 1000:.0f} ms  {f['decode_tokens_per_s']:.1f} tok/s  "
-                  f"peak RSS {gb(f['peak_rss_bytes'])}  {f.get('fraction_of_bound', 0):.0%} of bound")
-    for key in ("train_speed_ratio", "train_rss_ratio", "mfu", "train_checkpointing_speed_ratio",
-                "train_checkpointing_rss_ratio", "decode_speed_ratio", "time_to_skill_ratio"):
+            print(
+                f"decode {name:12} TTFT {f['ttft_s'] * 1000:.0f} ms  {f['decode_tokens_per_s']:.1f} tok/s  "
+                f"peak RSS {gb(f['peak_rss_bytes'])}  {f.get('fraction_of_bound', 0):.0%} of bound"
+            )
+    for key in (
+        "train_speed_ratio",
+        "train_rss_ratio",
+        "mfu",
+        "train_checkpointing_speed_ratio",
+        "train_checkpointing_rss_ratio",
+        "decode_speed_ratio",
+        "time_to_skill_ratio",
+    ):
         value = r.get(key)
         print(f"{key}: {value:.3f}" if value is not None else f"{key}: -")
 

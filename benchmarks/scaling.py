@@ -9,9 +9,10 @@ of SmolLM2 is taken from the main training benchmark (A B A B).
 
 from pathlib import Path
 
-import build
-import common
+import build_figures
+import children
 import train_speed
+import workloads
 
 SEQ_LENS = (256, 1024)
 MODELS = ("qwen2.5-0.5b", "tinyllama-1.1b")
@@ -19,20 +20,27 @@ MODELS = ("qwen2.5-0.5b", "tinyllama-1.1b")
 
 def measure(main_point: dict, steps: int = 2, warmup: int = 1) -> dict:
     """{"seq_len": {S: {contender: figures}}, "models": {name: {...}}}; main_point is SmolLM2 at 512."""
-    result = {"seq_len": {512: main_point}, "models": {"smollm2-135m": {"params": build.count_params(
-        common.SMOLLM2_HF), **main_point}}}
+    result = {
+        "seq_len": {512: main_point},
+        "models": {"smollm2-135m": {"params": build_figures.count_params(workloads.SMOLLM2_HF), **main_point}},
+    }
     for seq_len in SEQ_LENS:
-        common.log(f"scaling: SmolLM2 seq-len {seq_len}")
-        points = train_speed.contenders(common.SMOLLM2_BUNDLE, common.SMOLLM2_HF, 2, seq_len, steps, warmup,
-                                        extras=False)
+        children.log(f"scaling: SmolLM2 seq-len {seq_len}")
+        points = train_speed.contenders(
+            workloads.SMOLLM2_BUNDLE, workloads.SMOLLM2_HF, 2, seq_len, steps, warmup, extras=False
+        )
         result["seq_len"][seq_len] = train_speed.measure(points, rounds=1)
     for name in MODELS:
-        common.log(f"scaling: {name} (random init, build + train)")
-        built = build.build_random(name)
-        entry = {"params": build.count_params(Path(built["model"])) if "model" in built else None, "build": built}
+        children.log(f"scaling: {name} (random init, build + train)")
+        built = build_figures.build_random(name)
+        entry = {
+            "params": build_figures.count_params(Path(built["model"])) if "model" in built else None,
+            "build": built,
+        }
         if "model" in built:  # without a bundle, PyTorch alone
-            points = train_speed.contenders(Path(built.get("bundle", "")), Path(built["model"]), 2, 512, steps,
-                                            warmup, extras=False)
+            points = train_speed.contenders(
+                Path(built.get("bundle", "")), Path(built["model"]), 2, 512, steps, warmup, extras=False
+            )
             if "bundle" not in built:
                 del points["edgetune"]
             entry.update(train_speed.measure(points, rounds=1, timeout=1500))
@@ -51,8 +59,7 @@ def plot(result: dict, path: Path) -> Path:  # re-plot a saved run: plot(json.lo
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5))
     series = {"edgetune": "tab:blue", "torch_fp32": "tab:orange"}
     by_len = sorted((int(k), v) for k, v in result["seq_len"].items())
-    by_size = sorted(((v["params"], k, v) for k, v in result["models"].items() if v.get("params")),
-                     key=lambda t: t[0])
+    by_size = sorted(((v["params"], k, v) for k, v in result["models"].items() if v.get("params")), key=lambda t: t[0])
     for name, color in series.items():
         pts = [(s, v[name]) for s, v in by_len if v.get(name, {}).get("tokens_per_s")]
         axes[0][0].plot([s for s, _ in pts], [p["tokens_per_s"] for _, p in pts], "o-", color=color, label=name)
@@ -66,8 +73,12 @@ def plot(result: dict, path: Path) -> Path:  # re-plot a saved run: plot(json.lo
     axes[1][1].set(xlabel="parameters (millions)", xscale="log")
     failed = [k for _, k, v in by_size if "error" in v.get("build", {})]
     if failed:
-        axes[0][1].annotate(f"no edgetune bundle for {', '.join(failed)}:\nits build failed",
-                            xy=(0.1, 0.6), xycoords="axes fraction", fontsize=8)
+        axes[0][1].annotate(
+            f"no edgetune bundle for {', '.join(failed)}:\nits build failed",
+            xy=(0.1, 0.6),
+            xycoords="axes fraction",
+            fontsize=8,
+        )
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

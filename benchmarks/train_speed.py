@@ -8,7 +8,7 @@ and a bf16-autocast line as a reference only (it is not what the target compares
 The `_checkpointing` pair recomputes each layer in the backward pass on both sides: a
 bundle built with `--gradient-checkpointing` against transformers'
 `gradient_checkpointing_enable()` (non-reentrant, as PEFT's QLoRA recipe sets it).
-Both see the same fixed (B, S) batch (`common.fixed_batch`: packed dates-task examples, the
+Both see the same fixed (B, S) batch (`workloads.fixed_batch`: packed dates-task examples, the
 loss on completions only, as in instruction tuning) and count B*S tokens per step; the
 `all_labels` variant makes every next token a target (plain-text training).
 After the timed steps each side saves a checkpoint (adapter + optimizer state).
@@ -20,7 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
+import children
+import flops
+import hardware
+import workloads
 
 
 def _timed_steps(step, warmup: int, steps: int) -> tuple[list, list, list]:
@@ -38,12 +41,18 @@ def _timed_steps(step, warmup: int, steps: int) -> tuple[list, list, list]:
 
 def _steps_report(step_times: list, cpu_times: list, losses: list, config: dict, labels, load_s: float) -> dict:
     """Medians over the timed steps; cpu_s_per_step (process CPU time) is less hurt by a busy machine."""
-    step = common.median(step_times)
+    step = children.median(step_times)
     tokens, labelled = labels.size, int((labels != -100).sum())
-    return {"step_s": step, "step_times": step_times, "tokens_per_s": tokens / step,
-            "labelled_tokens": labelled, "cpu_s_per_step": common.median(cpu_times),
-            "model_flops_per_s": common.train_flops_per_step(config, tokens, labelled) / step,
-            "load_s": load_s, "losses": losses}
+    return {
+        "step_s": step,
+        "step_times": step_times,
+        "tokens_per_s": tokens / step,
+        "labelled_tokens": labelled,
+        "cpu_s_per_step": children.median(cpu_times),
+        "model_flops_per_s": flops.train_flops_per_step(config, tokens, labelled) / step,
+        "load_s": load_s,
+        "losses": losses,
+    }
 
 
 def run_edgetune(o: dict) -> dict:
@@ -56,9 +65,9 @@ def run_edgetune(o: dict) -> dict:
 
     started = time.perf_counter()
     bundle = Path(o["bundle"])
-    config = common.read_config(bundle)
-    ids, labels = common.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"], o.get("all_labels", False))
-    mask = np.ones_like(ids)                                                    # (B, S)
+    config = workloads.read_config(bundle)
+    ids, labels = workloads.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"], o.get("all_labels", False))
+    mask = np.ones_like(ids)  # (B, S)
     positions = np.tile(np.arange(o["seq_len"], dtype=np.int64), (o["batch"], 1))
     options = training_session_options()  # as edgetune train
     state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
@@ -67,7 +76,8 @@ def run_edgetune(o: dict) -> dict:
     optimizer.set_learning_rate(2e-4)
     module.train()
     load_s = time.perf_counter() - started
-    gemm = common.gemm_flops()
+    gemm = hardware.gemm_flops()
+
     def step() -> float:
         loss = module(ids, mask, positions, labels)
         optimizer.step()
@@ -75,10 +85,10 @@ def run_edgetune(o: dict) -> dict:
         return float(loss)
 
     report = _steps_report(*_timed_steps(step, o["warmup"], o["steps"]), config, labels, load_s)
-    report["gemm_flops"] = max(gemm, common.gemm_flops())
-    with tempfile.TemporaryDirectory(dir=common.BENCH) as tmp:  # same disk as the bundle
+    report["gemm_flops"] = max(gemm, hardware.gemm_flops())
+    with tempfile.TemporaryDirectory(dir=children.BENCH) as tmp:  # same disk as the bundle
         t = time.perf_counter()
-        folder, size = checkpoints.save(Path(tmp), state, {"step": len(report["losses"])})
+        _folder, size = checkpoints.save(Path(tmp), state, {"step": len(report["losses"])})
         report.update(checkpoint_save_s=time.perf_counter() - t, checkpoint_bytes=size)
     return report
 
@@ -96,14 +106,15 @@ def run_torch(o: dict) -> dict:
     config = model.config.to_dict()
     if o.get("checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    peft = get_peft_model(model, LoraConfig(lora_dropout=0.0, **common.LORA))
+    peft = get_peft_model(model, LoraConfig(lora_dropout=0.0, **workloads.LORA))
     trainable = [p for p in peft.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=2e-4, eps=1e-8, weight_decay=0.0)
-    ids, labels = common.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"], o.get("all_labels", False))
-    inputs, targets = torch.from_numpy(ids), torch.from_numpy(common.hf_labels(labels))
+    ids, labels = workloads.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"], o.get("all_labels", False))
+    inputs, targets = torch.from_numpy(ids), torch.from_numpy(workloads.hf_labels(labels))
     peft.train()
     load_s = time.perf_counter() - started
-    gemm = common.gemm_flops()
+    gemm = hardware.gemm_flops()
+
     def step() -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(o.get("bf16"))):
             loss = peft(input_ids=inputs, labels=targets).loss  # HF shifts the labels itself
@@ -113,17 +124,25 @@ def run_torch(o: dict) -> dict:
         return float(loss)
 
     report = _steps_report(*_timed_steps(step, o["warmup"], o["steps"]), config, labels, load_s)
-    report["gemm_flops"] = max(gemm, common.gemm_flops())
-    with tempfile.TemporaryDirectory(dir=common.BENCH) as tmp:
+    report["gemm_flops"] = max(gemm, hardware.gemm_flops())
+    with tempfile.TemporaryDirectory(dir=children.BENCH) as tmp:
         t = time.perf_counter()
         peft.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
         torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-        report.update(checkpoint_save_s=time.perf_counter() - t, checkpoint_bytes=common.dir_bytes(Path(tmp)))
+        report.update(checkpoint_save_s=time.perf_counter() - t, checkpoint_bytes=workloads.dir_bytes(Path(tmp)))
     return report
 
 
-def contenders(bundle: Path, model_dir: Path, batch: int, seq_len: int, steps: int, warmup: int,
-               extras: bool = False, checkpointed_bundle: Path | None = None) -> dict:
+def contenders(
+    bundle: Path,
+    model_dir: Path,
+    batch: int,
+    seq_len: int,
+    steps: int,
+    warmup: int,
+    extras: bool = False,
+    checkpointed_bundle: Path | None = None,
+) -> dict:
     """name -> child options for one (model, batch, seq_len) point.
 
     extras: also edgetune with every token labelled, PyTorch bf16 autocast, and PyTorch fp32
@@ -133,11 +152,13 @@ def contenders(bundle: Path, model_dir: Path, batch: int, seq_len: int, steps: i
     """
     base = {"batch": batch, "seq_len": seq_len, "steps": steps, "warmup": warmup}
     torch = {"impl": "torch", "model": str(model_dir), **base}
-    found = {"edgetune": {"impl": "edgetune", "bundle": str(bundle), **base},
-             "torch_fp32": {**torch, "env": common.NO_SPIN}}
+    found = {
+        "edgetune": {"impl": "edgetune", "bundle": str(bundle), **base},
+        "torch_fp32": {**torch, "env": children.NO_SPIN},
+    }
     if extras:
         found["edgetune_all_labels"] = {**found["edgetune"], "all_labels": True}
-        found["torch_bf16"] = {**torch, "bf16": True, "env": common.NO_SPIN}
+        found["torch_bf16"] = {**torch, "bf16": True, "env": children.NO_SPIN}
         found["torch_fp32_spin"] = torch
     if checkpointed_bundle is not None:
         found["edgetune_checkpointing"] = {**found["edgetune"], "bundle": str(checkpointed_bundle)}
@@ -147,28 +168,33 @@ def contenders(bundle: Path, model_dir: Path, batch: int, seq_len: int, steps: i
 
 def measure(points: dict, rounds: int, timeout: float = 1800) -> dict:
     """Alternate the contenders `rounds` times; medians of tokens/s, step time, peak RSS per contender."""
+
     def one(name, options):
-        run = common.run_child(common.child_cmd("train_speed.py", options), timeout=timeout, env=options.get("env"))
+        run = children.run_child(children.child_cmd("train_speed.py", options), timeout=timeout, env=options.get("env"))
         if run["error"]:
-            common.log(f"  {name} failed: {run['error']}")
+            children.log(f"  {name} failed: {run['error']}")
         return run
 
-    runs = common.alternate(points, rounds, one)
+    runs = children.alternate(points, rounds, one)
     summary = {}
     for name, results in runs.items():
         ok = [r for r in results if r["result"]]
         if not ok:
             summary[name] = {"error": results[0]["error"]}
             continue
-        pick = lambda key: common.median([r["result"].get(key) for r in ok])  # noqa: E731
+        pick = lambda key, ok=ok: children.median([r["result"].get(key) for r in ok])
         summary[name] = {
-            "tokens_per_s": pick("tokens_per_s"), "step_s": pick("step_s"),
-            "model_flops_per_s": pick("model_flops_per_s"), "load_s": pick("load_s"),
-            "peak_rss_bytes": common.median([r["peak_rss_bytes"] for r in ok]),
-            "checkpoint_bytes": pick("checkpoint_bytes"), "checkpoint_save_s": pick("checkpoint_save_s"),
-            "cpu_s_per_step": pick("cpu_s_per_step"), "labelled_tokens": pick("labelled_tokens"),
+            "tokens_per_s": pick("tokens_per_s"),
+            "step_s": pick("step_s"),
+            "model_flops_per_s": pick("model_flops_per_s"),
+            "load_s": pick("load_s"),
+            "peak_rss_bytes": children.median([r["peak_rss_bytes"] for r in ok]),
+            "checkpoint_bytes": pick("checkpoint_bytes"),
+            "checkpoint_save_s": pick("checkpoint_save_s"),
+            "cpu_s_per_step": pick("cpu_s_per_step"),
+            "labelled_tokens": pick("labelled_tokens"),
             "gemm_flops_max": max(r["result"]["gemm_flops"] for r in ok),
-            "loadavg_1min": common.median([sum(r["loadavg"]) / 2 for r in ok]),
+            "loadavg_1min": children.median([sum(r["loadavg"]) / 2 for r in ok]),
             "runs_tokens_per_s": [r["result"]["tokens_per_s"] for r in ok],
             "runs_peak_rss_bytes": [r["peak_rss_bytes"] for r in ok],
             "first_losses": ok[0]["result"]["losses"][:3],
@@ -178,4 +204,4 @@ def measure(points: dict, rounds: int, timeout: float = 1800) -> dict:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
-    common.child_main({"edgetune": run_edgetune, "torch": run_torch})
+    children.child_main({"edgetune": run_edgetune, "torch": run_torch})
