@@ -1,7 +1,6 @@
 """`edgetune merge`: the folded model matches the unmerged adapter, PEFT, and plain onnxruntime."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from edgetune.common.manifest import read_manifest, verify
 from edgetune.common.peft import config_scaling, save_adapter
 from edgetune.runtime.merge import MERGED_MODEL, merge
 from tests.parity import inference_logits, peft_model, prefill_logits, random_adapter
+from tests.peers import peer_run
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIMUM_INPUTS = {"input_ids", "attention_mask", "position_ids"}
@@ -56,21 +56,8 @@ def test_merged_keeps_optimum_names_and_a_manifest(tiny_bundle, tmp_path):
 def test_merged_runs_on_the_plain_onnxruntime_package(tiny_bundle, tmp_path):
     """Apps embed the inference package, not the training build: prove the folder runs there."""
     _, _, _, merged = _merged("llama", tiny_bundle, tmp_path)
-    venv = ROOT / ".venv-plain-ort"
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "onnxruntime", "numpy"], check=True, timeout=600)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     ids = ["5", "17", "42", "8"]
-    plain = subprocess.run(
-        [str(python), str(ROOT / "scripts/run_merged.py"), str(merged), *ids, "--new", "6"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        cwd=tmp_path,
-    )
+    plain = peer_run("ort", [ROOT / "scripts/run_merged.py", merged, *ids, "--new", "6"], cwd=tmp_path)
     ours = subprocess.run(
         [sys.executable, str(ROOT / "scripts/run_merged.py"), str(merged), *ids, "--new", "6"],
         capture_output=True,
