@@ -13,7 +13,9 @@ from pathlib import Path
 from edgetune.common.errors import ConfigError
 from edgetune.common.peft import scaling
 
-TASKS = ("causal-lm",)
+TASKS = ("causal-lm", "text-classification", "token-classification", "question-answering")
+LABELLED_TASKS = ("text-classification", "token-classification")  # need --labels
+CLASS_WEIGHTS = ("auto",)  # inverse label frequency in the training data
 METHODS = ("lora", "dora", "qlora")
 QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
@@ -98,11 +100,13 @@ class BuildConfig:
     force: bool = False
     init_adapter: Path | None = None
     gradient_checkpointing: bool | None = None
+    labels: tuple[str, ...] | str | None = None  # classification tasks: names, or one comma-separated string
 
     def __post_init__(self):
         _as_path(self, "out")
         _as_path(self, "init_adapter")
         _choice("task", self.task, TASKS)
+        self._check_labels()
         _choice("method", self.method, METHODS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("quant", self.quant, QUANT_TYPES, optional=True)
@@ -119,6 +123,25 @@ class BuildConfig:
                 "sets r, lora_alpha, lora_dropout, use_rslora and targets from its "
                 "adapter_config.json: do not pass targets or LoRA settings as well",
             )
+
+    def _check_labels(self) -> None:
+        """Labels as a tuple of distinct names: two or more for a labelled task, none otherwise."""
+        labels = self.labels
+        if isinstance(labels, str):
+            labels = tuple(name.strip() for name in labels.split(","))
+        if labels is not None:
+            labels = tuple(labels)
+            object.__setattr__(self, "labels", labels)
+        if self.task not in LABELLED_TASKS:
+            if labels is not None:
+                raise ConfigError("labels", f"task {self.task} takes no labels")
+            return
+        if not labels or len(labels) < 2 or not all(isinstance(n, str) and n for n in labels):
+            raise ConfigError("labels", f"task {self.task} needs two or more label names, got {self.labels!r}")
+        if len(set(labels)) != len(labels):
+            raise ConfigError("labels", f"names a label twice: {','.join(labels)}")
+        if self.init_adapter is not None:
+            raise ConfigError("init_adapter", f"is not supported for task {self.task} (causal-lm only)")
 
     @property
     def spec(self) -> LoraSpec:
@@ -151,6 +174,7 @@ class TrainConfig:
     resume: bool = False
     skip_bad_lines: bool = False
     init_adapter: Path | None = None
+    class_weights: str | None = None  # auto: classification losses weigh each label by its inverse frequency
     progress: bool = field(default=True, compare=False)
 
     def __post_init__(self):
@@ -168,6 +192,7 @@ class TrainConfig:
             _positive("epochs", self.epochs)
         _positive("lr", self.lr)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("class_weights", self.class_weights, CLASS_WEIGHTS, optional=True)
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or not self.warmup >= 0:
             raise ConfigError("warmup", f"must be >= 0, got {self.warmup}")
         if self.warmup >= 1 and self.warmup != int(self.warmup):
