@@ -105,3 +105,23 @@ def make_encoder_dir(arch: str, folder: Path, seed: int = 0) -> Path:
     AutoModel.from_config(CONFIGS[arch]()).save_pretrained(folder)
     (wordpiece_tokenizer() if arch in WORDPIECE else roberta_tokenizer()).save_pretrained(folder)
     return Path(folder)
+
+
+def task_examples(task: str, n: int, seed: int = 0) -> list[dict]:
+    """Generated examples of `task` in its JSONL format (labels as in tests' ENCODER_LABELS)."""
+    import random
+
+    rng = random.Random(seed)
+    names, places = ["alice", "bob", "carol", "dave"], ["paris", "london"]
+    rows = []
+    for _ in range(n):
+        name, place, pays = rng.choice(names), rng.choice(places), rng.random() < 0.5
+        if task == "text-classification":
+            rows.append({"text": f"{name} {'pays' if pays else 'meets'} {place}", "label": "pos" if pays else "neg"})
+        elif task == "token-classification":
+            rows.append({"tokens": [name, "meets", "in", place], "tags": ["B-PER", "O", "O", "B-LOC"]})
+        else:
+            context = f"{name} meets bob in {place} on monday"
+            answers = {"text": [place], "answer_start": [context.index(place)]}
+            rows.append({"question": "where does she meet bob", "context": context, "answers": answers})
+    return rows
