@@ -95,7 +95,7 @@ def test_class_weights_weigh_the_loss_as_torch_does(encoder_bundle):
     from tests.parity import checkpoint_adapter, ort_training
 
     bundle = encoder_bundle("bert", "text-classification")
-    state, module, _ = ort_training(bundle, checkpoint_adapter(bundle))
+    _state, module, _ = ort_training(bundle, checkpoint_adapter(bundle))  # the state must outlive the module
     module.eval()
     rng = np.random.default_rng(0)
     feeds = {"input_ids": rng.integers(5, 100, (4, 6)), "attention_mask": np.ones((4, 6), np.int64)}
