@@ -122,11 +122,11 @@ def torch_predict(o: dict) -> dict:
 
     from edgetune.common.embedded import minilm_dir
     from edgetune.common.manifest import read_manifest
+    from edgetune.options import TrainConfig
     from edgetune.runtime.predictions import decode_outputs, score
     from edgetune.runtime.task_batching import pad_features
     from edgetune.runtime.task_data import read_task_examples
     from edgetune.runtime.tasks import task_for
-    from edgetune.options import TrainConfig
 
     labels = {"id2label": dict(enumerate(LABELS)), "label2id": {n: i for i, n in enumerate(LABELS)}}
     base = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), dtype=torch.float32, **labels)
