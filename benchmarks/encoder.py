@@ -1,6 +1,6 @@
 """MiniLM on SpamAssassin: edgetune against PyTorch + PEFT, side by side, each contender in its own child.
 
-    python benchmarks/encoder.py [--steps 150] [--seq-len 96] [--batch-size 16] [--json out.json]
+    python benchmarks/encoder.py [--steps 300] [--torch-steps N] [--seq-len 96] [--batch-size 16] [--json out.json]
 
 Both train the same LoRA (r=8, alpha=16 on query/value) plus a new classification head,
 on the same batches (edgetune's own features and batch order), with AdamW and the same
@@ -176,10 +176,13 @@ def main() -> int:
         children.child_main(HANDLERS)
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seq-len", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--torch-steps", type=int, default=None, help="fewer PyTorch steps (its speed and memory, not its accuracy)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not BUNDLE.is_dir():
@@ -198,7 +201,8 @@ def main() -> int:
 
             shutil.rmtree(run_dir)
         env = children.NO_SPIN if side == "torch" else None
-        trained = _run(f"{side}_train", {**common, "out": str(run_dir)}, env)
+        steps = args.torch_steps if side == "torch" and args.torch_steps else args.steps
+        trained = _run(f"{side}_train", {**common, "steps": steps, "out": str(run_dir)}, env)
         predicted = _run(f"{side}_predict", {"adapter": trained["adapter"], "seq_len": args.seq_len}, env)
         results[side] = {"train": trained, "predict": predicted}
     e, t = results["edgetune"], results["torch"]

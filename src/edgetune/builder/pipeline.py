@@ -111,7 +111,7 @@ def build_bundle(config: BuildConfig) -> dict:
 def plan_adapter(config: BuildConfig, arch: Architecture, task: Task) -> AdapterPlan:
     """The adapter from the config, or from the init adapter's adapter_config.json."""
     head = arch.head_modules(task.name)
-    if task.encoder != bool(head):
+    if task.encoder != bool(arch.heads) or (task.encoder and not head):
         raise ConfigError("task", _task_mismatch(arch, task))
     if config.init_adapter is None:
         leaf_targets = resolve_targets(arch, config.targets)
