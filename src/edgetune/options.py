@@ -81,7 +81,10 @@ class BuildConfig:
     targets: comma-separated module names, `all-linear`, or None (the architecture's default).
     method: lora | dora | qlora; quant (qlora only): int8 | int4; block_size (int4): 32 | 64 | 128.
     init_adapter: a PEFT adapter folder that sets r, alpha, dropout, rsLoRA, DoRA and targets
-    (leave those at their defaults). gradient_checkpointing: None takes the method's default.
+    (leave those at their defaults; causal-lm only). gradient_checkpointing: None takes the method's default.
+    task: causal-lm, or an encoder task (text-classification, token-classification,
+    question-answering) whose new head is trained with the adapter; labels: the head's label
+    names in id order (the two classification tasks need two or more).
     """
 
     model: str

@@ -270,9 +270,7 @@ class _Recipe:
     def _forward_backward(self, batch, step: int) -> float:
         """One train call on a micro-batch (B, S): gradients add up in ORT until the optimizer step."""
         outputs = self.module(*(getattr(batch, name) for name in self.train_inputs))
-        loss = float(
-            outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-        )  # an encoder's graph returns its logits too
+        loss = float(_as_list(outputs)[0])  # an encoder's graph returns its logits after the loss
         if not math.isfinite(loss):
             last = f"the checkpoint of step {self.saved_step} is kept" if self.saved_step else "no checkpoint was saved"
             raise TrainingError(f"loss is {loss} at step {step}: training stopped; {last} (try a lower --lr)")
