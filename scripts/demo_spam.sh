@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 E=.venv/bin/edgetune
 OUT=artifacts/spam
-STEPS=${SPAM_STEPS:-150}
+STEPS=${SPAM_STEPS:-300}
 SEQ=96
 MODEL=$(.venv/bin/python -c 'from edgetune.common.embedded import minilm_dir; print(minilm_dir())')
 start=$(date +%s)
@@ -27,7 +27,7 @@ $E predict "$OUT/bundle" --data "$OUT/data/test.jsonl" --seq-len "$SEQ" --metric
 step "4. train LoRA + head on CPU ($STEPS steps, batch 16, seq-len $SEQ, lr 2e-3)"
 rm -rf "$OUT/run"
 $E train "$OUT/bundle" --data "$OUT/data/train.jsonl" --eval-data "$OUT/data/dev.jsonl" -o "$OUT/run" \
-    --steps "$STEPS" --batch-size 16 --seq-len "$SEQ" --lr 2e-3 --warmup 10 --eval-every 50
+    --steps "$STEPS" --batch-size 16 --seq-len "$SEQ" --lr 2e-3 --warmup 10 --eval-every 100
 
 step "5. held-out test accuracy after training"
 $E predict "$OUT/bundle" --adapter "$OUT/run/adapter" --data "$OUT/data/test.jsonl" --seq-len "$SEQ" --metrics-only \

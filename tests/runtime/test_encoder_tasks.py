@@ -118,3 +118,15 @@ def test_a_causal_lm_bundle_refuses_class_weights(tiny_bundle, tmp_path):
     data.write_text('{"text": "a b c"}\n')
     with pytest.raises(ConfigError, match="needs a classification bundle"):
         train(TrainConfig(tiny_bundle("llama"), data, tmp_path / "run", class_weights="auto", progress=False))
+
+
+def test_generate_and_merge_refuse_an_encoder_bundle(encoder_bundle, tmp_path):
+    from edgetune.common.errors import BundleError
+    from edgetune.runtime.generate import Generator
+    from edgetune.runtime.merge import merge
+
+    bundle = encoder_bundle("bert", "question-answering")
+    with pytest.raises(BundleError, match="a question-answering bundle does not generate text"):
+        Generator(bundle)
+    with pytest.raises(BundleError, match="merge supports causal-lm bundles, not question-answering"):
+        merge(bundle, tmp_path / "adapter", tmp_path / "merged")
