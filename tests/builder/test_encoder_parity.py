@@ -145,3 +145,12 @@ def check_against_peft(bundle, model_dir, task, tmp_path, tolerance: float = 1e-
             continue
         np.testing.assert_allclose(state.parameters[key].data, value, atol=1e-4, rtol=0, err_msg=key)
         assert not np.allclose(value, before[key]), key  # it moved
+
+
+def test_gradient_checkpointing_recomputes_encoder_layers(encoder_bundle, encoder_model_dir, tmp_path):
+    import onnx
+
+    bundle = encoder_bundle("bert", "token-classification", gradient_checkpointing=True)
+    nodes = onnx.load(bundle / "training_model.onnx", load_external_data=False).graph.node
+    assert any(n.name.endswith("/checkpointed") and "/layer.1/" in n.name for n in nodes)
+    check_against_peft(bundle, encoder_model_dir("bert"), "token-classification", tmp_path)
