@@ -19,6 +19,7 @@ QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
+TRAINABLE = ("all", "lora_B")  # which adapter tensors train: all, or only B (FFA-LoRA: A frozen from the seed)
 ALL_LINEAR = "all-linear"
 
 
@@ -80,6 +81,9 @@ class BuildConfig:
     method: lora | dora | qlora; quant (qlora only): int8 | int4; block_size (int4): 32 | 64 | 128.
     init_adapter: a PEFT adapter folder that sets r, alpha, dropout, rsLoRA, DoRA and targets
     (leave those at their defaults). gradient_checkpointing: None takes the method's default.
+    trainable: all adapter tensors, or lora_B only (A stays at its initial value, in the
+    checkpoint: FFA-LoRA). base_delta: each adapted layer's weight becomes W + Δ, with Δ a
+    zero-initialised frozen tensor in the checkpoint that a device can update (FedEx-LoRA).
     """
 
     model: str
@@ -98,6 +102,8 @@ class BuildConfig:
     force: bool = False
     init_adapter: Path | None = None
     gradient_checkpointing: bool | None = None
+    trainable: str = "all"
+    base_delta: bool = False
 
     def __post_init__(self):
         _as_path(self, "out")
@@ -108,6 +114,11 @@ class BuildConfig:
         _choice("quant", self.quant, QUANT_TYPES, optional=True)
         _choice("block_size", self.block_size, BLOCK_SIZES)
         _whole("seed", self.seed, minimum=0)
+        _choice("trainable", self.trainable, TRAINABLE)
+        if self.trainable != "all" and self.method == "dora":
+            raise ConfigError("trainable", f"{self.trainable} does not apply to dora (its magnitude trains too)")
+        if self.base_delta and self.method != "lora":
+            raise ConfigError("base_delta", f"needs method lora (method is {self.method})")
         if self.quant is not None and self.method != "qlora":
             raise ConfigError("quant", f"{self.quant} needs method qlora (method is {self.method})")
         if self.method == "qlora" and self.quant is None:

@@ -30,6 +30,7 @@ from edgetune.builder.graph import LinearSite, find_linears
 from edgetune.builder.init_adapter import import_weights, read_init_adapter, target_matcher
 from edgetune.builder.methods import LoraVariant, variant_for
 from edgetune.builder.registry import Architecture, get_architecture, resolve_targets
+from edgetune.builder.rewrites.base_delta import add_base_delta
 from edgetune.builder.rewrites.loss import add_causal_lm_loss
 from edgetune.builder.rewrites.nan_guards import drop_nan_guards
 from edgetune.builder.rewrites.recompute.attention import recompute_attention_probs
@@ -70,6 +71,12 @@ class AdapterPlan:
     init_adapter: Path | None
     peft_config: dict | None  # the init adapter's config
     gradient_checkpointing: bool
+    trainable: str = "all"  # options.TRAINABLE: all adapter tensors, or lora_B only
+    base_delta: bool = False  # W + Δ on every adapted layer, Δ frozen in the checkpoint
+
+    def trains(self, name: str) -> bool:
+        """Whether adapter tensor `name` gets gradients (the others are frozen parameters)."""
+        return self.trainable == "all" or name.endswith(f".{self.trainable}.weight")
 
 
 @dataclass
@@ -80,6 +87,7 @@ class PreparedGraph:
     path: Path
     sites: list[LinearSite]
     trainable: list[str]
+    frozen: list[str]  # parameters kept in the checkpoint without gradients
     head_slices: dict[str, tuple[str, int]]
 
 
@@ -117,7 +125,18 @@ def plan_adapter(config: BuildConfig, arch: Architecture) -> AdapterPlan:
     checkpointing = config.gradient_checkpointing
     if checkpointing is None:
         checkpointing = variant.checkpointing_by_default
-    return AdapterPlan(arch, variant, spec, targets, selected, config.init_adapter, peft_config, checkpointing)
+    return AdapterPlan(
+        arch,
+        variant,
+        spec,
+        targets,
+        selected,
+        config.init_adapter,
+        peft_config,
+        checkpointing,
+        config.trainable,
+        config.base_delta,
+    )
 
 
 def export_stage(source: Source, tmp: Path, staging: WeightStore) -> dict[GraphRole, Path]:
@@ -140,20 +159,27 @@ def prepare_graph(
     sites = _sites(model, plan)
     load_weights(model, plan.variant.weights_read(model, sites, role.training), path.parent)
     weights = _initial_weights(model, sites, plan, seed, source) if role.training else None
-    trainable = plan.variant.rewrite(model, sites, plan.spec, weights, role.training)
+    params = plan.variant.rewrite(model, sites, plan.spec, weights, role.training)
+    if role.training and plan.base_delta:
+        params += add_base_delta(model, sites)
     if role.training:
         drop_nan_guards(model.graph)
         add_causal_lm_loss(model)
     head_slices = plan.variant.rewrite_head(model, role.training)  # after the loss: it reads the labelled rows
-    staging.externalize(model, keep=set(trainable) if role.training else set())  # ORT reads adapter values inline
+    staging.externalize(model, keep=set(params) if role.training else set())  # ORT reads adapter values inline
     onnx.save(model, path)
     onnx.checker.check_model(path)  # by path: external data resolves next to it, and no 2 GB proto limit
-    return PreparedGraph(model, path, sites, trainable if role.training else [], head_slices)
+    if not role.training:
+        return PreparedGraph(model, path, sites, [], [], head_slices)
+    trainable = [n for n in params if plan.trains(n)]
+    return PreparedGraph(model, path, sites, trainable, [n for n in params if n not in trainable], head_slices)
 
 
 def artifacts_stage(training: PreparedGraph, plan: AdapterPlan, optimizer: str) -> dict[Path, onnx.ModelProto]:
     """ORT's training artifacts, then the backward-pass rewrites; returns the training and eval models."""
-    graphs = generate_training_artifacts(training.model, training.trainable, optimizer, training.path.parent)
+    graphs = generate_training_artifacts(
+        training.model, training.trainable, training.frozen, optimizer, training.path.parent
+    )
     backward = graphs[training.path.parent / names.TRAINING_MODEL]
     if plan.gradient_checkpointing:
         if recompute_layers(backward.graph) == 0:
@@ -210,6 +236,8 @@ def bundle_stage(
             "init_seed": config.seed,
             "init_adapter": None if config.init_adapter is None else str(config.init_adapter),
             "onnx": {"opset": opset, "ir_version": model.ir_version},
+            **({"trainable": plan.trainable} if plan.trainable != "all" else {}),  # absent: every adapter tensor
+            **({"base_delta": True} if plan.base_delta else {}),
         },
     )
 
