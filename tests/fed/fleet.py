@@ -86,13 +86,12 @@ class LocalFleet:
         cmd = [BIN / "flwr", "run", str(app_dir), "fleet", "--stream"]
         if run_config:
             cmd += ["--run-config", run_config]
-        log = open(self.folder / "flwr_run.log", "w")
-        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        with open(self.folder / "flwr_run.log", "w") as log:
+            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs["flwr-run"] = proc
         try:
             proc.wait(timeout=timeout)
         finally:
-            log.close()
             self._stop("flwr-run")
         return subprocess.CompletedProcess(cmd, proc.returncode, (self.folder / "flwr_run.log").read_text(), "")
 
@@ -110,9 +109,8 @@ class LocalFleet:
         return (self.folder / f"{name}.log").read_text()
 
     def _start(self, name: str, cmd: list) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "w")
-        proc = subprocess.Popen([str(c) for c in cmd], env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.folder / f"{name}.log", "w") as log:
+            proc = subprocess.Popen([str(c) for c in cmd], env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
 

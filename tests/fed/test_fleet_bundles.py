@@ -75,7 +75,7 @@ def test_adapters_with_deltas_train_on_base_delta_bundles_merge_anywhere_and_are
 
     bundle = fleet_bundle("fedex")
     manifest = read_manifest(bundle)
-    start, via_adapter, via_delta = _delta_equivalent(bundle, manifest)
+    _, via_adapter, via_delta = _delta_equivalent(bundle, manifest)
     sha = manifest["source"]["weights_sha256"]
     deltas = {k: v for k, v in via_delta.items() if k.endswith("weight_delta")}
     adapter = {k: v for k, v in via_delta.items() if k not in deltas}
