@@ -60,7 +60,7 @@ def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def record_bytes(record: ArrayRecord) -> int:
-    """The bytes of array data in a record (what a round moves, before Flower's framing)."""
+    """The bytes of a record's arrays as Flower ships them (.npy: the data and a 128-byte header each)."""
     return sum(len(record[k].data) for k in record)
 
 

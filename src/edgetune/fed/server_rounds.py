@@ -150,7 +150,8 @@ def plot_rounds(out: Path, records: list[dict]) -> Path | None:
         em_ax.set_ylim(0, 100)
         em_ax.legend(loc="center right")
     loss_ax.grid(alpha=0.3)
-    loss_ax.legend(loc="upper right")
+    if train or losses:
+        loss_ax.legend(loc="upper right")
     path = Path(out) / PLOT
     write_atomic(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
     plt.close(fig)
