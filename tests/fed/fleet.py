@@ -81,19 +81,27 @@ class LocalFleet:
         wait_listening(port, proc)
         return proc
 
-    def run(self, app_dir: Path, timeout: float, run_config: str | None = None) -> subprocess.CompletedProcess:
-        """`flwr run APP fleet --stream`, bounded by `timeout` seconds."""
+    def start_run(self, app_dir: Path) -> subprocess.Popen:
+        """Start `flwr run APP fleet --stream` (its output in flwr_run.log)."""
         cmd = [BIN / "flwr", "run", str(app_dir), "fleet", "--stream"]
-        if run_config:
-            cmd += ["--run-config", run_config]
         with open(self.folder / "flwr_run.log", "w") as log:
-            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen([str(c) for c in cmd], env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.procs["flwr-run"] = proc
+        return proc
+
+    def wait_run(self, timeout: float) -> int:
+        """Wait for the started run (at most `timeout` seconds); stop it by PID; return its exit code."""
+        proc = self.procs["flwr-run"]
         try:
             proc.wait(timeout=timeout)
         finally:
             self._stop("flwr-run")
-        return subprocess.CompletedProcess(cmd, proc.returncode, (self.folder / "flwr_run.log").read_text(), "")
+        return proc.returncode
+
+    def run(self, app_dir: Path, timeout: float) -> int:
+        """`flwr run APP fleet --stream`, bounded by `timeout` seconds; its exit code."""
+        self.start_run(app_dir)
+        return self.wait_run(timeout)
 
     def kill_node(self, name: str) -> None:
         """SIGKILL one SuperNode and what it spawned (a device losing power)."""
