@@ -39,15 +39,20 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> 
 
 
 class LocalFleet:
-    """`with LocalFleet(tmp) as fleet: fleet.add_node(bundle, data); fleet.run(app_dir)`."""
+    """`with LocalFleet(tmp) as fleet: fleet.add_node(bundle, data); fleet.run(app_dir)`.
 
-    def __init__(self, folder: Path):
+    tls: {"ca": ca.crt, "cert": server.pem, "key": server.key} for HTTPS (else --insecure).
+    """
+
+    def __init__(self, folder: Path, tls: dict | None = None):
         self.folder = Path(folder)
         self.home = self.folder / "flwr_home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.tls = tls
+        security = f'root-certificates = "{tls["ca"]}"' if tls else "insecure = true"
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "fleet"\n\n[superlink.fleet]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f'[superlink]\ndefault = "fleet"\n\n[superlink.fleet]\naddress = "127.0.0.1:{self.port}"\n{security}\n'
         )
         self.env = {
             **os.environ,
@@ -59,16 +64,13 @@ class LocalFleet:
         self.known: dict[int, psutil.Process] = {}  # every PID seen under our processes
 
     def __enter__(self) -> "LocalFleet":
-        link = self._start(
-            "superlink",
-            [
-                BIN / "flower-superlink",
-                "--insecure",
-                "--port",
-                str(self.port),
-                "--disable-runtime-dependency-installation",
-            ],
-        )
+        if self.tls:
+            security = ["--ssl-ca-certfile", self.tls["ca"], "--ssl-certfile", self.tls["cert"]]
+            security += ["--ssl-keyfile", self.tls["key"]]
+        else:
+            security = ["--insecure"]
+        cmd = [BIN / "flower-superlink", *security, "--port", self.port, "--disable-runtime-dependency-installation"]
+        link = self._start("superlink", cmd)
         wait_listening(self.port, link)
         return self
 
@@ -76,7 +78,8 @@ class LocalFleet:
         """Start one SuperNode with its bundle and data in its node config."""
         port = free_port()
         node_config = f'bundle="{bundle}" data="{data}"'
-        cmd = [BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.port}", "--port", str(port)]
+        security = ["--root-certificates", self.tls["ca"]] if self.tls else ["--insecure"]
+        cmd = [BIN / "flower-supernode", *security, "--superlink", f"127.0.0.1:{self.port}", "--port", str(port)]
         proc = self._start(name, [*cmd, "--node-config", node_config])
         wait_listening(port, proc)
         return proc

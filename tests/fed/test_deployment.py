@@ -4,6 +4,7 @@ Every process (and those Flower spawned under them) is stopped by PID when the f
 """
 
 import json
+import subprocess
 import time
 
 import psutil
@@ -86,3 +87,56 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_fleet_and_rejoins(fleet_
     records = _records(out)
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     assert [r["clients"] for r in records[1:]] == [2, 1, 2]  # round 2 without the killed node; it rejoined for 3
+
+
+def _certificates(folder) -> dict:
+    """A CA and a server certificate for 127.0.0.1, made with openssl (the README's LAN recipe)."""
+    folder.mkdir()
+    run = lambda *args: subprocess.run(["openssl", *map(str, args)], cwd=folder, check=True, capture_output=True)
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edgetune-fleet-ca",
+    )
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    )
+    return {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
+
+
+def test_a_fleet_over_tls(fleet_bundle, date_parts, tmp_path):
+    bundle = fleet_bundle("lora")
+    out = tmp_path / "server"
+    write_app(tmp_path / "app", FleetConfig(bundle, out, clients=1, rounds=1, local_steps=2, batch_size=4, seq_len=48))
+    with LocalFleet(tmp_path, tls=_certificates(tmp_path / "certs")) as fleet:
+        fleet.add_node("node0", bundle, date_parts / "client-00.jsonl")
+        assert fleet.run(tmp_path / "app", timeout=600) == 0, fleet.log("superlink")[-3000:]
+        assert f"https://127.0.0.1:{fleet.port}" in fleet.log("superlink")
+    _assert_all_stopped(fleet)
+    assert [r["clients"] for r in _records(out)[1:]] == [1]
