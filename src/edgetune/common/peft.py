@@ -31,6 +31,7 @@ PEFT_PREFIX = "base_model.model."  # PEFT's key prefix in front of the HF module
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output magnitude, PEFT's name
 BASE_SHA_KEY = "edgetune.base_weights_sha256"  # safetensors metadata; PEFT ignores it
 BRANCH_ROOT = "/lora/"  # graph node names of every LoRA branch start with this
+DELTA_SUFFIX = ".base_layer.weight_delta"  # a base-weight delta's key: PEFT's base-layer key + "_delta"
 
 SUPPORTED_PEFT_TYPES = ("LORA",)
 # Fields the graphs express, or that only describe the adapter / PEFT's defaults.
@@ -69,7 +70,7 @@ def lora_keys(module_path: str) -> tuple[str, str]:
 
 def delta_key(module_path: str) -> str:
     """The key of one module's base-weight delta (FedEx-LoRA's folded residual), (out, in) like PEFT's base weight."""
-    return f"{PEFT_PREFIX}{module_path}.base_layer.weight_delta"
+    return f"{PEFT_PREFIX}{module_path}{DELTA_SUFFIX}"
 
 
 def magnitude_key(module_path: str) -> str:
@@ -234,7 +235,7 @@ def load_base_delta(folder: Path, manifest: dict, weights: dict[str, np.ndarray]
             raise AdapterError(f"{path}: lacks {key}")
         if deltas[key].shape != expected:
             raise AdapterError(f"{path}: {key} has shape {tuple(deltas[key].shape)}, not {expected}")
-    extra = sorted(set(deltas) - {delta_key(p) for p in manifest["adapted_modules"]})
+    extra = sorted(set(deltas) - {delta_key(p) for p in manifest["adapted_modules"]})  # any bundle of the base
     if extra:
         raise AdapterError(f"{path}: has tensors the bundle has no layer for, e.g. {extra[0]}")
     return deltas

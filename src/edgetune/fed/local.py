@@ -16,12 +16,10 @@ import numpy as np
 from edgetune.common.errors import BundleError
 from edgetune.common.manifest import read_manifest
 from edgetune.common.names import ADAPTER_DIR
-from edgetune.common.peft import PEFT_PREFIX, load_adapter, save_adapter
+from edgetune.common.peft import DELTA_SUFFIX, load_adapter, save_adapter
 from edgetune.fed.payload import bundle_adapter, uploaded_keys
 from edgetune.options import TrainConfig
 from edgetune.runtime.train import train
-
-DELTA_SUFFIX = ".base_layer.weight_delta"
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ def train_round(
     """
     start = {**bundle_adapter(bundle, manifest), **received}  # ffa: A comes from the bundle
     deltas = {k: v for k, v in start.items() if k.endswith(DELTA_SUFFIX)}
-    adapter = {k: v for k, v in start.items() if k.startswith(PEFT_PREFIX) and k not in deltas}
+    adapter = {k: v for k, v in start.items() if k not in deltas}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgetune-fed-") as tmp:
         init = Path(tmp) / "global"

@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord
 
 from edgetune.common.errors import BundleError
 from edgetune.common.names import CHECKPOINT
-from edgetune.common.peft import bundle_adapter_keys, delta_key, to_peft_layout
+from edgetune.common.peft import bundle_adapter_keys, bundle_delta_keys, to_peft_layout
 from edgetune.runtime.ort_training import CheckpointState
 
 ARRAYS = "arrays"  # the RecordDict keys Flower's strategies use
@@ -30,10 +30,8 @@ def bundle_adapter(bundle: Path, manifest: dict) -> dict[str, np.ndarray]:
     try:
         state = CheckpointState.load_checkpoint(str(Path(bundle) / CHECKPOINT))
     except RuntimeError:
-        raise BundleError(f"{bundle / CHECKPOINT}: not a readable ORT checkpoint") from None
-    keys = bundle_adapter_keys(manifest) + [
-        delta_key(p) for p in manifest["adapted_modules"] if manifest.get("base_delta")
-    ]
+        raise BundleError(f"{Path(bundle) / CHECKPOINT}: not a readable ORT checkpoint") from None
+    keys = bundle_adapter_keys(manifest) + bundle_delta_keys(manifest)
     return to_peft_layout({key: state.parameters[key].data for key in keys})
 
 
@@ -45,8 +43,7 @@ def uploaded_keys(strategy: str, manifest: dict) -> list[str]:
 
 def sent_keys(strategy: str, manifest: dict) -> list[str]:
     """The keys the server sends: what the nodes upload, plus the base deltas under fedex."""
-    deltas = [delta_key(p) for p in manifest["adapted_modules"]] if strategy == "fedex" else []
-    return uploaded_keys(strategy, manifest) + deltas
+    return uploaded_keys(strategy, manifest) + (bundle_delta_keys(manifest) if strategy == "fedex" else [])
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -13,9 +13,8 @@ from flwr.serverapp import Grid, ServerApp
 from edgetune.common.errors import ConfigError
 from edgetune.common.manifest import verify
 from edgetune.common.names import METRICS
-from edgetune.common.peft import config_scaling
+from edgetune.common.peft import DELTA_SUFFIX, config_scaling
 from edgetune.fed.config import FleetConfig
-from edgetune.fed.local import DELTA_SUFFIX
 from edgetune.fed.payload import BASE_SHA, bundle_adapter, check_strategy_fits, sent_keys, to_record
 from edgetune.fed.server_rounds import RoundRecorder
 from edgetune.fed.strategies import make_strategy

@@ -22,10 +22,9 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from edgetune.common.atomic import write_atomic, write_json_atomic
 from edgetune.common.names import ADAPTER_DIR, METRICS, SUMMARY
-from edgetune.common.peft import save_adapter
+from edgetune.common.peft import DELTA_SUFFIX, save_adapter
 from edgetune.fed.config import FleetConfig
 from edgetune.fed.evaluation import exact_match, heldout_loss
-from edgetune.fed.local import DELTA_SUFFIX
 from edgetune.fed.payload import from_record, record_bytes
 
 PLOT = "fleet.png"
