@@ -131,6 +131,7 @@ def plot_rounds(out: Path, records: list[dict]) -> Path | None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, loss_ax = plt.subplots(figsize=(7, 4), dpi=100)
     losses = [(r["round"], r["eval_loss"]) for r in records if "eval_loss" in r]
@@ -140,6 +141,7 @@ def plot_rounds(out: Path, records: list[dict]) -> Path | None:
     if losses:
         loss_ax.plot(*zip(*losses), "o-", label="held-out loss", color="tab:blue")
     loss_ax.set_xlabel("round")
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set_ylabel("loss")
     matches = [(r["round"], 100 * r["exact_match"]) for r in records if "exact_match" in r]
     if matches:
