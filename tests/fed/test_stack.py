@@ -53,3 +53,13 @@ def test_the_fleet_apps_import_without_torch():
     proc = subprocess.run([sys.executable, "-c", UNINSTALL + IMPORTS], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == []
+
+
+def test_secagg_plus_runs_only_on_flowers_legacy_context():
+    """Why the fleet offers no SecAgg+ (README, Fleet tuning): Flower 1.42's workflow refuses a Message API context."""
+    import pytest
+    from flwr.app import Context, RecordDict
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    with pytest.raises(TypeError, match="LegacyContext"):
+        SecAggPlusWorkflow(num_shares=3, reconstruction_threshold=2)(None, Context(1, 0, {}, RecordDict(), {}))
