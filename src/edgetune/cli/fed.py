@@ -20,11 +20,12 @@ def run_simulate(args: argparse.Namespace) -> None:
 
 
 def run_app(args: argparse.Namespace) -> None:
-    """Write a Flower app folder for `flwr run` and say how to start it."""
+    """Write a Flower app folder for `flwr run` (paths made absolute: Flower runs the apps elsewhere)."""
     from edgetune.fed.config import FleetConfig
     from edgetune.fed.flower_app import write_app
 
-    path = write_app(Path(args.app_dir), config_from_args(FleetConfig, args))
+    absolute = {k: Path(getattr(args, k)).resolve() for k in ("bundle", "out", "eval_data") if getattr(args, k)}
+    path = write_app(Path(args.app_dir), config_from_args(FleetConfig, args, **absolute))
     print(f"wrote {path}: start the fleet with `flwr run {args.app_dir} <federation>` (README, Fleet tuning)")
 
 
