@@ -197,8 +197,10 @@ def main() -> None:
     if not (data / "heldout.jsonl").is_file():
         run(["data", "dates", "-o", data, "--clients", CLIENTS, "--train", 250 * CLIENTS, "--heldout", 100])
     build_bundles(results)
-    stages = [lambda: centralised(data, args, results)]
-    stages += [lambda s=s: federated(s, data, args, results) for s in args.strategies.split(",")]
+    strategies = args.strategies.split(",")
+    stages = [lambda s=s: federated(s, data, args, results) for s in strategies[:1]]
+    stages += [lambda: centralised(data, args, results)]
+    stages += [lambda s=s: federated(s, data, args, results) for s in strategies[1:]]
     stages += [lambda: fedex_cost(data, results)]
     for stage in stages:
         stage()
