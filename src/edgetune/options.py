@@ -21,6 +21,7 @@ QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
+TRAINABLE = ("all", "lora_B")  # which adapter tensors train: all, or only B (FFA-LoRA: A frozen from the seed)
 ALL_LINEAR = "all-linear"
 
 
@@ -85,6 +86,9 @@ class BuildConfig:
     task: causal-lm, or an encoder task (text-classification, token-classification,
     question-answering) whose new head is trained with the adapter; labels: the head's label
     names in id order (the two classification tasks need two or more).
+    trainable: all adapter tensors, or lora_B only (A stays at its initial value, in the
+    checkpoint: FFA-LoRA). base_delta: each adapted layer's weight becomes W + Δ, with Δ a
+    zero-initialised frozen tensor in the checkpoint that a device can update (FedEx-LoRA).
     """
 
     model: str
@@ -104,6 +108,8 @@ class BuildConfig:
     init_adapter: Path | None = None
     gradient_checkpointing: bool | None = None
     labels: tuple[str, ...] | str | None = None  # classification tasks: names, or one comma-separated string
+    trainable: str = "all"
+    base_delta: bool = False
 
     def __post_init__(self):
         _as_path(self, "out")
@@ -115,6 +121,11 @@ class BuildConfig:
         _choice("quant", self.quant, QUANT_TYPES, optional=True)
         _choice("block_size", self.block_size, BLOCK_SIZES)
         _whole("seed", self.seed, minimum=0)
+        _choice("trainable", self.trainable, TRAINABLE)
+        if self.trainable != "all" and self.method == "dora":
+            raise ConfigError("trainable", f"{self.trainable} does not apply to dora (its magnitude trains too)")
+        if self.base_delta and self.method != "lora":
+            raise ConfigError("base_delta", f"needs method lora (method is {self.method})")
         if self.quant is not None and self.method != "qlora":
             raise ConfigError("quant", f"{self.quant} needs method qlora (method is {self.method})")
         if self.method == "qlora" and self.quant is None:

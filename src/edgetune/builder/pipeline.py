@@ -30,6 +30,7 @@ from edgetune.builder.graph import LinearSite, find_linears
 from edgetune.builder.init_adapter import import_weights, read_init_adapter, target_matcher
 from edgetune.builder.methods import LoraVariant, variant_for
 from edgetune.builder.registry import Architecture, get_architecture, resolve_targets
+from edgetune.builder.rewrites.base_delta import add_base_delta
 from edgetune.builder.rewrites.head import add_head, head_initializers, source_tensors
 from edgetune.builder.rewrites.nan_guards import drop_nan_guards
 from edgetune.builder.rewrites.recompute.attention import recompute_attention_probs
@@ -41,7 +42,7 @@ from edgetune.common import names
 from edgetune.common.atomic import atomic_folder
 from edgetune.common.errors import ConfigError, EdgetuneError, InternalError
 from edgetune.common.manifest import write_manifest
-from edgetune.common.peft import make_adapter_config
+from edgetune.common.peft import DELTA_SUFFIX, make_adapter_config
 from edgetune.options import BuildConfig, LoraSpec
 
 QUANT_SCHEMES = {"int8": "symmetric, per output channel", "int4": "asymmetric, blockwise along the input dimension"}
@@ -73,6 +74,14 @@ class AdapterPlan:
     init_adapter: Path | None
     peft_config: dict | None  # the init adapter's config
     gradient_checkpointing: bool
+    trainable: str = "all"  # options.TRAINABLE: all adapter tensors, or lora_B only
+    base_delta: bool = False  # W + Δ on every adapted layer, Δ frozen in the checkpoint
+
+    def trains(self, name: str) -> bool:
+        """Whether tensor `name` gets gradients; the others are frozen parameters kept in the checkpoint."""
+        if name.endswith(DELTA_SUFFIX):
+            return False  # FedEx's base delta: set by the server, never trained
+        return self.trainable == "all" or not name.endswith(".lora_A.weight")  # lora_B: A frozen, head trains
 
 
 @dataclass
@@ -83,6 +92,7 @@ class PreparedGraph:
     path: Path
     sites: list[LinearSite]
     trainable: list[str]
+    frozen: list[str]  # parameters kept in the checkpoint without gradients
     head_slices: dict[str, tuple[str, int]]
     head_shapes: dict[str, list[int]]  # an encoder's head tensors: PEFT key -> shape in PEFT layout
 
@@ -126,7 +136,18 @@ def plan_adapter(config: BuildConfig, arch: Architecture, task: Task) -> Adapter
     if checkpointing is None:
         checkpointing = variant.checkpointing_by_default
     return AdapterPlan(
-        arch, task, head, variant, spec, targets, selected, config.init_adapter, peft_config, checkpointing
+        arch,
+        task,
+        head,
+        variant,
+        spec,
+        targets,
+        selected,
+        config.init_adapter,
+        peft_config,
+        checkpointing,
+        config.trainable,
+        config.base_delta,
     )
 
 
@@ -153,7 +174,9 @@ def prepare_graph(
     load_weights(model, read | source_tensors(model.graph, head), path.parent)
     head_keys = add_head(model, head, role.training) if head else []  # before the method: QLoRA leaves it float
     weights = _initial_weights(model, sites, plan, seed, source) if role.training else None
-    trainable = plan.variant.rewrite(model, sites, plan.spec, weights, role.training) + head_keys
+    params = plan.variant.rewrite(model, sites, plan.spec, weights, role.training) + head_keys
+    if role.training and plan.base_delta:
+        params += add_base_delta(model, sites)
     if role.training:
         drop_nan_guards(model.graph)
         plan.task.add_loss(model)
@@ -161,15 +184,21 @@ def prepare_graph(
     if plan.task.lm_head:  # after the loss: it reads the labelled rows
         head_slices = plan.variant.rewrite_head(model, role.training)
     head_shapes = _head_shapes(model, head_keys, role.training)
-    staging.externalize(model, keep=set(trainable) if role.training else set())  # ORT reads adapter values inline
+    staging.externalize(model, keep=set(params) if role.training else set())  # ORT reads adapter values inline
     onnx.save(model, path)
     onnx.checker.check_model(path)  # by path: external data resolves next to it, and no 2 GB proto limit
-    return PreparedGraph(model, path, sites, trainable if role.training else [], head_slices, head_shapes)
+    if not role.training:
+        return PreparedGraph(model, path, sites, [], [], head_slices, head_shapes)
+    trainable = [n for n in params if plan.trains(n)]
+    frozen = [n for n in params if n not in trainable]
+    return PreparedGraph(model, path, sites, trainable, frozen, head_slices, head_shapes)
 
 
 def artifacts_stage(training: PreparedGraph, plan: AdapterPlan, optimizer: str) -> dict[Path, onnx.ModelProto]:
     """ORT's training artifacts, then the backward-pass rewrites; returns the training and eval models."""
-    graphs = generate_training_artifacts(training.model, training.trainable, optimizer, training.path.parent)
+    graphs = generate_training_artifacts(
+        training.model, training.trainable, training.frozen, optimizer, training.path.parent
+    )
     backward = graphs[training.path.parent / names.TRAINING_MODEL]
     if plan.gradient_checkpointing:
         if recompute_layers(backward.graph) == 0:
@@ -229,6 +258,8 @@ def bundle_stage(
             "init_seed": config.seed,
             "init_adapter": None if config.init_adapter is None else str(config.init_adapter),
             "onnx": {"opset": opset, "ir_version": model.ir_version},
+            **({"trainable": plan.trainable} if plan.trainable != "all" else {}),  # absent: every adapter tensor
+            **({"base_delta": True} if plan.base_delta else {}),
         },
     )
 

@@ -24,6 +24,7 @@ STATE = "state.json"
 # adapter/ (PEFT's names)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+BASE_DELTA = "base_delta.safetensors"  # edgetune's, beside PEFT's files: deltas on the base weights (FedEx-LoRA)
 
 # graph tensor names shared by build and runtime (adapter tensor names: see common.peft)
 INPUT_IDS = "input_ids"

@@ -25,12 +25,13 @@ from safetensors.numpy import load_file, save_file
 from edgetune.common.atomic import atomic_folder, write_json_atomic
 from edgetune.common.errors import AdapterError
 from edgetune.common.manifest import read_json
-from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_DELTA
 
 PEFT_PREFIX = "base_model.model."  # PEFT's key prefix in front of the HF module path
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output magnitude, PEFT's name
 BASE_SHA_KEY = "edgetune.base_weights_sha256"  # safetensors metadata; PEFT ignores it
 BRANCH_ROOT = "/lora/"  # graph node names of every LoRA branch start with this
+DELTA_SUFFIX = ".base_layer.weight_delta"  # a base-weight delta's key: PEFT's base-layer key + "_delta"
 
 SUPPORTED_PEFT_TYPES = ("LORA",)
 # Fields the graphs express, or that only describe the adapter / PEFT's defaults.
@@ -72,6 +73,11 @@ def head_key(module_path: str, kind: str) -> str:
     return f"{PEFT_PREFIX}{module_path}.{kind}"
 
 
+def delta_key(module_path: str) -> str:
+    """The key of one module's base-weight delta (FedEx-LoRA's folded residual), (out, in) like PEFT's base weight."""
+    return f"{PEFT_PREFIX}{module_path}{DELTA_SUFFIX}"
+
+
 def magnitude_key(module_path: str) -> str:
     """PEFT's key of one module's DoRA magnitude vector."""
     return f"{PEFT_PREFIX}{module_path}.{MAGNITUDE}"
@@ -89,6 +95,11 @@ def bundle_adapter_keys(manifest: dict) -> list[str]:
     """Every adapter tensor's key of a bundle, from its manifest: LoRA's, then an encoder's task head."""
     lora = adapter_keys(manifest["adapted_modules"], bool(manifest["adapter_config"].get("use_dora")))
     return lora + list(manifest.get("head_tensors", {}))
+
+
+def bundle_delta_keys(manifest: dict) -> list[str]:
+    """The base-delta keys of a bundle built with `base_delta` (none otherwise)."""
+    return [delta_key(path) for path in manifest["adapted_modules"]] if manifest.get("base_delta") else []
 
 
 def scaling(rank: int, alpha: float, use_rslora: bool = False) -> float:
@@ -197,15 +208,48 @@ def read_adapter_config(folder: Path, head: list[str] | None = None) -> dict:
 # ---- adapter files ----------------------------------------------------------------------
 
 
-def save_adapter(folder: Path, weights: dict[str, np.ndarray], config: dict, base_sha256: str) -> None:
-    """Write a PEFT adapter folder atomically. `weights` in PEFT layout."""
+def save_adapter(
+    folder: Path,
+    weights: dict[str, np.ndarray],
+    config: dict,
+    base_sha256: str,
+    base_delta: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write a PEFT adapter folder atomically. `weights` in PEFT layout; `base_delta` (out, in) beside them."""
+    metadata = {"format": "pt", BASE_SHA_KEY: base_sha256}
     with atomic_folder(Path(folder), "saving") as tmp:
         save_file(
-            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
-            tmp / ADAPTER_WEIGHTS,
-            metadata={"format": "pt", BASE_SHA_KEY: base_sha256},
+            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}, tmp / ADAPTER_WEIGHTS, metadata
         )
+        if base_delta:
+            save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in base_delta.items()}, tmp / BASE_DELTA)
         write_json_atomic(tmp / ADAPTER_CONFIG, config)
+
+
+def load_base_delta(folder: Path, manifest: dict, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The base deltas (out, in) beside an adapter, checked against the bundle and the adapter's A and B.
+
+    {} if the folder has none. Any bundle of the same base can merge them; only bundles
+    built with `base_delta` can train on them.
+    """
+    path = Path(folder) / BASE_DELTA
+    if not path.is_file():
+        return {}
+    try:
+        deltas = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"{path}: not a readable safetensors file ({e})") from None
+    for path_ in manifest["adapted_modules"]:
+        key, (key_a, key_b) = delta_key(path_), lora_keys(path_)
+        expected = (weights[key_b].shape[0], weights[key_a].shape[1])  # (out, in)
+        if key not in deltas:
+            raise AdapterError(f"{path}: lacks {key}")
+        if deltas[key].shape != expected:
+            raise AdapterError(f"{path}: {key} has shape {tuple(deltas[key].shape)}, not {expected}")
+    extra = sorted(set(deltas) - {delta_key(p) for p in manifest["adapted_modules"]})  # any bundle of the base
+    if extra:
+        raise AdapterError(f"{path}: has tensors the bundle has no layer for, e.g. {extra[0]}")
+    return deltas
 
 
 def load_adapter(folder: Path, manifest: dict) -> tuple[dict[str, np.ndarray], dict]:

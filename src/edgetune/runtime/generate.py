@@ -183,6 +183,8 @@ class Generator:
             return
         if self._bundle_manifest is None:
             raise AdapterError(f"{path}: this model takes no adapter (not a bundle: merged already?)")
+        if (Path(path) / names.BASE_DELTA).is_file():
+            raise AdapterError(f"{path}: carries base-weight deltas (FedEx-LoRA): serve it merged (edgetune merge)")
         weights, config = load_adapter(Path(path), self._bundle_manifest)
         feeds = to_graph_layout(weights)
         feeds[names.LORA_SCALING] = np.array(config_scaling(config), np.float32)

@@ -25,7 +25,9 @@ from edgetune.common.peft import (
     base_output,
     branch_prefix,
     config_scaling,
+    delta_key,
     load_adapter,
+    load_base_delta,
     lora_keys,
     magnitude_key,
 )
@@ -42,8 +44,9 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
     if manifest["task"] != "causal-lm":  # an encoder's head lives in the adapter: serve it with `predict`
         raise BundleError(f"{bundle}: merge supports causal-lm bundles, not {manifest['task']}")
     weights, config = load_adapter(adapter, manifest)
+    deltas = load_base_delta(adapter, manifest, weights)
     model = onnx.load(bundle / names.INFERENCE_MODEL)  # base weights come in from base_weights.bin
-    fold_adapter(model, weights, config, manifest["adapted_modules"])
+    fold_adapter(model, weights | deltas, config, manifest["adapted_modules"])
     onnx.checker.check_model(model)
 
     with atomic_folder(out, "merging") as tmp:
@@ -78,7 +81,8 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
 def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: list[str]) -> None:
     """Replace each adapter branch of the inference graph by updated base weights, in place.
 
-    LoRA: W' = W + s·Aᵀ·Bᵀ. DoRA (PEFT's merge): W' = m/‖W + s·Aᵀ·Bᵀ‖ · (W + s·Aᵀ·Bᵀ), the
+    LoRA: W' = W + s·Aᵀ·Bᵀ, plus Δᵀ where `weights` has a base delta (FedEx-LoRA).
+    DoRA (PEFT's merge): W' = m/‖W + s·Aᵀ·Bᵀ‖ · (W + s·Aᵀ·Bᵀ), the
     norm per output feature. QLoRA: W is dequantized first, so merged layers are float32;
     the layers without an adapter stay quantized.
     """
@@ -106,6 +110,8 @@ def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: l
         key_a, key_b = lora_keys(path)
         a, b = weights[key_a], weights[key_b]  # (r, in), (out, r)
         merged = w + (scale * (a.T @ b.T)).astype(np.float32)  # (in, out)
+        if delta_key(path) in weights:
+            merged += weights[delta_key(path)].T  # (out, in) -> (in, out)
         if dora:
             merged = merged * (weights[magnitude_key(path)] / np.linalg.norm(merged, axis=0))  # (out,) per column
         name = f"{base.input[1]}/merged"

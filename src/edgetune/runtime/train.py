@@ -51,6 +51,7 @@ from edgetune.common.peft import (
     bundle_adapter_keys,
     config_scaling,
     load_adapter,
+    load_base_delta,
     save_adapter,
     to_graph_layout,
     to_peft_layout,
@@ -186,7 +187,8 @@ class _Recipe:
         return StartPoint(folder / CHECKPOINT, state["step"], state, saved)
 
     def _init_adapter(self) -> dict:
-        """The starting adapter from a PEFT folder (PEFT layout); its r and scale must be the bundle's."""
+        """The starting adapter from a PEFT folder (PEFT layout), with its base deltas if it has any
+        (bundles built with base_delta); its r and scale must be the bundle's."""
         weights, config = load_adapter(self.o.init_adapter, self.manifest)
         ours = self.manifest["adapter_config"]
         if (config["r"], config_scaling(config)) != (ours["r"], config_scaling(ours)):
@@ -194,7 +196,13 @@ class _Recipe:
                 f"{self.o.init_adapter}: r={config['r']}, lora_alpha={config['lora_alpha']} "
                 f"differ from the bundle's r={ours['r']}, lora_alpha={ours['lora_alpha']}"
             )
-        return weights
+        deltas = load_base_delta(self.o.init_adapter, self.manifest, weights)
+        if deltas and not self.manifest.get("base_delta"):
+            raise AdapterError(
+                f"{self.o.init_adapter}: carries base-weight deltas, which this bundle cannot train on "
+                "(build it with base_delta, or merge the adapter first)"
+            )
+        return weights | deltas
 
     def _open_session(self, checkpoint: Path, init_weights: dict | None) -> None:
         """ORT Module + Optimizer on the checkpoint; `init_weights` (PEFT layout) replace the adapter."""
