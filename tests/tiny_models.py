@@ -9,12 +9,19 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GemmaConfig,
     GPT2Config,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    OlmoConfig,
     Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen3Config,
+    StableLmConfig,
 )
 
 from tests.tiny_tokenizer import train_byte_level_bpe
@@ -44,6 +51,21 @@ CONFIGS = {
     "gpt2": lambda: GPT2Config(
         vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2
     ),
+    "gemma": lambda: GemmaConfig(**_COMMON, head_dim=16),
+    "gemma2": lambda: Gemma2Config(**_COMMON, head_dim=16, query_pre_attn_scalar=16, sliding_window=8),
+    "gemma3_text": lambda: Gemma3TextConfig(
+        **_COMMON,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
+    "qwen3": lambda: Qwen3Config(**_COMMON, head_dim=16),
+    "granite": lambda: GraniteConfig(
+        **_COMMON, embedding_multiplier=12.0, residual_multiplier=0.22, logits_scaling=8.0, attention_multiplier=0.0625
+    ),
+    "olmo": lambda: OlmoConfig(**_COMMON),
+    "stablelm": lambda: StableLmConfig(**_COMMON, partial_rotary_factor=0.25, use_qkv_bias=True),
 }
 ARCHS = tuple(CONFIGS)
 WORDS = [

@@ -59,8 +59,11 @@ def _batch(seed=2):
     return ids, labels
 
 
-@pytest.mark.parametrize("arch", ["llama", "phi3", "gpt2"])
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+NEW_FAMILIES = ("gemma", "gemma2", "gemma3_text", "qwen3", "granite", "olmo", "stablelm")
+STEPS = [(a, o) for a in ("llama", "phi3", "gpt2") for o in ("sgd", "adamw")] + [(a, "adamw") for a in NEW_FAMILIES]
+
+
+@pytest.mark.parametrize(("arch", "optimizer"), STEPS)
 def test_one_training_step_matches_peft(arch, optimizer, tiny_model_dir, tiny_bundle):
     bundle = tiny_bundle(arch, optimizer=optimizer)
     manifest = read_manifest(bundle)
@@ -69,7 +72,13 @@ def test_one_training_step_matches_peft(arch, optimizer, tiny_model_dir, tiny_bu
     lr = 1e-3  # the learning rate LoRA runs use
 
     state, module, opt = ort_training(bundle, adapter, lr)
-    loss = module(ids, np.ones_like(ids), np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1)), labels)
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "position_ids": np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1)),  # not an input of Gemma's graphs
+        "labels": labels,
+    }
+    loss = module(*(feeds[name] for name in module.input_names()))
     grads = to_peft_layout({k: state.parameters[k].grad for k in bundle_adapter_keys(manifest)})
     opt.step()
     ours = to_peft_layout({k: state.parameters[k].data for k in bundle_adapter_keys(manifest)})

@@ -56,6 +56,31 @@ def find_linears(graph: onnx.GraphProto, arch: Architecture) -> list[LinearSite]
     return sites
 
 
+LOGIT_TAIL_OPS = ("Div", "Mul", "Tanh")  # Granite's logits / scale, Gemma 2's soft-capping
+
+
+def lm_head_chain(graph: onnx.GraphProto, logits: str) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto]]:
+    """The node the LM head's product comes from, and the elementwise tail from it to `logits`, in order.
+
+    The tail is a chain of LOGIT_TAIL_OPS, each with one non-constant input: scalings and
+    soft-capping that act on every logit alike, so they may run on any subset of rows or
+    vocabulary entries. Without a tail, the node is the one producing `logits`.
+    """
+    producers = {o: n for n in graph.node for o in n.output}
+    constants = {t.name for t in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output
+    }
+    tail: list[onnx.NodeProto] = []
+    node = producers.get(logits)
+    while node is not None and node.op_type in LOGIT_TAIL_OPS:
+        variable = [name for name in node.input if name not in constants]
+        if len(variable) != 1:
+            break
+        tail.insert(0, node)
+        node = producers.get(variable[0])
+    return node, tail
+
+
 def add_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> str:
     """Add a constant tensor to the graph and return its name."""
     graph.initializer.append(numpy_helper.from_array(array, name))

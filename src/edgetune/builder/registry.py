@@ -50,6 +50,13 @@ ARCHITECTURES = {
         Architecture("mistral", _LLAMA_LINEARS, ("q_proj", "v_proj")),
         Architecture("phi3", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), ("qkv_proj",)),
         Architecture("gpt2", ("c_attn", "c_proj", "c_fc"), ("c_attn",), fan_in_fan_out=True),
+        Architecture("gemma", _LLAMA_LINEARS, ("q_proj", "v_proj")),
+        Architecture("gemma2", _LLAMA_LINEARS, ("q_proj", "v_proj")),
+        Architecture("gemma3_text", _LLAMA_LINEARS, ("q_proj", "v_proj")),  # Gemma 3's text models (270M, 1B)
+        Architecture("qwen3", _LLAMA_LINEARS, ("q_proj", "v_proj")),
+        Architecture("granite", _LLAMA_LINEARS, ("q_proj", "v_proj")),
+        Architecture("olmo", _LLAMA_LINEARS, ("q_proj", "v_proj")),
+        Architecture("stablelm", _LLAMA_LINEARS, ("q_proj", "v_proj")),
         _encoder("bert", _BERT_LINEARS, ("query", "value")),  # MiniLM too
         _encoder("roberta", _BERT_LINEARS, ("query", "value")),  # classifier = dense + out_proj
         _encoder("xlm-roberta", _BERT_LINEARS, ("query", "value")),

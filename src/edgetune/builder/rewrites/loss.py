@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from edgetune.builder.graph import add_initializer, add_node, make_input
+from edgetune.builder.graph import add_initializer, add_node, lm_head_chain, make_input
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.names import LABELS, LOGITS, LOSS
 
@@ -26,11 +26,13 @@ IGNORE_INDEX = -100
 def add_causal_lm_loss(model: onnx.ModelProto, logits: str = LOGITS) -> str:
     """Append the loss to the graph, make `loss` its only output, and return its name.
 
-    `logits` must be produced by the LM head MatMul(hidden (B, S, H), W (H, V)); its
-    input is rerouted through the labelled-position gather.
+    `logits` must be produced by the LM head MatMul(hidden (B, S, H), W (H, V)), possibly
+    through an elementwise tail (`graph.lm_head_chain`: Granite's scaling, Gemma 2's
+    soft-capping), which then runs on the labelled rows too; the MatMul's input is rerouted
+    through the labelled-position gather.
     """
     graph = model.graph
-    lm_head = next((n for n in graph.node if logits in n.output), None)
+    lm_head, tail = lm_head_chain(graph, logits)
     if lm_head is None or lm_head.op_type != "MatMul":
         found = "nothing" if lm_head is None else f"a {lm_head.op_type} node"
         raise EdgetuneError(f"the exported graph's '{logits}' come from {found}, not the LM head MatMul")
@@ -69,8 +71,9 @@ def add_causal_lm_loss(model: onnx.ModelProto, logits: str = LOGITS) -> str:
             ignore_index=IGNORE_INDEX,
         )
     )
-    for info in list(graph.value_info):  # the exporter's (B, S, V) shape no longer holds
-        if info.name == logits:
+    reshaped = {lm_head.output[0], *(n.output[0] for n in tail)}
+    for info in list(graph.value_info):  # the exporter's (B, S, V) shapes no longer hold
+        if info.name in reshaped:
             graph.value_info.remove(info)
     del graph.output[:]
     graph.output.append(onnx.helper.make_tensor_value_info(LOSS, TensorProto.FLOAT, []))

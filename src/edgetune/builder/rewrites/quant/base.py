@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetune.builder.graph import add_initializer, add_node, initializer_map, module_path
+from edgetune.builder.graph import add_initializer, add_node, initializer_map, lm_head_chain, module_path
 from edgetune.builder.rewrites.quant.formats import quantize_int4, quantize_int8
 from edgetune.builder.rewrites.quant.tensors import (
     CONTRIB,
@@ -45,11 +45,12 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
     """
     graph = model.graph
     inits = initializer_map(graph)
+    head, _ = lm_head_chain(graph, LOGITS)
     linears = [
         n
         for n in graph.node
         if n.op_type in ("MatMul", "Gemm")
-        and n.output[0] != LOGITS
+        and n is not head
         and not n.input[1].startswith(PEFT_PREFIX)  # an encoder's task head: trained, so float
         and is_float_matrix(inits.get(n.input[1]))
     ]

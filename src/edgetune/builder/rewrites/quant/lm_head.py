@@ -15,7 +15,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetune.builder.graph import add_initializer, add_node, initializer_map, module_path
+from edgetune.builder.graph import (
+    add_initializer,
+    add_node,
+    copy_node,
+    initializer_map,
+    lm_head_chain,
+    module_path,
+    topological,
+)
 from edgetune.builder.rewrites.loss import chunked_cross_entropy
 from edgetune.builder.rewrites.quant.formats import quantize_int8
 from edgetune.builder.rewrites.quant.tensors import (
@@ -52,7 +60,7 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[
     """
     graph = model.graph
     inits = initializer_map(graph)
-    head = next((n for n in graph.node if LOGITS in n.output), None)
+    head, tail = lm_head_chain(graph, LOGITS)  # a tail (logit scaling, soft-capping) applies per chunk
     if head is None or head.op_type != "MatMul" or not is_float_matrix(inits.get(head.input[1])):
         raise EdgetuneError(f"the graph's '{LOGITS}' do not come from an LM head MatMul over a float weight")
     if training and LOSS not in {o.name for o in graph.output}:
@@ -73,13 +81,19 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[
     replaced = [head]
     if training:  # the loss too: computed per chunk
         logits = _chunked_head(graph, nodes, head, path, chunks, [(end - start, w.shape[0]) for start, end in edges])
+        for k, chunk in enumerate(logits):
+            renamed = {head.output[0]: chunk}
+            nodes += [copy_node(node, f"/vocab{k}", renamed) for node in tail]
+            logits[k] = renamed.get(tail[-1].output[0], chunk) if tail else chunk
         loss = next(n for n in graph.node if LOSS in n.output)
         nodes += chunked_cross_entropy(graph, logits, edges, loss.input[1])
-        replaced.append(loss)
+        replaced += [loss, *tail]
     else:
         _served_head(graph, nodes, head, path, chunks, w.shape)
     at = list(graph.node).index(head)
     kept = [*graph.node[:at], *nodes, *(n for n in graph.node[at + 1 :] if all(n is not r for r in replaced))]
+    if tail:  # its copies may read constants made after the head
+        kept = topological(kept)
     del graph.node[:]
     graph.node.extend(kept)
     drop_unused_initializers(graph)
