@@ -73,6 +73,17 @@ def prefill_logits(model_dir, ids: np.ndarray) -> np.ndarray:
     return sess.run(["logits"], {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})[0]
 
 
+def training_step(module, ids: np.ndarray, labels: np.ndarray):
+    """One call of ORT's training Module on a full batch, inputs fed by name (Gemma's graphs take no position_ids)."""
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "position_ids": np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1)),
+        "labels": labels,
+    }
+    return module(*(feeds[name] for name in module.input_names()))
+
+
 def ort_training(bundle, adapter: dict, lr: float | None = None):
     """ORT's (state, Module, Optimizer) on the bundle with `adapter` (PEFT layout) loaded, in train mode."""
     from onnxruntime.training.api import CheckpointState, Module, Optimizer

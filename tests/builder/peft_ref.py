@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from edgetune.common.manifest import read_manifest
 from edgetune.common.peft import bundle_adapter_keys, to_peft_layout
-from tests.parity import checkpoint_adapter, ort_training
+from tests.parity import checkpoint_adapter, ort_training, training_step
 from tests.tiny_models import VOCAB
 
 
@@ -70,7 +70,7 @@ def ort_losses(bundle, adapter: dict, batches: list, lr: float) -> tuple[list[fl
     state, module, opt = ort_training(bundle, adapter, lr)
     losses, grads = [], None
     for x, labels in batches:
-        losses.append(float(module(x, np.ones_like(x), np.tile(np.arange(x.shape[1]), (x.shape[0], 1)), labels)))
+        losses.append(float(training_step(module, x, labels)))
         if grads is None:
             grads = to_peft_layout({k: state.parameters[k].grad.copy() for k in bundle_adapter_keys(manifest)})
         opt.step()

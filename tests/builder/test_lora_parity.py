@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from edgetune.common.manifest import read_manifest
 from edgetune.common.peft import bundle_adapter_keys, config_scaling, to_peft_layout
-from tests.parity import checkpoint_adapter, inference_logits, ort_training, peft_model, random_adapter
+from tests.parity import checkpoint_adapter, inference_logits, ort_training, peft_model, random_adapter, training_step
 from tests.tiny_models import ARCHS, VOCAB
 
 
@@ -72,13 +72,7 @@ def test_one_training_step_matches_peft(arch, optimizer, tiny_model_dir, tiny_bu
     lr = 1e-3  # the learning rate LoRA runs use
 
     state, module, opt = ort_training(bundle, adapter, lr)
-    feeds = {
-        "input_ids": ids,
-        "attention_mask": np.ones_like(ids),
-        "position_ids": np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1)),  # not an input of Gemma's graphs
-        "labels": labels,
-    }
-    loss = module(*(feeds[name] for name in module.input_names()))
+    loss = training_step(module, ids, labels)
     grads = to_peft_layout({k: state.parameters[k].grad for k in bundle_adapter_keys(manifest)})
     opt.step()
     ours = to_peft_layout({k: state.parameters[k].data for k in bundle_adapter_keys(manifest)})

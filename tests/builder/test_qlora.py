@@ -95,7 +95,9 @@ def test_qlora_logits_stay_close_to_fp32(arch, quant, block_size, method_bundle,
     assert 0 < diff.max() <= max_tol and diff.mean() <= mean_tol, (diff.max(), diff.mean())
 
 
-@pytest.mark.parametrize("arch,quant", [("llama", "int8"), ("llama", "int4"), ("gpt2", "int4")])
+@pytest.mark.parametrize(
+    "arch,quant", [("llama", "int8"), ("llama", "int4"), ("gpt2", "int4"), ("granite", "int4"), ("gemma2", "int8")]
+)  # granite, gemma2: an LM head with a logit tail (scaling, soft-capping)
 def test_qlora_training_matches_peft_on_the_dequantized_model(arch, quant, method_bundle, tiny_model_dir, tmp_path):
     """The graph computes exactly the dequantized weights: PEFT on them gives the same steps."""
     bundle = method_bundle(arch, "qlora", quant=quant)
