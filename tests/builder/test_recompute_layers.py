@@ -12,7 +12,7 @@ import pytest
 from edgetune.builder.rewrites.recompute.layers import SUFFIX
 from edgetune.common.manifest import read_manifest
 from edgetune.common.names import CHECKPOINT, TRAINING_MODEL
-from tests.parity import ort_training, random_adapter
+from tests.parity import ort_training, random_adapter, training_step
 from tests.tiny_models import ARCHS
 
 LAYERS = 2  # every tiny model
@@ -24,7 +24,7 @@ def _loss_and_gradients(bundle, adapter) -> tuple[float, dict[str, np.ndarray]]:
     ids = rng.integers(3, 100, (2, 12)).astype(np.int64)
     labels = np.roll(ids, -1, axis=1)
     labels[:, :6] = -100
-    loss = float(module(ids, np.ones_like(ids), np.tile(np.arange(12), (2, 1)), labels))
+    loss = float(training_step(module, ids, labels))
     return loss, {name: parameter.grad.copy() for name, parameter in state.parameters}
 
 
