@@ -1,0 +1,162 @@
+"""Full-size random models laid out as the Hugging Face hub ships them, without the hub.
+
+    python benchmarks/hub_models.py phi-3-mini-4k artifacts/bench/models/phi-3-mini-4k
+
+A folder gets the published config (transformers' `Phi3Config()` defaults are
+Phi-3-mini-4k-instruct's), random bf16 weights in safetensors shards of at most 5 GB with
+`model.safetensors.index.json` (the hub's layout: Phi-3-mini-4k is 2 shards, 7.64 GB), and
+a tokenizer. There is no hub here, so the tokenizer is not the published one: it is a
+SentencePiece-style BPE (metaspace, `<unk>`, `<s>`, `</s>` at 0-2) trained on this machine's
+Python standard library sources to the published size, then the published special tokens
+after it (Phi-3: 32000 + 11 chat tokens, embedding rows padded to 32064 as in the config).
+
+The shards are written one tensor at a time (the largest, Phi-3's embedding, is 197 MB in
+bf16), so making a 3.8B model needs well under 1 GiB of memory. Values are drawn as the
+model's own init draws them: normal(0, initializer_range) for matrices, ones for norms.
+"""
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.integrations.accelerate import init_empty_weights
+
+SHARD_BYTES = 5_000_000_000  # save_pretrained's default max_shard_size, the hub's 5 GB
+PHI3_SPECIALS = [
+    "<|endoftext|>",
+    "<|assistant|>",
+    "<|placeholder1|>",
+    "<|placeholder2|>",
+    "<|placeholder3|>",
+    "<|placeholder4|>",
+    "<|system|>",
+    "<|end|>",
+    "<|placeholder5|>",
+    "<|placeholder6|>",
+    "<|user|>",
+]
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+MODELS = {  # name -> (model_type, config.json fields beyond the type's defaults, tokenizer base size, specials)
+    "phi-3-mini-4k": ("phi3", {}, 32000, PHI3_SPECIALS),
+    "phi-3.5-mini": (
+        "phi3",
+        {
+            "max_position_embeddings": 131072,
+            "original_max_position_embeddings": 4096,
+            "rope_scaling": None,  # LongRoPE's factors are 48 numbers each; the 4k regime is what is trained here
+            "sliding_window": 262144,
+        },
+        32000,
+        PHI3_SPECIALS,
+    ),
+}
+
+
+def tensor_specs(model_type: str, fields: dict) -> tuple[object, list[tuple[str, tuple[int, ...]]]]:
+    """The config and (name, shape) of every saved tensor, in the model's order, tied weights once."""
+    config = AutoConfig.for_model(model_type, **fields)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    return config, [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+
+
+def random_tensor(name: str, shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
+    """A bf16 tensor as the model's init makes it: ones for a norm (1-D weight), else normal(0, std)."""
+    if len(shape) == 1:
+        return torch.ones(shape, dtype=torch.bfloat16) if name.endswith("weight") else torch.zeros(shape).bfloat16()
+    return (torch.randn(shape, generator=generator) * std).to(torch.bfloat16)
+
+
+def write_shards(folder: Path, specs: list[tuple[str, tuple[int, ...]]], std: float, seed: int = 0) -> dict:
+    """Write the safetensors shards and their index, one tensor in memory at a time; return the index."""
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in specs:  # fill each shard up to SHARD_BYTES, as save_pretrained does
+        nbytes = 2 * _numel(shape)
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += nbytes
+    generator = torch.Generator().manual_seed(seed)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        _write_safetensors(folder / file, shard, std, generator)
+        weight_map |= dict.fromkeys((name for name, _ in shard), file)
+    index = {"metadata": {"total_size": sum(2 * _numel(s) for _, s in specs)}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return index
+
+
+def _write_safetensors(path: Path, tensors: list, std: float, generator: torch.Generator) -> None:
+    """One safetensors file (8-byte header length, JSON header, then the data), tensors generated as written."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in tensors:
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + 2 * _numel(shape)]}
+        offset += 2 * _numel(shape)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for name, shape in tensors:
+            f.write(random_tensor(name, shape, std, generator).view(torch.uint8).numpy().tobytes())
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def write_tokenizer(folder: Path, base_size: int, specials: list[str], config) -> None:
+    """A SentencePiece-style BPE of `base_size` tokens trained on the stdlib's sources, `specials` after it."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=False)
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )  # as Llama's
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=base_size, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens], show_progress=False
+    )
+    sources = sorted(Path(json.__file__).resolve().parent.parent.glob("*.py"))  # the stdlib's top-level modules
+    tok.train_from_iterator((p.read_text(errors="replace") for p in sources), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token=specials[0], unk_token="<unk>", pad_token=specials[0]
+    )
+    fast.add_special_tokens({"additional_special_tokens": specials})
+    fast.chat_template = PHI3_TEMPLATE
+    if len(fast) > config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(fast)} tokens, the config's embedding {config.vocab_size} rows")
+    fast.save_pretrained(folder)
+
+
+def make_folder(name: str, folder: Path) -> Path:
+    """Write model `name` (a key of MODELS) into `folder` (made here; it must not exist)."""
+    model_type, fields, base_size, specials = MODELS[name]
+    config, specs = tensor_specs(model_type, fields)
+    folder.mkdir(parents=True)
+    config.architectures = [AutoModelForCausalLM._model_mapping[type(config)].__name__]
+    config.torch_dtype = "bfloat16"
+    config.save_pretrained(folder)
+    write_tokenizer(folder, base_size, specials, config)
+    write_shards(folder, specs, config.initializer_range)
+    return folder
+
+
+if __name__ == "__main__":
+    sys.exit(print(make_folder(sys.argv[1], Path(sys.argv[2]))))
