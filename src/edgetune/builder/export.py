@@ -8,6 +8,10 @@ leaves the weights as graph inputs, while the exporter's own constant-folded par
 values are taken from `_model_to_graph` and streamed into a `WeightStore`; the graph gets
 them back as external-data initializers. Graph and values are exactly those of a normal
 export (same nodes, same names, same folded tensors).
+
+When the model is a skeleton (`streaming`), the folded constants are views of its
+placeholders, and each is read from the source files as it is written: one weight in
+memory at a time.
 """
 
 import contextlib
@@ -23,6 +27,7 @@ from optimum.exporters.onnx import onnx_export_from_model
 from transformers import PreTrainedModel
 
 from edgetune.builder.rewrites.export_fixes import expose_saved_outputs, materialize_identity_initializers
+from edgetune.builder.streaming import Placeholders
 from edgetune.builder.weights import MIN_EXTERNAL_BYTES, WeightStore
 from edgetune.common.errors import EdgetuneError
 
@@ -30,11 +35,16 @@ TASKS = ("text-generation", "text-generation-with-past")
 
 
 def export_graphs(
-    model: PreTrainedModel, work_dir: Path, store: WeightStore, tasks: tuple[str, str] = TASKS
+    model: PreTrainedModel,
+    work_dir: Path,
+    store: WeightStore,
+    tasks: tuple[str, str] = TASKS,
+    placeholders: Placeholders | None = None,
 ) -> tuple[Path, Path]:
     """Export `model` into `work_dir` for Optimum's (training, inference) `tasks`; return the two graphs' paths.
 
-    Their weights go to `store`, which must lie in `work_dir`. Post-processing is off:
+    Their weights go to `store`, which must lie in `work_dir`; a skeleton's matrices are
+    read through its `placeholders`, one at a time. Post-processing is off:
     Optimum's tied-weight deduplication breaks gradient generation, and equal tensors
     are stored once anyway. Only one export's folded weights are held at a time. When
     both tasks are the same (an encoder), the one export is copied for the second graph.
@@ -50,7 +60,7 @@ def export_graphs(
         with _quiet(), _weights_handed_over(params):
             onnx_export_from_model(model, out, task=task, no_post_process=True, do_validation=False)
         graph = onnx.load(out / "model.onnx")  # structure only: a few MB
-        _attach_weights(graph, params, store)
+        _attach_weights(graph, params, store, placeholders)
         params.clear()  # the folded copies of this export
         paths.append(work_dir / f"export.{task}.onnx")
         onnx.save(graph, paths[-1])
@@ -66,7 +76,9 @@ def load_exported(path: Path) -> onnx.ModelProto:
     return graph
 
 
-def _attach_weights(model: onnx.ModelProto, params: dict, store: WeightStore) -> None:
+def _attach_weights(
+    model: onnx.ModelProto, params: dict, store: WeightStore, placeholders: Placeholders | None
+) -> None:
     """Turn the weight inputs of an `export_params=False` graph into initializers, large ones in `store`."""
     if not params:
         raise EdgetuneError("the ONNX export handed over no weights (the build expects torch 2.13's exporter)")
@@ -76,7 +88,7 @@ def _attach_weights(model: onnx.ModelProto, params: dict, store: WeightStore) ->
         if value.name not in params:
             inputs.append(value)
             continue
-        array = params[value.name].detach().cpu().contiguous().numpy()
+        array = _values(value.name, params[value.name].detach(), placeholders)
         if array.nbytes < MIN_EXTERNAL_BYTES:
             graph.initializer.append(numpy_helper.from_array(array, value.name))
             continue
@@ -87,6 +99,16 @@ def _attach_weights(model: onnx.ModelProto, params: dict, store: WeightStore) ->
         graph.initializer.append(tensor)
     del graph.input[:]
     graph.input.extend(inputs)
+
+
+def _values(name: str, value, placeholders: Placeholders | None):
+    """The numpy values of exported constant `name`: read from the source when it views a placeholder."""
+    if placeholders is None:
+        return value.cpu().contiguous().numpy()
+    if placeholders.source_of(value) is not None:
+        return placeholders.materialize(name, value)
+    placeholders.check_real(name, value)
+    return value.contiguous().numpy()
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """The adapter methods as variants of one protocol, as PEFT's `LoraVariant` does.
 
-The build pipeline knows no method by name: it asks the bundle's variant which weight
-values its rewrite reads, what the adapter's initial values are, how to rewrite a graph
-(training or inference) and its LM head, and whether layers are checkpointed by default.
+The build pipeline knows no method by name: it asks the bundle's variant what the
+adapter's initial values are, how to rewrite a graph (training or inference) and its LM
+head, and whether layers are checkpointed by default. A variant that reads weight values
+reads them through `WeightFiles`, one tensor at a time.
 
     lora   y = x·W + s·x·Aᵀ·Bᵀ over the exported float weights
     dora   the LoRA branch plus PEFT's magnitude vector m (`rewrites.dora`)
@@ -17,11 +18,11 @@ import onnx
 
 from edgetune.builder.graph import LinearSite
 from edgetune.builder.rewrites import lora
-from edgetune.builder.rewrites.dora import add_dora, transposed_sites, untranspose_gemms, weight_norms
+from edgetune.builder.rewrites.dora import add_dora, untranspose_gemms, weight_norms
 from edgetune.builder.rewrites.quant.base import quantize_frozen_base
 from edgetune.builder.rewrites.quant.lm_head import quantize_lm_head
-from edgetune.builder.rewrites.quant.tensors import is_float_matrix
 from edgetune.builder.rewrites.recompute.weights import recompute_dequantized_weights
+from edgetune.builder.weights import WeightFiles
 from edgetune.common.errors import AdapterError
 from edgetune.options import BuildConfig, LoraSpec
 
@@ -35,23 +36,25 @@ class LoraVariant:
     checkpointing_by_default: bool = False
     quant: str | None = None  # the base's storage: None (float), int8 or int4
 
-    def weights_read(self, graph: onnx.ModelProto, sites: list[LinearSite], training: bool) -> set[str]:
-        """Initializers whose values the rewrite reads (the rest stays on disk)."""
-        return set()
-
     def initial_weights(
-        self, graph: onnx.ModelProto, sites: list[LinearSite], spec: LoraSpec, seed: int
+        self, graph: onnx.ModelProto, sites: list[LinearSite], spec: LoraSpec, seed: int, files: WeightFiles
     ) -> dict[str, np.ndarray]:
         """PEFT's initial adapter in graph layout: A kaiming-uniform, B = 0."""
         return lora.init_adapter(sites, spec, seed)
 
     def rewrite(
-        self, graph: onnx.ModelProto, sites: list[LinearSite], spec: LoraSpec, weights: dict | None, training: bool
+        self,
+        graph: onnx.ModelProto,
+        sites: list[LinearSite],
+        spec: LoraSpec,
+        weights: dict | None,
+        training: bool,
+        files: WeightFiles,
     ) -> list[str]:
         """Add the adapter to one graph; return the adapter tensor names."""
         return lora.add_lora(graph, sites, spec, weights, training)
 
-    def rewrite_head(self, graph: onnx.ModelProto, training: bool) -> dict[str, tuple[str, int]]:
+    def rewrite_head(self, graph: onnx.ModelProto, training: bool, files: WeightFiles) -> dict[str, tuple[str, int]]:
         """Rewrite the LM head (after the loss, in a training graph); return tied slices of the embedding."""
         return {}
 
@@ -66,20 +69,15 @@ class DoraVariant(LoraVariant):
     name: str = "dora"
     use_dora: bool = True
 
-    def weights_read(self, graph, sites, training):
-        """The adapted layers' weights, for the initial magnitude (training graph), and those stored (out, in)."""
-        transposed = {s.weight for s in transposed_sites(graph, sites)}
-        return {s.weight for s in sites} | transposed if training else transposed
+    def initial_weights(self, graph, sites, spec, seed, files):
+        """LoRA's initial A and B, and m = ‖W + s·B·A‖ = ‖W‖ per output row (each W read in turn)."""
+        untranspose_gemms(graph, sites, files)
+        weights = super().initial_weights(graph, sites, spec, seed, files)
+        return weights | weight_norms(graph, sites, spec.scaling, weights, files)
 
-    def initial_weights(self, graph, sites, spec, seed):
-        """LoRA's initial A and B, and m = ‖W + s·B·A‖ = ‖W‖ per output row."""
-        untranspose_gemms(graph, sites)
-        weights = super().initial_weights(graph, sites, spec, seed)
-        return weights | weight_norms(graph, sites, spec.scaling, weights)
-
-    def rewrite(self, graph, sites, spec, weights, training):
+    def rewrite(self, graph, sites, spec, weights, training, files):
         """The DoRA branch on every site (a Gemm reading W (out, in) then reads Wᵀ)."""
-        untranspose_gemms(graph, sites)
+        untranspose_gemms(graph, sites, files)
         return add_dora(graph, sites, spec, weights, training)
 
 
@@ -92,18 +90,14 @@ class QLoraVariant(LoraVariant):
     quant: str | None = "int8"
     block_size: int = 32
 
-    def weights_read(self, graph, sites, training):
-        """Every 2-D float constant: the quantizer reads them all."""
-        return {t.name for t in graph.graph.initializer if is_float_matrix(t)}
+    def rewrite(self, graph, sites, spec, weights, training, files):
+        """Quantize the base, one weight at a time, then add the LoRA branches."""
+        quantize_frozen_base(graph, self.quant, self.block_size, training, files)
+        return super().rewrite(graph, sites, spec, weights, training, files)
 
-    def rewrite(self, graph, sites, spec, weights, training):
-        """Quantize the base, then add the LoRA branches."""
-        quantize_frozen_base(graph, self.quant, self.block_size, training)
-        return super().rewrite(graph, sites, spec, weights, training)
-
-    def rewrite_head(self, graph, training):
+    def rewrite_head(self, graph, training, files):
         """The LM head int8 in vocabulary chunks (with a chunked loss in training)."""
-        return quantize_lm_head(graph, training)
+        return quantize_lm_head(graph, training, files)
 
     def rewrite_backward(self, training_model):
         """Float weights rebuilt per use, not kept from forward to backward (`recompute.weights`)."""

@@ -37,7 +37,7 @@ from edgetune.builder.rewrites.recompute.attention import recompute_attention_pr
 from edgetune.builder.rewrites.recompute.layers import recompute_layers
 from edgetune.builder.source import Loader, Source, load_source
 from edgetune.builder.tasks import TASKS, Task
-from edgetune.builder.weights import STAGING_WEIGHTS, WeightStore, load_weights, share_base_weights
+from edgetune.builder.weights import STAGING_WEIGHTS, WeightFiles, WeightStore, load_weights, share_base_weights
 from edgetune.common import names
 from edgetune.common.atomic import atomic_folder
 from edgetune.common.errors import ConfigError, EdgetuneError, InternalError
@@ -153,12 +153,12 @@ def plan_adapter(config: BuildConfig, arch: Architecture, task: Task) -> Adapter
 
 def export_stage(source: Source, tmp: Path, staging: WeightStore, task: Task) -> dict[GraphRole, Path]:
     """Export both graphs, save the tokenizer and configs, and free the torch model."""
-    train_path, infer_path = export_graphs(source.model, tmp, staging, task.exports)
+    train_path, infer_path = export_graphs(source.model, tmp, staging, task.exports, source.placeholders)
     source.tokenizer.save_pretrained(tmp)
     source.model.config.save_pretrained(tmp)
     if source.model.generation_config is not None:
         source.model.generation_config.save_pretrained(tmp)
-    source.model = None
+    source.model = source.placeholders = None
     gc.collect()
     return {TRAINING: train_path, INFERENCE: infer_path}
 
@@ -168,13 +168,13 @@ def prepare_graph(
 ) -> PreparedGraph:
     """Load one exported graph, add the adapter (and, for training, the loss), and save it in place."""
     model = load_exported(path)
+    files = WeightFiles(path.parent, staging)  # the weights stay on disk; rewrites read them one at a time
     sites = _sites(model, plan)
     head = head_initializers(model.graph, plan.head)  # an encoder's task head, trained whole
-    read = plan.variant.weights_read(model, sites, role.training)
-    load_weights(model, read | source_tensors(model.graph, head), path.parent)
+    load_weights(model, source_tensors(model.graph, head), path.parent)  # its values become the head's
     head_keys = add_head(model, head, role.training) if head else []  # before the method: QLoRA leaves it float
-    weights = _initial_weights(model, sites, plan, seed, source) if role.training else None
-    params = plan.variant.rewrite(model, sites, plan.spec, weights, role.training) + head_keys
+    weights = _initial_weights(model, sites, plan, seed, source, files) if role.training else None
+    params = plan.variant.rewrite(model, sites, plan.spec, weights, role.training, files) + head_keys
     if role.training and plan.base_delta:
         params += add_base_delta(model, sites)
     if role.training:
@@ -182,7 +182,7 @@ def prepare_graph(
         plan.task.add_loss(model)
     head_slices = {}
     if plan.task.lm_head:  # after the loss: it reads the labelled rows
-        head_slices = plan.variant.rewrite_head(model, role.training)
+        head_slices = plan.variant.rewrite_head(model, role.training, files)
     head_shapes = _head_shapes(model, head_keys, role.training)
     staging.externalize(model, keep=set(params) if role.training else set())  # ORT reads adapter values inline
     onnx.save(model, path)
@@ -278,10 +278,10 @@ def _check_output(config: BuildConfig) -> None:
         raise ConfigError("out", f"{out} already exists (use force to replace it)")
 
 
-def _initial_weights(model, sites, plan: AdapterPlan, seed: int, source: Source) -> dict:
+def _initial_weights(model, sites, plan: AdapterPlan, seed: int, source: Source, files: WeightFiles) -> dict:
     """The adapter's starting values in graph layout: fresh, or the init adapter's."""
     if plan.init_adapter is None:
-        return plan.variant.initial_weights(model, sites, plan.spec, seed)
+        return plan.variant.initial_weights(model, sites, plan.spec, seed, files)
     return import_weights(plan.init_adapter, sites, plan.peft_config, source.weights_sha256)
 
 

@@ -1,13 +1,20 @@
-"""Load the model to build from: a local HF folder, a .gguf file, or a hub id."""
+"""Load the model to build from: a local HF folder, a .gguf file, or a hub id.
 
+A causal LM's weights in safetensors or GGUF files are not loaded: the model is a skeleton whose
+matrices are read one at a time while the export writes them (`streaming`). Other
+weight files (PyTorch pickles) load whole, as float32.
+"""
+
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from edgetune.builder.streaming import GGUFTensors, Placeholders, SafetensorsTensors, safetensors_files, skeleton
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.hashing import sha256_files
 
@@ -22,6 +29,7 @@ class Source:
     model: PreTrainedModel | None  # None once exported (the build frees it)
     tokenizer: object
     weights_sha256: str  # over the source weight files
+    placeholders: Placeholders | None = None  # set when `model` is a skeleton whose matrices stream from the files
 
 
 @dataclass(frozen=True)
@@ -76,8 +84,13 @@ def _load(name: str, folder: Path, weights: list[Path] | None, loader: Loader, g
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     hf_logging.set_verbosity_error()  # the GGUF progress bar and tokenizer notices are not ours to show
     hf_logging.disable_progress_bar()
+    shards = None if gguf_file else safetensors_files(folder)
+    placeholders = None
     try:
-        model = loader.load(folder, **kwargs)
+        if (gguf_file or shards) and loader.auto_class == "AutoModelForCausalLM":
+            model, placeholders = _skeleton(folder, gguf_file, shards)
+        else:  # a task head the checkpoint may lack is initialised by from_pretrained
+            model = loader.load(folder, **kwargs)
     except (OSError, ValueError, KeyError) as e:
         kind = "a causal LM" if loader.auto_class == "AutoModelForCausalLM" else f"a model for {loader.auto_class[12:]}"
         raise EdgetuneError(f"{name}: cannot load as {kind} ({str(e).splitlines()[0]})") from None
@@ -88,7 +101,19 @@ def _load(name: str, folder: Path, weights: list[Path] | None, loader: Loader, g
         raise EdgetuneError(f"{name}: no usable tokenizer ({str(e).splitlines()[0]})") from None
     if gguf_file:
         _apply_gguf_special_tokens(tokenizer, folder / gguf_file)
-    return Source(name, model.eval(), tokenizer, sha256_files(weights))
+    return Source(name, model.eval(), tokenizer, sha256_files(weights), placeholders)
+
+
+def _skeleton(folder: Path, gguf_file: str | None, shards: list[Path] | None) -> tuple[PreTrainedModel, Placeholders]:
+    """The model skeleton, with the generation config `from_pretrained` would give it."""
+    if gguf_file:
+        config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+        model, placeholders = skeleton(config, lambda m: GGUFTensors(folder / gguf_file, m))
+    else:
+        model, placeholders = skeleton(AutoConfig.from_pretrained(folder), lambda m: SafetensorsTensors(shards))
+    with contextlib.suppress(OSError):  # none in the folder: the one made from the model config stays
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    return model, placeholders
 
 
 def _apply_gguf_special_tokens(tokenizer, path: Path) -> None:

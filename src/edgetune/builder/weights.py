@@ -8,9 +8,12 @@ page-aligned so ONNX Runtime can map them), and saves every graph pointing into 
 """
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import helper
 
 from edgetune.common.names import BASE_WEIGHTS
 
@@ -82,6 +85,52 @@ class WeightStore:
         return offset, length
 
 
+@dataclass(frozen=True)
+class WeightFiles:
+    """A graph's weights while a rewrite reads and adds them: one tensor in memory at a time.
+
+    External initializers are read from `base_dir` when a rewrite asks for them; the
+    tensors it adds go to `store` at once when large (inline when small, as
+    `WeightStore.externalize` would leave them), so the graph proto never holds weights.
+    """
+
+    base_dir: Path
+    store: WeightStore
+
+    def raw(self, tensor: onnx.TensorProto) -> bytes:
+        """The bytes of an initializer, inline or external."""
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            return tensor.raw_data
+        location, offset, length = external_region(tensor)
+        with open(Path(self.base_dir) / location, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def values(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """An initializer's values (read-only when read from raw bytes)."""
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and not tensor.raw_data:
+            return onnx.numpy_helper.to_array(tensor)  # typed fields of a small constant
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        return np.frombuffer(self.raw(tensor), dtype).reshape(tuple(tensor.dims))
+
+    def add(self, graph: onnx.GraphProto, tensor: onnx.TensorProto) -> str:
+        """Append initializer `tensor` (raw data) to `graph`, its bytes in the store when large; return its name."""
+        if len(tensor.raw_data) >= MIN_EXTERNAL_BYTES:
+            self.store.put(tensor, tensor.raw_data)
+        graph.initializer.append(tensor)
+        return tensor.name
+
+    def replace(self, tensor: onnx.TensorProto, array: np.ndarray) -> None:
+        """Give initializer `tensor` the values `array` in place, its bytes in the store when large."""
+        tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
+        if len(tensor.raw_data) >= MIN_EXTERNAL_BYTES:
+            self.store.put(tensor, tensor.raw_data)
+
+    def add_array(self, graph: onnx.GraphProto, name: str, array: np.ndarray) -> str:
+        """Append `array` as initializer `name` (see `add`); return the name."""
+        return self.add(graph, onnx.numpy_helper.from_array(array, name))
+
+
 def share_base_weights(
     models: dict[Path, onnx.ModelProto], base_dir: Path, slices: dict[str, tuple[str, int]] | None = None
 ) -> int:
@@ -116,7 +165,7 @@ def share_base_weights(
 
 
 def load_weights(model: onnx.ModelProto, names: set[str], base_dir: Path) -> None:
-    """Bring the data of the named external initializers into the graph (for rewrites that read values)."""
+    """Bring the data of the named external initializers into the graph (an encoder head's, trained whole)."""
     for tensor in model.graph.initializer:
         if tensor.name in names and tensor.data_location == onnx.TensorProto.EXTERNAL:
             location, offset, length = external_region(tensor)

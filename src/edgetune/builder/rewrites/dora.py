@@ -19,10 +19,11 @@ DoRA off (m/n := 1) as it switches LoRA off, so "no adapter" needs no knowledge 
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from edgetune.builder.graph import LinearSite, add_initializer, add_node, initializer_map, make_input
 from edgetune.builder.rewrites.lora import add_lora
+from edgetune.builder.weights import WeightFiles
 from edgetune.common.names import LORA_SCALING
 from edgetune.common.peft import branch_prefix, lora_keys, magnitude_key
 from edgetune.options import LoraSpec
@@ -31,17 +32,21 @@ FIXED_POINT = 2.0**32  # the detached norm's resolution is 1 / FIXED_POINT
 
 
 def weight_norms(
-    model: onnx.ModelProto, sites: list[LinearSite], scaling: float, weights: dict[str, np.ndarray]
+    model: onnx.ModelProto,
+    sites: list[LinearSite],
+    scaling: float,
+    weights: dict[str, np.ndarray],
+    files: WeightFiles,
 ) -> dict[str, np.ndarray]:
     """‖W + s·Aᵀ·Bᵀ‖ per output feature for each site, by magnitude key: PEFT's initial m.
 
-    `weights` are in graph layout (Aᵀ (in, r), Bᵀ (r, out)).
+    `weights` are in graph layout (Aᵀ (in, r), Bᵀ (r, out)); each W is read through `files`, one at a time.
     """
     inits = initializer_map(model.graph)
     norms = {}
     for site in sites:
         key_a, key_b = lora_keys(site.module_path)
-        w = numpy_helper.to_array(inits[site.weight]).astype(np.float32)  # (in, out): see untranspose_gemms
+        w = files.values(inits[site.weight]).astype(np.float32)  # (in, out): see untranspose_gemms
         w = w + np.float32(scaling) * (weights[key_a] @ weights[key_b])  # (in, r)·(r, out)
         norms[magnitude_key(site.module_path)] = np.linalg.norm(w, axis=0).astype(np.float32)  # (out,)
     return norms
@@ -118,17 +123,16 @@ def transposed_sites(model: onnx.ModelProto, sites: list[LinearSite]) -> list[Li
     return [s for s in sites if any(a.name == "transB" and a.i for a in nodes[s.node_name].attribute)]
 
 
-def untranspose_gemms(model: onnx.ModelProto, sites: list[LinearSite]) -> None:
+def untranspose_gemms(model: onnx.ModelProto, sites: list[LinearSite], files: WeightFiles) -> None:
     """Store each transposed site's W as Wᵀ (in, out) and read it with transB=0, as DoRA's rewrite expects.
 
     (A Transpose node in the graph instead makes ORT 1.19's training optimizer fail with
-    `unordered_map::at`.) The weights' values must be loaded.
+    `unordered_map::at`.) Each W is read through `files` and its transpose goes to its store.
     """
     inits = {t.name: t for t in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     for site in transposed_sites(model, sites):
-        tensor = inits[site.weight]
-        tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(tensor).T), tensor.name))
+        files.replace(inits[site.weight], np.ascontiguousarray(files.values(inits[site.weight]).T))
         next(a for a in nodes[site.node_name].attribute if a.name == "transB").i = 0
 
 

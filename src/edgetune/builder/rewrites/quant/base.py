@@ -16,7 +16,7 @@ load. Measurements behind each choice: docs/design.md, "QLoRA".
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from edgetune.builder.graph import add_initializer, add_node, initializer_map, lm_head_chain, module_path
 from edgetune.builder.rewrites.quant.formats import quantize_int4, quantize_int8
@@ -30,15 +30,20 @@ from edgetune.builder.rewrites.quant.tensors import (
     quantized_tensor_names,
     use_contrib_opset,
 )
+from edgetune.builder.weights import WeightFiles
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.names import LOGITS
 from edgetune.common.peft import PEFT_PREFIX
 
 
-def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, training: bool) -> None:
+def quantize_frozen_base(
+    model: onnx.ModelProto, quant: str, block_size: int, training: bool, files: WeightFiles
+) -> None:
     """Quantize every Linear (MatMul/Gemm over a 2-D float constant) and the embeddings, in place.
 
-    The LM head is left to `quantize_lm_head`, which the training graph needs after its loss.
+    One weight at a time: each float weight is read through `files` and its quantized
+    tensors go to `files`' store before the next is read. The LM head is left to
+    `quantize_lm_head`, which the training graph needs after its loss.
 
     Fails, before changing anything, on a Linear whose input dimension the int4 block size
     does not divide.
@@ -65,11 +70,11 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
                 )
     rewired: dict[int, tuple[list, list]] = {}  # id(node) -> (nodes to put before it, nodes after it)
     for node in gathers:
-        table = numpy_helper.to_array(inits[node.input[0]])  # (V, H)
-        rewired[id(node)] = _quantize_embedding(graph, node, table, module_path(node.name))
+        table = files.values(inits[node.input[0]])  # (V, H)
+        rewired[id(node)] = _quantize_embedding(graph, node, table, module_path(node.name), files)
     for node in linears:
         path = module_path(node.name)
-        w = numpy_helper.to_array(inits[node.input[1]])
+        w = files.values(inits[node.input[1]])
         trans_b = [a for a in node.attribute if a.name == "transB" and a.i]
         if trans_b:  # Gemm with W (out, in): quantize W.T and feed it untransposed
             w, trans_b[0].i = w.T, 0
@@ -77,14 +82,14 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
         nodes: list[onnx.NodeProto] = []
         after: list[onnx.NodeProto] = []
         if quant == "int8":
-            tensors = add_quantized(graph, path, quantize_int8(w))
+            tensors = add_quantized(graph, path, quantize_int8(w), files)
             node.input[1] = _int8_weight(nodes, path, tensors, training)
         else:
-            tensors = add_quantized(graph, path, quantize_int4(w, block_size))
+            tensors = add_quantized(graph, path, quantize_int4(w, block_size), files)
             if training or not _plain_product(node):
                 node.input[1] = _int4_weight(graph, nodes, path, tensors, w.shape)
             else:
-                after = _use_matmul_nbits(graph, nodes, node, path, tensors, w.shape, block_size)
+                after = _use_matmul_nbits(graph, nodes, node, path, tensors, w.shape, block_size, files)
         if training:
             declare_float(graph, node.input[1], w.shape)
         rewired[id(node)] = (nodes, after)
@@ -100,12 +105,14 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
     use_contrib_opset(model)
 
 
-def _quantize_embedding(graph, node: onnx.NodeProto, table: np.ndarray, path: str) -> tuple[list, list]:
+def _quantize_embedding(
+    graph, node: onnx.NodeProto, table: np.ndarray, path: str, files: WeightFiles
+) -> tuple[list, list]:
     """Gather int8 rows and their scales instead of float rows; return the nodes to put before and after."""
     q = quantize_int8(np.ascontiguousarray(table.T))  # per row of the (V, H) table
     names = quantized_tensor_names(path)
-    add_initializer(graph, names["q"], np.ascontiguousarray(q["q"].T))  # (V, H) int8
-    add_initializer(graph, names["scale"], q["scale"])  # (V,)
+    files.add_array(graph, names["q"], np.ascontiguousarray(q["q"].T))  # (V, H) int8
+    files.add_array(graph, names["scale"], q["scale"])  # (V,)
     p = f"/quant/{path}"
     add_initializer(graph, f"{p}/last_axis", np.array([-1], np.int64))
     ids, out = node.input[1], node.output[0]
@@ -153,7 +160,14 @@ def _plain_product(node: onnx.NodeProto) -> bool:
 
 
 def _use_matmul_nbits(
-    graph, nodes: list, node: onnx.NodeProto, path: str, names: dict, shape: tuple[int, int], block_size: int
+    graph,
+    nodes: list,
+    node: onnx.NodeProto,
+    path: str,
+    names: dict,
+    shape: tuple[int, int],
+    block_size: int,
+    files: WeightFiles,
 ) -> list[onnx.NodeProto]:
     """An inference MatMul (or a Gemm's x·W + bias) as MatMulNBits over the same 4-bit bytes, plus the offsets' share.
 
@@ -166,9 +180,9 @@ def _use_matmul_nbits(
     n_blocks = n_in // block_size
     q = next(t for t in graph.initializer if t.name == names["q"])
     blob = helper.make_tensor(
-        f"{names['q']}/blocks", TensorProto.UINT8, [n_out, n_blocks, block_size // 2], q.raw_data, raw=True
+        f"{names['q']}/blocks", TensorProto.UINT8, [n_out, n_blocks, block_size // 2], files.raw(q), raw=True
     )
-    graph.initializer.append(blob)
+    files.add(graph, blob)
     p, x, y = f"/quant/{path}", node.input[0], node.output[0]
     node.op_type, node.domain = "MatMulNBits", CONTRIB
     node.input[1:] = [blob.name, names["scale"]]
@@ -179,7 +193,7 @@ def _use_matmul_nbits(
     )
     summer = f"/quant/block_sums/{n_in}x{block_size}"  # (in, in/bs): 1 where input i is in block b
     if summer not in {t.name for t in graph.initializer}:
-        add_initializer(
+        files.add_array(
             graph, summer, np.kron(np.eye(n_blocks, dtype=np.float32), np.ones((block_size, 1), np.float32))
         )
     add_initializer(graph, f"{p}/eight", np.array(8.0, np.float32))

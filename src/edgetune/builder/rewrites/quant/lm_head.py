@@ -13,7 +13,7 @@ slices of its table. Measurements: docs/design.md, "QLoRA".
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from edgetune.builder.graph import (
     add_initializer,
@@ -34,14 +34,14 @@ from edgetune.builder.rewrites.quant.tensors import (
     quantized_tensor_names,
     use_contrib_opset,
 )
-from edgetune.builder.weights import PAGE
+from edgetune.builder.weights import PAGE, WeightFiles
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.names import LOGITS, LOSS
 
 HEAD_CHUNKS = 8  # the LM head's float weight exists one vocabulary chunk at a time (SmolLM2: 14 of 113 MB)
 
 
-def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[str, int]]:
+def quantize_lm_head(model: onnx.ModelProto, training: bool, files: WeightFiles) -> dict[str, tuple[str, int]]:
     """Store the LM head (the MatMul writing `logits`) as int8 rows, in vocabulary chunks, in place.
 
     W (H, V) is quantized as the embeddings are, per vocabulary entry, and stored as at
@@ -50,7 +50,8 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[
     (`loss.chunked_cross_entropy`, which replaces the graph's SoftmaxCrossEntropyLoss). That
     needs the (rows, H) input of the loss block's labelled-row gather and its loss: call it
     after `add_causal_lm_loss`. Inference: ORT folds each chunk's int8 rows into float at load,
-    and the scales multiply the chunks' logits.
+    and the scales multiply the chunks' logits. The float weight is read through `files`, and
+    the chunks go to its store as they are made.
 
     A tied head's chunks are the embedding's int8 rows exactly. Returns, for those, chunk
     q name -> (table q name, byte offset), for `weights.share_base_weights` to store them
@@ -66,15 +67,15 @@ def quantize_lm_head(model: onnx.ModelProto, training: bool) -> dict[str, tuple[
     if training and LOSS not in {o.name for o in graph.output}:
         raise EdgetuneError("a training graph's LM head is quantized after its loss is added")
     path = module_path(head.name)
-    w = _values(inits[head.input[1]])  # (H, V) float32
-    table = _embedding_table(graph, inits, w.shape[::-1])  # (name, (V, H) int8)
+    w = files.values(inits[head.input[1]])  # (H, V) float32
+    table = _embedding_table(graph, inits, w.shape[::-1], files)  # (name, (V, H) int8)
     edges, chunks, tied = _chunk_edges(w.shape[1], w.shape[0]), [], table is not None
     for k, (start, end) in enumerate(edges):  # a chunk at a time: the build's temporaries stay small
         int8 = quantize_int8(w[:, start:end])  # q (H, R), scale (R,)
         rows = np.ascontiguousarray(int8["q"].T)  # (R, H) int8
         names = quantized_tensor_names(f"{path}/vocab{k}")
-        add_initializer(graph, names["q"], rows)
-        add_initializer(graph, names["scale"], int8["scale"])
+        files.add_array(graph, names["q"], rows)
+        files.add_array(graph, names["scale"], int8["scale"])
         chunks.append(names)
         tied = tied and np.array_equal(table[1][start:end], rows)
     nodes: list[onnx.NodeProto] = []
@@ -114,21 +115,13 @@ def _chunk_edges(n_rows: int, row_bytes: int) -> list[tuple[int, int]]:
     return [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
 
 
-def _embedding_table(graph, inits: dict, shape: tuple[int, int]) -> tuple[str, np.ndarray] | None:
+def _embedding_table(graph, inits: dict, shape: tuple[int, int], files: WeightFiles) -> tuple[str, np.ndarray] | None:
     """(name, values) of a Gather's int8 (V, H) table of `shape` (the quantized embedding), or None."""
     for node in graph.node:
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
         if table is not None and table.data_type == TensorProto.INT8 and tuple(table.dims) == shape:
-            return table.name, _values(table)
+            return table.name, files.values(table)
     return None
-
-
-def _values(tensor: onnx.TensorProto) -> np.ndarray:
-    """An inline constant's values, read-only over its raw bytes when it has them (no 113 MB copy of a head)."""
-    if not tensor.raw_data:
-        return numpy_helper.to_array(tensor)
-    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    return np.frombuffer(tensor.raw_data, dtype).reshape(tuple(tensor.dims))
 
 
 def _chunked_head(

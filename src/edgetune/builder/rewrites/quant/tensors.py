@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from edgetune.builder.graph import add_initializer
+from edgetune.builder.weights import WeightFiles
 
 CONTRIB = "com.microsoft"
 UINT4_IR_VERSION = 10  # the first IR version with 4-bit tensors; ORT 1.19 reads up to 10
@@ -23,17 +23,20 @@ def read_quantized(inits: dict[str, np.ndarray], module: str) -> dict[str, np.nd
     return out
 
 
-def add_quantized(graph, path: str, tensors: dict[str, np.ndarray]) -> dict[str, str]:
-    """Add a Linear's quantized tensors as initializers (q of int4 as UINT4); return part -> name."""
+def add_quantized(graph, path: str, tensors: dict[str, np.ndarray], files: WeightFiles) -> dict[str, str]:
+    """Add a Linear's quantized tensors as initializers (q of int4 as UINT4), large ones to `files`' store.
+
+    Returns part -> name.
+    """
     names = quantized_tensor_names(path)
     for part, array in tensors.items():
         if part == "q" and "offset" in tensors:  # two values a byte, low nibble first
             packed = array[:, 0::2] | (array[:, 1::2] << 4)
-            graph.initializer.append(
-                helper.make_tensor(names[part], TensorProto.UINT4, list(array.shape), packed.tobytes(), raw=True)
+            files.add(
+                graph, helper.make_tensor(names[part], TensorProto.UINT4, list(array.shape), packed.tobytes(), raw=True)
             )
         else:
-            add_initializer(graph, names[part], array)
+            files.add_array(graph, names[part], array)
     return {part: names[part] for part in tensors}
 
 
