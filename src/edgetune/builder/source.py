@@ -1,11 +1,13 @@
 """Load the model to build from: a local HF folder, a .gguf file, or a hub id.
 
-A causal LM's weights in safetensors or GGUF files are not loaded: the model is a skeleton whose
-matrices are read one at a time while the export writes them (`streaming`). Other
-weight files (PyTorch pickles) load whole, as float32.
+The weights of a GGUF file, or of safetensors saved from a causal LM (config.json's
+architectures), are not loaded: the model is a skeleton whose matrices are read one at a
+time while the export writes them (`streaming`). Others (encoders, PyTorch pickles) load
+whole, as float32.
 """
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +89,7 @@ def _load(name: str, folder: Path, weights: list[Path] | None, loader: Loader, g
     shards = None if gguf_file else safetensors_files(folder)
     placeholders = None
     try:
-        if (gguf_file or shards) and loader.auto_class == "AutoModelForCausalLM":
+        if loader.auto_class == "AutoModelForCausalLM" and (gguf_file or (shards and _saved_as_causal_lm(folder))):
             model, placeholders = _skeleton(folder, gguf_file, shards)
         else:  # a task head the checkpoint may lack is initialised by from_pretrained
             model = loader.load(folder, **kwargs)
@@ -102,6 +104,15 @@ def _load(name: str, folder: Path, weights: list[Path] | None, loader: Loader, g
     if gguf_file:
         _apply_gguf_special_tokens(tokenizer, folder / gguf_file)
     return Source(name, model.eval(), tokenizer, sha256_files(weights), placeholders)
+
+
+def _saved_as_causal_lm(folder: Path) -> bool:
+    """Whether the folder's config.json names a causal LM class (an encoder's weights fit no skeleton's names)."""
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False  # from_pretrained says what is wrong
+    return any(a.endswith("ForCausalLM") for a in architectures)
 
 
 def _skeleton(folder: Path, gguf_file: str | None, shards: list[Path] | None) -> tuple[PreTrainedModel, Placeholders]:
