@@ -16,7 +16,7 @@ from edgetune.builder.pipeline import build_bundle
 from edgetune.builder.rewrites.quant.formats import dequantize, quantize_int4, quantize_int8
 from edgetune.builder.rewrites.quant.lm_head import HEAD_CHUNKS, quantize_lm_head
 from edgetune.builder.rewrites.quant.tensors import read_quantized
-from edgetune.builder.weights import external_region
+from edgetune.builder.weights import WeightFiles, WeightStore, external_region
 from edgetune.common import names
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.manifest import read_manifest
@@ -207,13 +207,14 @@ def test_a_tied_lm_head_reads_the_embedding_tables_bytes(arch, tied, method_bund
         assert all(inside) == tied and any(inside) == tied, (chunks, start, length)
 
 
-def test_lm_head_quantization_refuses_graphs_it_cannot_rewrite(method_bundle):
+def test_lm_head_quantization_refuses_graphs_it_cannot_rewrite(method_bundle, tmp_path):
     lora = onnx.load(method_bundle("llama", "lora") / names.INFERENCE_MODEL, load_external_data=False)
+    files = WeightFiles(method_bundle("llama", "lora"), WeightStore(tmp_path / "store.bin"))
     with pytest.raises(EdgetuneError, match="quantized after its loss is added"):
-        quantize_lm_head(lora, training=True)
+        quantize_lm_head(lora, training=True, files=files)
     qlora = onnx.load(method_bundle("llama", "qlora", quant="int8") / names.INFERENCE_MODEL, load_external_data=False)
     with pytest.raises(EdgetuneError, match="do not come from an LM head MatMul over a float weight"):
-        quantize_lm_head(qlora, training=False)  # already quantized
+        quantize_lm_head(qlora, training=False, files=files)  # already quantized
 
 
 @pytest.mark.parametrize(
