@@ -80,6 +80,7 @@ class BuildConfig:
     method: lora | dora | qlora; quant (qlora only): int8 | int4; block_size (int4): 32 | 64 | 128.
     init_adapter: a PEFT adapter folder that sets r, alpha, dropout, rsLoRA, DoRA and targets
     (leave those at their defaults). gradient_checkpointing: None takes the method's default.
+    sign: an Ed25519 private key file (`edgetune keygen`) to sign the bundle's manifest with.
     """
 
     model: str
@@ -98,10 +99,12 @@ class BuildConfig:
     force: bool = False
     init_adapter: Path | None = None
     gradient_checkpointing: bool | None = None
+    sign: Path | None = None
 
     def __post_init__(self):
         _as_path(self, "out")
         _as_path(self, "init_adapter")
+        _as_path(self, "sign")
         _choice("task", self.task, TASKS)
         _choice("method", self.method, METHODS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -131,6 +134,8 @@ class TrainConfig:
     """One `edgetune train` run: the bundle, the data, the run folder and the schedule.
 
     steps or epochs (default: 1 epoch); warmup < 1 is a fraction of the steps, else a step count.
+    trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS) the bundle, and an init
+    adapter, must be signed by; sign: a private key file to sign the final adapter with.
     """
 
     bundle: Path
@@ -151,10 +156,12 @@ class TrainConfig:
     resume: bool = False
     skip_bad_lines: bool = False
     init_adapter: Path | None = None
+    trust: Path | None = None
+    sign: Path | None = None
     progress: bool = field(default=True, compare=False)
 
     def __post_init__(self):
-        for name in ("bundle", "data", "out", "eval_data", "init_adapter"):
+        for name in ("bundle", "data", "out", "eval_data", "init_adapter", "trust", "sign"):
             _as_path(self, name)
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("steps", "give steps or epochs, not both")

@@ -17,10 +17,12 @@ def run_train(args: argparse.Namespace) -> None:
         if summary.get("final_eval_loss") is not None
         else ""
     )
+    speed = f"{summary['tokens_per_s']:.0f} tokens/s" if summary.get("tokens_per_s") else "no step run"
+    startup = f", start-up {summary['startup_s']:.2f} s" if summary.get("startup_s") is not None else ""
+    loss = summary.get("final_train_loss")
     print(
-        f"trained {summary['steps']} steps in {summary['train_s']:.1f} s "
-        f"({summary['tokens_per_s']:.0f} tokens/s, start-up {summary['startup_s']:.2f} s): "
-        f"train loss {summary['final_train_loss']:.4f}{eval_part}; adapter in {Path(args.out) / 'adapter'}"
+        f"trained {summary['steps']} steps in {summary['train_s']:.1f} s ({speed}{startup}): "
+        f"train loss {'n/a' if loss is None else f'{loss:.4f}'}{eval_part}; adapter in {Path(args.out) / 'adapter'}"
     )
 
 
@@ -47,3 +49,4 @@ def register(sub) -> None:
     p.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed data lines")
     p.add_argument("--init-adapter", default=None, help="PEFT adapter folder to start from")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--sign", default=None, metavar="KEYFILE", help="sign the final adapter with this private key")

@@ -40,5 +40,14 @@ class CheckpointError(EdgetuneError):
     """A checkpoint cannot be written, read, or resumed from."""
 
 
+class OutputError(EdgetuneError):
+    """An output (a bundle, a merged model, an adapter, a checkpoint) cannot be written: disk full, read-only, ..."""
+
+    def __init__(self, target, error: OSError):
+        where = f" ({error.filename})" if error.filename and str(error.filename) != str(target) else ""
+        super().__init__(f"{target}: cannot write: {error.strerror or error}{where}")
+        self.strerror = error.strerror or str(error)
+
+
 class InternalError(Exception):
     """A bug in edgetune, not bad input: it keeps its traceback (not an EdgetuneError on purpose)."""

@@ -16,6 +16,9 @@
 """
 
 import math
+import os
+import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +27,16 @@ from safetensors.numpy import load_file, save_file
 
 from edgetune.common.atomic import atomic_folder, write_json_atomic
 from edgetune.common.errors import AdapterError
+from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import read_json
 from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from edgetune.common.trust import TrustedKeys, check_signature, resolve_trust, sign
 
 PEFT_PREFIX = "base_model.model."  # PEFT's key prefix in front of the HF module path
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output magnitude, PEFT's name
 BASE_SHA_KEY = "edgetune.base_weights_sha256"  # safetensors metadata; PEFT ignores it
 BRANCH_ROOT = "/lora/"  # graph node names of every LoRA branch start with this
+MAX_ADAPTER_BYTES = 8 << 30
 
 SUPPORTED_PEFT_TYPES = ("LORA",)
 # Fields the graphs express, or that only describe the adapter / PEFT's defaults.
@@ -157,8 +163,14 @@ def check_supported(config: dict, source: str) -> None:
     r = config.get("r")
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise AdapterError(f"{source}: r={r!r} is not a positive integer")
-    if not isinstance(config.get("lora_alpha"), (int, float)):
-        raise AdapterError(f"{source}: lora_alpha={config.get('lora_alpha')!r} is not a number")
+    alpha = config.get("lora_alpha")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise AdapterError(f"{source}: lora_alpha={alpha!r} is not a finite number")
+    if not math.isfinite(config_scaling(config)):
+        raise AdapterError(f"{source}: the scaling lora_alpha/r is not finite")
+    dropout = config.get("lora_dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise AdapterError(f"{source}: lora_dropout={dropout!r} is not in [0, 1)")
     if not config.get("target_modules"):
         raise AdapterError(f"{source}: target_modules is missing (target_parameters is not supported)")
     if config.get("bias", "none") != "none":
@@ -179,6 +191,8 @@ def read_adapter_config(folder: Path) -> dict:
     if not folder.is_dir():
         raise AdapterError(f"{folder}: no such adapter folder")
     config = read_json(folder / ADAPTER_CONFIG, AdapterError)
+    if not isinstance(config, dict):
+        raise AdapterError(f"{folder / ADAPTER_CONFIG}: not a JSON object")
     check_supported(config, str(folder / ADAPTER_CONFIG))
     return config
 
@@ -186,8 +200,19 @@ def read_adapter_config(folder: Path) -> dict:
 # ---- adapter files ----------------------------------------------------------------------
 
 
-def save_adapter(folder: Path, weights: dict[str, np.ndarray], config: dict, base_sha256: str) -> None:
-    """Write a PEFT adapter folder atomically. `weights` in PEFT layout."""
+def save_adapter(
+    folder: Path,
+    weights: dict[str, np.ndarray],
+    config: dict,
+    base_sha256: str,
+    *,
+    key: str | os.PathLike | None = None,
+) -> None:
+    """Write a PEFT adapter folder atomically. `weights` in PEFT layout.
+
+    The safetensors metadata records the base model's weights sha256; with `key` (an
+    Ed25519 private key file, `edgetune keygen`) the folder is also signed.
+    """
     with atomic_folder(Path(folder), "saving") as tmp:
         save_file(
             {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
@@ -195,25 +220,65 @@ def save_adapter(folder: Path, weights: dict[str, np.ndarray], config: dict, bas
             metadata={"format": "pt", BASE_SHA_KEY: base_sha256},
         )
         write_json_atomic(tmp / ADAPTER_CONFIG, config)
+        if key is not None:
+            sign_adapter(tmp, key)
 
 
-def load_adapter(folder: Path, manifest: dict) -> tuple[dict[str, np.ndarray], dict]:
-    """Read a PEFT adapter and check it fits the bundle; returns (weights in PEFT layout, config)."""
+def sign_adapter(folder: Path, key: str | os.PathLike) -> str:
+    """Sign an adapter folder's two files with the private key in `key`; returns the key's fingerprint."""
+    return sign(folder, "adapter", _adapter_payload(Path(folder)), key)
+
+
+def load_adapter(
+    folder: str | os.PathLike, manifest: Mapping, *, trust: str | os.PathLike | TrustedKeys | None = None
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a PEFT adapter folder and check that it fits a bundle; returns (weights in PEFT layout, config).
+
+    manifest: the bundle's (`open_bundle(...).manifest`). Refused with a one-line AdapterError:
+    symlinked or non-regular files, an unsupported config, unreadable safetensors, a tensor
+    that is not floating point or holds NaN/inf (named), a non-finite scaling, another base
+    model's weights sha256, keys or ranks that do not fit. trust: a trusted public keys
+    file (else $EDGETUNE_TRUSTED_KEYS); with keys, the adapter must be signed by one of them.
+    """
     folder = Path(folder)
+    payload = _adapter_payload(folder)  # confines both files first
+    check_signature(folder, "adapter", payload, resolve_trust(trust))
     config = read_adapter_config(folder)
     weights_path = folder / ADAPTER_WEIGHTS
-    if not weights_path.is_file():
-        raise AdapterError(f"{weights_path}: missing")
     try:
         weights = {_strip_adapter_name(k): v for k, v in load_file(weights_path).items()}
         with safe_open(weights_path, "np") as f:
             base_sha = (f.metadata() or {}).get(BASE_SHA_KEY)
-    except (SafetensorError, OSError) as e:
-        raise AdapterError(f"{weights_path}: not a readable safetensors file ({e})") from None
+    except (SafetensorError, OSError, TypeError, ValueError) as e:
+        raise AdapterError(f"{weights_path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+    for key, value in weights.items():
+        if value.dtype.kind != "f":
+            raise AdapterError(f"{weights_path}: {key} is {value.dtype}, not floating point")
+        if not np.isfinite(value).all():
+            raise AdapterError(f"{weights_path}: {key} holds NaN or infinite values")
     if base_sha and base_sha != manifest["source"]["weights_sha256"]:
         raise AdapterError(f"{folder}: adapter was trained on a different base model (weights sha256 differs)")
     _check_fits(weights, config, manifest, folder)
     return weights, config
+
+
+def _adapter_payload(folder: Path) -> bytes:
+    """What an adapter signature covers: the sha256 of its config and weights files (each checked to be regular)."""
+    if not folder.is_dir():
+        raise AdapterError(f"{folder}: no such adapter folder")
+    lines = []
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        path = folder / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise AdapterError(f"{path}: missing") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise AdapterError(f"{path}: not a regular file (a symlink or a device?)")
+        if st.st_size > MAX_ADAPTER_BYTES:
+            raise AdapterError(f"{path}: larger than {MAX_ADAPTER_BYTES >> 30} GiB")
+        lines.append(f"{name} {sha256_file(path)}\n")
+    return "".join(lines).encode()
 
 
 def _strip_adapter_name(key: str) -> str:
