@@ -69,13 +69,14 @@ def keygen(path: str | os.PathLike) -> Path:
 
 def load_private_key(path: str | os.PathLike):
     """The Ed25519 private key in a PEM file written by `keygen`."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     data = _read_small(Path(path), 64 * 1024, "key file")
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise TrustError(f"{path}: not an unencrypted PEM private key ({' '.join(str(e).split())})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise TrustError(f"{path}: not an Ed25519 key")
@@ -84,6 +85,7 @@ def load_private_key(path: str | os.PathLike):
 
 def load_trusted_keys(path: str | os.PathLike) -> TrustedKeys:
     """The public keys in a file of OpenSSH lines (`ssh-ed25519 AAAA... comment`; blank and # lines skipped)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -94,7 +96,7 @@ def load_trusted_keys(path: str | os.PathLike) -> TrustedKeys:
             continue
         try:
             key = serialization.load_ssh_public_key(line.strip().encode())
-        except (ValueError, TypeError, IndexError):
+        except (ValueError, TypeError, IndexError, UnsupportedAlgorithm):
             raise TrustError(f"{path}:{number}: not an OpenSSH public key line") from None
         if not isinstance(key, Ed25519PublicKey):
             raise TrustError(f"{path}:{number}: not an ssh-ed25519 key")
@@ -141,7 +143,7 @@ def check_signature(folder: Path, kind: str, payload: bytes, trusted: TrustedKey
     """
     if trusted is None:
         return None
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -154,7 +156,7 @@ def check_signature(folder: Path, kind: str, payload: bytes, trusted: TrustedKey
         signature = base64.b64decode(record["signature"], validate=True)
         if record["format"] != SIGNATURE_FORMAT or not isinstance(public, Ed25519PublicKey):
             raise ValueError(record["format"])
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, UnsupportedAlgorithm):
         raise TrustError(f"{path}: not an edgetune signature") from None
     raw = public.public_bytes_raw()
     if raw not in trusted.keys:
