@@ -65,7 +65,7 @@ def test_the_environment_variable_configures_trust_for_every_opener(signed, keys
     with pytest.raises(TrustError, match="not signed"):
         Generator(tiny_bundle("llama"))
     monkeypatch.setenv(TRUSTED_KEYS_ENV, str(keys / "missing.pub"))
-    with pytest.raises(TrustError, match="missing.pub: no such trusted keys file"):
+    with pytest.raises(TrustError, match=r"missing\.pub: no such trusted keys file"):
         open_bundle(signed)
 
 
@@ -73,13 +73,13 @@ def test_a_manifest_changed_after_signing_is_refused(signed, keys):
     manifest = json.loads((signed / names.MANIFEST).read_text())
     manifest["files"]["config.json"]["size"] += 0  # same content, other bytes: still not what was signed
     (signed / names.MANIFEST).write_text(json.dumps(manifest, indent=1))
-    with pytest.raises(TrustError, match="does not match .the manifest was changed after signing"):
+    with pytest.raises(TrustError, match=r"does not match \(the manifest was changed after signing"):
         open_bundle(signed, trust=keys / "good.pub")
 
 
 def test_a_file_edited_after_signing_fails_its_signed_hash(signed, keys):
     flip_byte(signed / names.INFERENCE_MODEL, 300)
-    with pytest.raises(BundleError, match="inference.onnx: sha256 does not match"):
+    with pytest.raises(BundleError, match=r"inference\.onnx: sha256 does not match"):
         open_bundle(signed, trust=keys / "good.pub")
 
 
