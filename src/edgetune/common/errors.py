@@ -43,10 +43,11 @@ class CheckpointError(EdgetuneError):
 class OutputError(EdgetuneError):
     """An output (a bundle, a merged model, an adapter, a checkpoint) cannot be written: disk full, read-only, ..."""
 
-    def __init__(self, target, error: OSError):
-        where = f" ({error.filename})" if error.filename and str(error.filename) != str(target) else ""
-        super().__init__(f"{target}: cannot write: {error.strerror or error}{where}")
-        self.strerror = error.strerror or str(error)
+    def __init__(self, target, error: OSError | str):
+        filename = getattr(error, "filename", None)
+        where = f" ({filename})" if filename and str(filename) != str(target) else ""
+        self.strerror = getattr(error, "strerror", None) or str(error)
+        super().__init__(f"{target}: cannot write: {self.strerror}{where}")
 
 
 class InternalError(Exception):

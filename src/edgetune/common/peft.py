@@ -17,6 +17,7 @@
 
 import math
 import os
+import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from edgetune.common.atomic import atomic_folder, write_json_atomic
-from edgetune.common.errors import AdapterError
+from edgetune.common.errors import AdapterError, OutputError
 from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import read_json
 from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -214,11 +215,15 @@ def save_adapter(
     Ed25519 private key file, `edgetune keygen`) the folder is also signed.
     """
     with atomic_folder(Path(folder), "saving") as tmp:
-        save_file(
-            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
-            tmp / ADAPTER_WEIGHTS,
-            metadata={"format": "pt", BASE_SHA_KEY: base_sha256},
-        )
+        try:
+            save_file(
+                {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
+                tmp / ADAPTER_WEIGHTS,
+                metadata={"format": "pt", BASE_SHA_KEY: base_sha256},
+            )
+        except SafetensorError as e:  # its I/O errors (a full disk) come as this, not as OSError
+            found = re.search(r"I/O error: (.+?)(?: \(os error \d+\))?$", str(e))
+            raise OutputError(Path(folder), found.group(1) if found else str(e)) from None
         write_json_atomic(tmp / ADAPTER_CONFIG, config)
         if key is not None:
             sign_adapter(tmp, key)
