@@ -32,6 +32,7 @@ from edgetune.common.trust import resolve_trust
 from edgetune.runtime.batching import load_tokenizer
 from edgetune.runtime.chat_template import render_chat
 from edgetune.runtime.model_config import read_model_config
+from edgetune.runtime.ort_errors import ORT_ERRORS, gist
 from edgetune.runtime.ort_inference import default_session_options, input_dtype
 from edgetune.runtime.sampling import Sampler, SamplingParams
 from edgetune.runtime.text_stream import TextStream
@@ -81,8 +82,9 @@ class Generator:
                 providers=["CPUExecutionProvider"],
                 sess_options=session_options or default_session_options(),
             )
-        except (RuntimeError, ValueError) as e:  # ORT's Fail / InvalidGraph / InvalidProtobuf
-            raise BundleError(f"{model_file}: ONNX Runtime cannot load it ({_first_line(e)})") from None
+        except ORT_ERRORS as e:
+            raise BundleError(f"{model_file}: ONNX Runtime cannot load it ({gist(e)})") from None
+        self._model_file = model_file
         inputs = {i.name: i for i in self.session.get_inputs()}
         if names.INPUT_IDS not in inputs or LOGITS not in {o.name for o in self.session.get_outputs()}:
             raise BundleError(f"{model_file}: not a decoder graph (no {names.INPUT_IDS} input or {LOGITS} output)")
@@ -156,7 +158,10 @@ class Generator:
         feeds = {n: ort.OrtValue.ortvalue_from_numpy(arrays[n].astype(dt)) for n, dt in self._token_inputs.items()}
         feeds.update(adapter.values)
         feeds.update(past)
-        outputs = self.session.run_with_ort_values(self._output_names, feeds)
+        try:
+            outputs = self.session.run_with_ort_values(self._output_names, feeds)
+        except ORT_ERRORS as e:  # a graph that loads but cannot run (a damaged bundle)
+            raise BundleError(f"{self._model_file}: ONNX Runtime cannot run it ({gist(e)})") from None
         logits = outputs[0].numpy()  # (1, T, V)
         new_past = {PAST + n[len(PRESENT) :]: v for n, v in zip(self._output_names[1:], outputs[1:])}
         return logits[0, -1], new_past
@@ -311,9 +316,3 @@ def _text(text: str, what: str = "the prompt") -> str:
     except UnicodeEncodeError as e:
         raise EdgetuneError(f"{what} is not valid UTF-8 (at character {e.start + 1})") from None
     return text
-
-
-def _first_line(error: Exception) -> str:
-    """The gist of ORT's multi-line error messages."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:300]

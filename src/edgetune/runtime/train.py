@@ -36,7 +36,14 @@ import onnxruntime as ort
 import edgetune
 from edgetune.common.atomic import write_json_atomic
 from edgetune.common.bundle import open_bundle
-from edgetune.common.errors import AdapterError, CheckpointError, DataError, OutputError, TrainingError
+from edgetune.common.errors import (
+    AdapterError,
+    BundleError,
+    CheckpointError,
+    DataError,
+    OutputError,
+    TrainingError,
+)
 from edgetune.common.hashing import sha256_file
 from edgetune.common.names import (
     ADAPTER_DIR,
@@ -61,6 +68,7 @@ from edgetune.runtime import checkpoints
 from edgetune.runtime.batching import IGNORE, encode_examples, load_tokenizer, make_batches
 from edgetune.runtime.data import read_examples
 from edgetune.runtime.metrics import Metrics, peak_rss_bytes, plot_losses, process_age, truncate_metrics
+from edgetune.runtime.ort_errors import ORT_ERRORS, gist
 from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer, training_session_options
 from edgetune.runtime.run_lock import RunLock
 from edgetune.runtime.schedule import learning_rate, warmup_steps
@@ -227,11 +235,14 @@ class _Recipe:
         options = training_session_options()
         try:
             self.state = CheckpointState.load_checkpoint(str(checkpoint))
-        except RuntimeError:
+        except ORT_ERRORS:
             raise CheckpointError(f"{checkpoint}: not a readable ORT checkpoint") from None
         eval_model = str(self.bundle.path(EVAL_MODEL)) if o.eval_data else None  # a session costs ~25 MB
         training_model = self.bundle.path(TRAINING_MODEL)
-        self.module = Module(str(training_model), self.state, eval_model, session_options=options)
+        try:
+            self.module = Module(str(training_model), self.state, eval_model, session_options=options)
+        except ORT_ERRORS as e:
+            raise BundleError(f"{training_model}: ONNX Runtime cannot train with it ({gist(e)})") from None
         for key, value in to_graph_layout(init_weights or {}).items():  # only once a Module owns the state
             expected = tuple(self.state.parameters[key].data.shape)
             if value.shape != expected:  # graph layout: (in, r), (r, out)
@@ -240,7 +251,10 @@ class _Recipe:
                     f"{expected[::-1]} (adapter for another base model?)"
                 )
             self.state.parameters[key] = value
-        self.optimizer = Optimizer(str(self.bundle.path(OPTIMIZER_MODEL)), self.module)
+        try:
+            self.optimizer = Optimizer(str(self.bundle.path(OPTIMIZER_MODEL)), self.module)
+        except ORT_ERRORS as e:
+            raise BundleError(f"{self.bundle.path(OPTIMIZER_MODEL)}: ONNX Runtime cannot load it ({gist(e)})") from None
         self.sgd = self.manifest["optimizer"] == "sgd"
         self.train_inputs = self.module.input_names()  # names of Batch fields, in graph order
         self.eval_inputs = self.module.eval().input_names() if eval_model else []
@@ -299,7 +313,10 @@ class _Recipe:
 
     def _forward_backward(self, batch, step: int) -> float:
         """One train call on a micro-batch (B, S): gradients add up in ORT until the optimizer step."""
-        loss = float(self.module(*(getattr(batch, name) for name in self.train_inputs)))
+        try:
+            loss = float(self.module(*(getattr(batch, name) for name in self.train_inputs)))
+        except ORT_ERRORS as e:  # a training graph that loads but cannot run (a damaged bundle)
+            raise BundleError(f"{self.bundle.path(TRAINING_MODEL)}: ONNX Runtime failed ({gist(e)})") from None
         if not math.isfinite(loss):
             last = f"the checkpoint of step {self.saved_step} is kept" if self.saved_step else "no checkpoint was saved"
             raise TrainingError(f"loss is {loss} at step {step}: training stopped; {last} (try a lower --lr)")
