@@ -124,3 +124,28 @@ def test_cli_keygen_sign_and_trust(tiny_bundle, tmp_path):
     (tmp_path / "bad.pub").write_text("not a key\n")
     code, _, err = edgetune("inspect", bundle, "--trust", tmp_path / "bad.pub")
     assert code == 1 and err.count("\n") == 1 and "bad.pub:1: not an OpenSSH public key line" in err, err
+
+
+def test_build_train_and_merge_sign_what_they_write(tiny_model_dir, keys, tmp_path):
+    from edgetune.builder.pipeline import build_bundle
+    from edgetune.options import BuildConfig, TrainConfig
+    from edgetune.runtime.merge import merge
+    from edgetune.runtime.train import train
+    from tests.tiny_models import sample_text
+
+    trusted = keys / "good.pub"
+    bundle = tmp_path / "bundle"
+    build_bundle(BuildConfig(str(tiny_model_dir("llama")), bundle, targets="q_proj", sign=keys / "good"))
+    assert open_bundle(bundle, trust=trusted).signed_by
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in sample_text(8)))
+    config = TrainConfig(bundle, data, tmp_path / "run", steps=1, batch_size=4, seq_len=32, progress=False)
+    train(TrainConfig(**{**vars(config), "trust": trusted, "sign": keys / "good"}))
+    load_adapter(tmp_path / "run" / "adapter", read_manifest(bundle), trust=trusted)
+    merge(bundle, tmp_path / "run" / "adapter", tmp_path / "merged", trust=trusted, sign=keys / "good")
+    Generator(tmp_path / "merged", trust=trusted).generate_ids([5, 6], 2)
+    with pytest.raises(TrustError, match="not in"):
+        merge(bundle, tmp_path / "run" / "adapter", tmp_path / "merged2", trust=keys / "other.pub")
+    with pytest.raises(TrustError, match="no such key file"):
+        build_bundle(BuildConfig(str(tiny_model_dir("llama")), tmp_path / "b2", sign=tmp_path / "nokey"))
+    assert not (tmp_path / "b2").exists()
