@@ -69,7 +69,7 @@ from edgetune.runtime.batching import IGNORE, encode_examples, load_tokenizer, m
 from edgetune.runtime.data import read_examples
 from edgetune.runtime.metrics import Metrics, peak_rss_bytes, plot_losses, process_age, truncate_metrics
 from edgetune.runtime.ort_errors import ORT_ERRORS, gist
-from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer, training_session_options
+from edgetune.runtime.ort_training import load_state, open_module, open_optimizer, training_session_options
 from edgetune.runtime.run_lock import RunLock
 from edgetune.runtime.schedule import learning_rate, warmup_steps
 
@@ -233,16 +233,9 @@ class _Recipe:
         self.ort_seed = int(np.random.SeedSequence([o.seed, self.start_step]).generate_state(1)[0])
         ort.set_seed(self.ort_seed)  # LoRA dropout masks (not restorable: a resume draws new ones)
         options = training_session_options()
-        try:
-            self.state = CheckpointState.load_checkpoint(str(checkpoint))
-        except ORT_ERRORS:
-            raise CheckpointError(f"{checkpoint}: not a readable ORT checkpoint") from None
-        eval_model = str(self.bundle.path(EVAL_MODEL)) if o.eval_data else None  # a session costs ~25 MB
-        training_model = self.bundle.path(TRAINING_MODEL)
-        try:
-            self.module = Module(str(training_model), self.state, eval_model, session_options=options)
-        except ORT_ERRORS as e:
-            raise BundleError(f"{training_model}: ONNX Runtime cannot train with it ({gist(e)})") from None
+        self.state = load_state(checkpoint)
+        eval_model = self.bundle.path(EVAL_MODEL) if o.eval_data else None  # a session costs ~25 MB
+        self.module = open_module(self.bundle.path(TRAINING_MODEL), self.state, eval_model, options)
         for key, value in to_graph_layout(init_weights or {}).items():  # only once a Module owns the state
             expected = tuple(self.state.parameters[key].data.shape)
             if value.shape != expected:  # graph layout: (in, r), (r, out)
@@ -251,10 +244,7 @@ class _Recipe:
                     f"{expected[::-1]} (adapter for another base model?)"
                 )
             self.state.parameters[key] = value
-        try:
-            self.optimizer = Optimizer(str(self.bundle.path(OPTIMIZER_MODEL)), self.module)
-        except ORT_ERRORS as e:
-            raise BundleError(f"{self.bundle.path(OPTIMIZER_MODEL)}: ONNX Runtime cannot load it ({gist(e)})") from None
+        self.optimizer = open_optimizer(self.bundle.path(OPTIMIZER_MODEL), self.module)
         self.sgd = self.manifest["optimizer"] == "sgd"
         self.train_inputs = self.module.input_names()  # names of Batch fields, in graph order
         self.eval_inputs = self.module.eval().input_names() if eval_model else []
