@@ -10,10 +10,11 @@ import argparse
 import os
 import sys
 
-from edgetune.cli import build, data, generate, merge, train, trust
+from edgetune.cli import build, data, fed, generate, merge, predict, train, trust
 from edgetune.common.errors import ConfigError, EdgetuneError
 
-COMMANDS = (build, train, generate, merge, data, trust)  # each registers one or more subcommands, in help order
+# each registers one or more subcommands, in help order
+COMMANDS = (build, train, generate, predict, merge, data, fed, trust)
 
 
 def make_parser() -> argparse.ArgumentParser:

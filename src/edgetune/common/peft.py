@@ -30,7 +30,7 @@ from edgetune.common.atomic import atomic_folder, write_json_atomic
 from edgetune.common.errors import AdapterError, OutputError
 from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import read_json
-from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_DELTA
 from edgetune.common.trust import TrustedKeys, check_signature, resolve_trust, sign
 
 PEFT_PREFIX = "base_model.model."  # PEFT's key prefix in front of the HF module path
@@ -38,6 +38,7 @@ MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output magnitude, PEFT's name
 BASE_SHA_KEY = "edgetune.base_weights_sha256"  # safetensors metadata; PEFT ignores it
 BRANCH_ROOT = "/lora/"  # graph node names of every LoRA branch start with this
 MAX_ADAPTER_BYTES = 8 << 30
+DELTA_SUFFIX = ".base_layer.weight_delta"  # a base-weight delta's key: PEFT's base-layer key + "_delta"
 
 SUPPORTED_PEFT_TYPES = ("LORA",)
 # Fields the graphs express, or that only describe the adapter / PEFT's defaults.
@@ -74,6 +75,16 @@ def lora_keys(module_path: str) -> tuple[str, str]:
     return f"{PEFT_PREFIX}{module_path}.lora_A.weight", f"{PEFT_PREFIX}{module_path}.lora_B.weight"
 
 
+def head_key(module_path: str, kind: str) -> str:
+    """PEFT's saved key of a task head tensor (`modules_to_save`): kind is weight or bias."""
+    return f"{PEFT_PREFIX}{module_path}.{kind}"
+
+
+def delta_key(module_path: str) -> str:
+    """The key of one module's base-weight delta (FedEx-LoRA's folded residual), (out, in) like PEFT's base weight."""
+    return f"{PEFT_PREFIX}{module_path}{DELTA_SUFFIX}"
+
+
 def magnitude_key(module_path: str) -> str:
     """PEFT's key of one module's DoRA magnitude vector."""
     return f"{PEFT_PREFIX}{module_path}.{MAGNITUDE}"
@@ -88,8 +99,14 @@ def adapter_keys(modules: list[str], dora: bool) -> list[str]:
 
 
 def bundle_adapter_keys(manifest: dict) -> list[str]:
-    """Every adapter tensor's key of a bundle, from its manifest."""
-    return adapter_keys(manifest["adapted_modules"], bool(manifest["adapter_config"].get("use_dora")))
+    """Every adapter tensor's key of a bundle, from its manifest: LoRA's, then an encoder's task head."""
+    lora = adapter_keys(manifest["adapted_modules"], bool(manifest["adapter_config"].get("use_dora")))
+    return lora + list(manifest.get("head_tensors", {}))
+
+
+def bundle_delta_keys(manifest: dict) -> list[str]:
+    """The base-delta keys of a bundle built with `base_delta` (none otherwise)."""
+    return [delta_key(path) for path in manifest["adapted_modules"]] if manifest.get("base_delta") else []
 
 
 def scaling(rank: int, alpha: float, use_rslora: bool = False) -> float:
@@ -132,14 +149,17 @@ def make_adapter_config(
     fan_in_fan_out: bool,
     use_rslora: bool = False,
     use_dora: bool = False,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
 ) -> dict:
     """The adapter_config.json fields PEFT needs to load an edgetune adapter.
 
-    `targets` is a list of module names, or a regex string as PEFT matches it.
+    `targets` is a list of module names, or a regex string as PEFT matches it;
+    `modules_to_save` an encoder's task head (trained whole, saved under its own keys).
     """
     return {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type,
         "base_model_name_or_path": base_model,
         "r": rank,
         "lora_alpha": alpha,
@@ -151,14 +171,14 @@ def make_adapter_config(
         "use_dora": use_dora,
         "init_lora_weights": True,
         "inference_mode": True,
-        "modules_to_save": None,
+        "modules_to_save": modules_to_save,
         "rank_pattern": {},
         "alpha_pattern": {},
     }
 
 
-def check_supported(config: dict, source: str) -> None:
-    """Refuse configs the graph cannot express, naming the field."""
+def check_supported(config: dict, source: str, head: list[str] | None = None) -> None:
+    """Refuse configs the graph cannot express, naming the field; `head` is the bundle's modules_to_save."""
     if config.get("peft_type") not in SUPPORTED_PEFT_TYPES:
         raise AdapterError(f"{source}: peft_type {config.get('peft_type')!r} is not supported (only LORA)")
     r = config.get("r")
@@ -181,12 +201,14 @@ def check_supported(config: dict, source: str) -> None:
             f"{source}: init_lora_weights={config['init_lora_weights']!r} changes the base "
             f"weights and is not supported (convert the adapter to plain LoRA first)"
         )
+    if head and config.get("modules_to_save") != head:
+        raise AdapterError(f"{source}: modules_to_save={config.get('modules_to_save')!r} is not this bundle's {head!r}")
     for field, value in config.items():
-        if field not in HANDLED_FIELDS and value:
+        if field not in HANDLED_FIELDS and value and not (head and field == "modules_to_save"):
             raise AdapterError(f"{source}: {field}={value!r} is not supported")
 
 
-def read_adapter_config(folder: Path) -> dict:
+def read_adapter_config(folder: Path, head: list[str] | None = None) -> dict:
     """Read an adapter folder's adapter_config.json and refuse what edgetune cannot express."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -194,7 +216,7 @@ def read_adapter_config(folder: Path) -> dict:
     config = read_json(folder / ADAPTER_CONFIG, AdapterError)
     if not isinstance(config, dict):
         raise AdapterError(f"{folder / ADAPTER_CONFIG}: not a JSON object")
-    check_supported(config, str(folder / ADAPTER_CONFIG))
+    check_supported(config, str(folder / ADAPTER_CONFIG), head)
     return config
 
 
@@ -206,21 +228,27 @@ def save_adapter(
     weights: dict[str, np.ndarray],
     config: dict,
     base_sha256: str,
+    base_delta: dict[str, np.ndarray] | None = None,
     *,
     key: str | os.PathLike | None = None,
 ) -> None:
-    """Write a PEFT adapter folder atomically. `weights` in PEFT layout.
+    """Write a PEFT adapter folder atomically. `weights` in PEFT layout; `base_delta` (out, in) beside them.
 
     The safetensors metadata records the base model's weights sha256; with `key` (an
     Ed25519 private key file, `edgetune keygen`) the folder is also signed.
     """
+    metadata = {"format": "pt", BASE_SHA_KEY: base_sha256}
     with atomic_folder(Path(folder), "saving") as tmp:
         try:
             save_file(
                 {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
                 tmp / ADAPTER_WEIGHTS,
-                metadata={"format": "pt", BASE_SHA_KEY: base_sha256},
+                metadata,
             )
+            if base_delta:
+                save_file(
+                    {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in base_delta.items()}, tmp / BASE_DELTA
+                )
         except SafetensorError as e:  # its I/O errors (a full disk) come as this, not as OSError
             found = re.search(r"I/O error: (.+?)(?: \(os error \d+\))?$", str(e))
             raise OutputError(Path(folder), found.group(1) if found else str(e)) from None
@@ -230,8 +258,37 @@ def save_adapter(
 
 
 def sign_adapter(folder: Path, key: str | os.PathLike) -> str:
-    """Sign an adapter folder's two files with the private key in `key`; returns the key's fingerprint."""
+    """Sign an adapter folder's files with the private key in `key`; returns the key's fingerprint."""
     return sign(folder, "adapter", _adapter_payload(Path(folder)), key)
+
+
+def load_base_delta(folder: Path, manifest: dict, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The base deltas (out, in) beside an adapter, checked against the bundle and the adapter's A and B.
+
+    {} if the folder has none. Any bundle of the same base can merge them; only bundles
+    built with `base_delta` can train on them.
+    """
+    path = Path(folder) / BASE_DELTA
+    if not path.is_file():
+        return {}
+    try:
+        deltas = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"{path}: not a readable safetensors file ({e})") from None
+    bad = next((k for k, v in deltas.items() if not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise AdapterError(f"{path}: {bad} holds NaN or inf")
+    for path_ in manifest["adapted_modules"]:
+        key, (key_a, key_b) = delta_key(path_), lora_keys(path_)
+        expected = (weights[key_b].shape[0], weights[key_a].shape[1])  # (out, in)
+        if key not in deltas:
+            raise AdapterError(f"{path}: lacks {key}")
+        if deltas[key].shape != expected:
+            raise AdapterError(f"{path}: {key} has shape {tuple(deltas[key].shape)}, not {expected}")
+    extra = sorted(set(deltas) - {delta_key(p) for p in manifest["adapted_modules"]})  # any bundle of the base
+    if extra:
+        raise AdapterError(f"{path}: has tensors the bundle has no layer for, e.g. {extra[0]}")
+    return deltas
 
 
 def load_adapter(
@@ -248,7 +305,7 @@ def load_adapter(
     folder = Path(folder)
     payload = _adapter_payload(folder)  # confines both files first
     check_signature(folder, "adapter", payload, resolve_trust(trust))
-    config = read_adapter_config(folder)
+    config = read_adapter_config(folder, manifest["adapter_config"].get("modules_to_save"))
     weights_path = folder / ADAPTER_WEIGHTS
     try:
         weights = {_strip_adapter_name(k): v for k, v in load_file(weights_path).items()}
@@ -268,15 +325,17 @@ def load_adapter(
 
 
 def _adapter_payload(folder: Path) -> bytes:
-    """What an adapter signature covers: the sha256 of its config and weights files (each checked to be regular)."""
+    """What an adapter signature covers: the sha256 of its config, weights and base-delta files (each regular)."""
     if not folder.is_dir():
         raise AdapterError(f"{folder}: no such adapter folder")
     lines = []
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_DELTA):
         path = folder / name
         try:
             st = os.lstat(path)
         except FileNotFoundError:
+            if name == BASE_DELTA:  # optional: only fleet (FedEx-LoRA) adapters carry it
+                continue
             raise AdapterError(f"{path}: missing") from None
         if not stat.S_ISREG(st.st_mode):
             raise AdapterError(f"{path}: not a regular file (a symlink or a device?)")
@@ -306,7 +365,14 @@ def _check_fits(weights: dict, config: dict, manifest: dict, folder: Path) -> No
     missing = sorted(expected - set(weights))
     if missing:
         raise AdapterError(f"{folder}: adapter lacks {missing[0]} (targets {config.get('target_modules')})")
+    head = manifest.get("head_tensors", {})  # PEFT key -> shape (PEFT layout)
     for key, value in weights.items():
+        if key in head:
+            if list(value.shape) != head[key]:
+                raise AdapterError(
+                    f"{folder}: {key} has shape {tuple(value.shape)}, the bundle's head {tuple(head[key])}"
+                )
+            continue
         if key.endswith(MAGNITUDE):
             if value.ndim != 1:
                 raise AdapterError(f"{folder}: {key} has shape {tuple(value.shape)}, not (out_features,)")

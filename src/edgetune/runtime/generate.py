@@ -73,6 +73,9 @@ class Generator:
         model_file = bundle.path(names.INFERENCE_MODEL if bundle.kind == "bundle" else names.MERGED_MODEL)
         self.config = read_model_config(bundle.path(names.HF_CONFIG), bundle.optional(names.GENERATION_CONFIG))
         self.tokenizer, self.tokenizer_info = load_tokenizer(bundle.folder)
+        if self._bundle_manifest is not None and self._bundle_manifest.get("task", "causal-lm") != "causal-lm":
+            task = self._bundle_manifest["task"]
+            raise BundleError(f"{bundle.folder}: a {task} bundle does not generate text (use edgetune predict)")
         self.tokenizer.no_truncation()
         self.eos_token_ids = self.config.eos_token_ids | ({self.tokenizer_info.eos_id} - {None})
         self.max_context = self.config.max_context
@@ -140,6 +143,8 @@ class Generator:
             return
         if self._bundle_manifest is None:
             raise AdapterError(f"{path}: this model takes no adapter (not a bundle: merged already?)")
+        if (Path(path) / names.BASE_DELTA).is_file():
+            raise AdapterError(f"{path}: carries base-weight deltas (FedEx-LoRA): serve it merged (edgetune merge)")
         weights, config = load_adapter(Path(path), self._bundle_manifest, trust=self._trust)
         feeds = to_graph_layout(weights)
         feeds[names.LORA_SCALING] = np.array(config_scaling(config), np.float32)
