@@ -63,6 +63,7 @@ def tensor_specs(model_type: str, fields: dict) -> tuple[object, list[tuple[str,
     config = AutoConfig.for_model(model_type, **fields)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # a tied LM head is not saved
     return config, [(name, tuple(p.shape)) for name, p in model.named_parameters()]
 
 
