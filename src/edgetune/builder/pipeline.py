@@ -16,6 +16,7 @@ end, so an interrupted build never leaves a half bundle. Components live in `bui
 """
 
 import gc
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from edgetune.builder.rewrites.loss import add_causal_lm_loss
 from edgetune.builder.rewrites.nan_guards import drop_nan_guards
 from edgetune.builder.rewrites.recompute.attention import recompute_attention_probs
 from edgetune.builder.rewrites.recompute.layers import recompute_layers
+from edgetune.builder.serving import prepare_serving_graph, save_serving_graph
 from edgetune.builder.source import Source, load_source
 from edgetune.builder.weights import STAGING_WEIGHTS, WeightStore, load_weights, share_base_weights
 from edgetune.common import names
@@ -56,6 +58,7 @@ class GraphRole:
 
 TRAINING = GraphRole("training", training=True)
 INFERENCE = GraphRole("inference", training=False)
+SERVING = GraphRole("serving", training=False)  # built from the with-past export by `builder.serving`
 
 
 @dataclass(frozen=True)
@@ -87,17 +90,22 @@ def build_bundle(config: BuildConfig) -> dict:
     """Build a bundle for `config.model` into `config.out` and return its manifest."""
     _check_output(config)
     source = load_source(config.model)
-    plan = plan_adapter(config, get_architecture(source.model.config.model_type))
+    hf_config = source.model.config
+    plan = plan_adapter(config, get_architecture(hf_config.model_type))
     with atomic_folder(config.out, "building") as tmp:
         staging = WeightStore(tmp / STAGING_WEIGHTS)
         exported = export_stage(source, tmp, staging)
+        exported[SERVING] = tmp / "export.serving.onnx"
+        shutil.copyfile(exported[INFERENCE], exported[SERVING])  # structure only: the weights are in staging
         training = prepare_graph(exported[TRAINING], TRAINING, plan, config.seed, source, staging)
         graphs = artifacts_stage(training, plan, config.optimizer)
         inference = prepare_graph(exported[INFERENCE], INFERENCE, plan, config.seed, source, staging)
         _check_agree(training, inference)
         graphs[tmp / names.INFERENCE_MODEL] = inference.model
+        serving = prepare_serving_graph(exported[SERVING], plan, hf_config, lambda model: _sites(model, plan))
         staging.close()
         share_base_weights(graphs, tmp, training.head_slices)  # each graph saved once, pointing into base_weights.bin
+        save_serving_graph(serving, tmp, {t.name: t for t in inference.model.graph.initializer})
         for path in (*exported.values(), staging.path):
             path.unlink()
         return bundle_stage(tmp, config, plan, source, training, inference)

@@ -36,3 +36,10 @@ LOGITS = "logits"  # the exported graph's output, written by the LM head
 LABELS = "labels"  # training graphs: shifted targets, -100 where no loss is taken
 LOSS = "loss"  # training graphs' only output
 LORA_SCALING = "lora_scaling"  # scalar input of the inference graph (0: adapter off)
+
+# the serving graph (serve.onnx): GroupQueryAttention inputs and the adapter bank's row index
+SERVE_MODEL = "serve.onnx"
+SERVE_WEIGHTS = "serve_weights.bin"  # the serving graph's own tensors (quantized weights, rotary tables)
+SEQLENS_K = "seqlens_k"  # (B,) int32: each row's length after this run, minus one
+TOTAL_SEQUENCE_LENGTH = "total_sequence_length"  # () int32: the longest row's length after this run
+ADAPTER_INDEX = "adapter_index"  # (B,) int64: each row's slot in the adapter bank (0: no adapter)
