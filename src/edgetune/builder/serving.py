@@ -53,7 +53,11 @@ def prepare_serving_graph(path: Path, plan, config, sites_of) -> onnx.ModelProto
 
 
 def save_serving_graph(model: onnx.ModelProto, folder: Path, shared: dict[str, onnx.TensorProto]) -> None:
-    """Save `model` as serve.onnx in `folder`: tensors named in `shared` point where those do, the rest go to serve_weights.bin."""
+    """Save `model` as serve.onnx in `folder`.
+
+    Tensors named in `shared` (the inference graph's, in base_weights.bin) point where those
+    do; the serving graph's own go to serve_weights.bin.
+    """
     store = WeightStore(folder / names.SERVE_WEIGHTS)
     try:
         for tensor in model.graph.initializer:

@@ -107,7 +107,7 @@ def use_group_query_attention(
     for layer in layers:  # the old producers of the attention outputs and presents go
         _drop_producers(graph, {layer["out"], f"{PRESENT}{layer['index']}.key", f"{PRESENT}{layer['index']}.value"})
     graph.node.extend(new_nodes)
-    for name, value in past_inputs.items():  # (B, kv_heads, capacity, head_dim)
+    for value in past_inputs.values():  # (B, kv_heads, capacity, head_dim)
         dims = value.type.tensor_type.shape.dim
         dims[2].dim_param = "capacity"
     for name, value in outputs.items():
