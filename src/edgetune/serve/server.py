@@ -88,7 +88,6 @@ def _bind(host: str, port: int) -> socket.socket:
 
         raise EdgetuneError(f"cannot listen on {host}:{port} ({e.strerror})") from None
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
