@@ -35,8 +35,8 @@ def live(tmp_path):
     """live(*args) -> a started LiveServer, stopped (by PID) after the test."""
     servers: list[LiveServer] = []
 
-    def start(*args, env=None) -> LiveServer:
-        server = LiveServer(*args, log_dir=tmp_path, env=env)
+    def start(*args, env=None, preexec_fn=None) -> LiveServer:
+        server = LiveServer(*args, log_dir=tmp_path, env=env, preexec_fn=preexec_fn)
         servers.append(server)
         return server
 

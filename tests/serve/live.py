@@ -19,7 +19,7 @@ URL = re.compile(r"serving .* on (http://\S+)")
 class LiveServer:
     """`edgetune serve ARGS --port 0`; `url` once it listens. Use as a context manager."""
 
-    def __init__(self, *args: str, log_dir: Path, env: dict | None = None):
+    def __init__(self, *args: str, log_dir: Path, env: dict | None = None, preexec_fn=None):
         self.log = Path(log_dir) / f"server-{time.monotonic_ns()}.log"
         command = [sys.executable, "-m", "edgetune.cli", "serve", *map(str, args), "--port", "0"]
         self._stderr = open(self.log, "w")  # noqa: SIM115 (closed in stop())
@@ -28,7 +28,8 @@ class LiveServer:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=preexec_fn,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(Path(log_dir) / "state"), **(env or {})},
         )
         self.url = self._wait_for_url()
         self.pid = self.proc.pid

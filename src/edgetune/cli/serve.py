@@ -39,7 +39,16 @@ def register(sub) -> None:
         metavar="NAME=DIR",
         help="serve the adapter in DIR as model NAME (repeatable)",
     )
-    p.add_argument("--adapters-dir", default=None, help="the only folder POST /v1/adapters may load from")
+    p.add_argument(
+        "--adapters-dir",
+        default=None,
+        help="the only folder POST /v1/adapters loads from, where fine-tuned adapters go (default: STATE_DIR/adapters)",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        help="uploaded files, fine-tuning jobs and their runs (default: ~/.local/state/edgetune)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (not loopback: needs --api-key)")
     p.add_argument("--port", type=int, default=8000, help="port (0: a free one, printed at start)")
     p.add_argument("--api-key", default=None, help="clients must send Authorization: Bearer KEY")

@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from edgetune.common.errors import AdapterError
-from edgetune.serve import completions
+from edgetune.serve import completions, files, jobs
 from edgetune.serve.errors import ApiError, conflict, not_found, too_large, unauthorized
 from edgetune.serve.state import ServerState, read_json
 
@@ -153,13 +153,17 @@ async def client_gone(request: Request, error: Exception) -> Response:
     return Response(status_code=499)
 
 
-def make_app(state: ServerState, extra_routes: list | None = None) -> Starlette:
+def make_app(state: ServerState) -> Starlette:
     """The app over a server's parts; the scheduler starts and stops with it."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         state.scheduler.start()
+        if state.fine_tuning:
+            await asyncio.to_thread(state.fine_tuning.start)
         yield
+        if state.fine_tuning:
+            await asyncio.to_thread(state.fine_tuning.stop)
         state.scheduler.stop()
 
     routes = [
@@ -171,7 +175,7 @@ def make_app(state: ServerState, extra_routes: list | None = None) -> Starlette:
         Route("/v1/adapters/{name:path}", unload_adapter, methods=["DELETE"]),
         Route("/v1/chat/completions", completions.chat_completions, methods=["POST"]),
         Route("/v1/completions", completions.completions, methods=["POST"]),
-        *(extra_routes or []),
+        *((files.ROUTES + jobs.ROUTES) if state.fine_tuning else []),
     ]
     handlers = {ApiError: api_error, completions.ClientGoneError: client_gone, 404: _not_found, 405: _not_allowed}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)

@@ -17,24 +17,30 @@ from edgetune.options import ServeConfig
 from edgetune.runtime.engine import Engine
 from edgetune.serve.adapters import AdapterRegistry
 from edgetune.serve.app import make_app
+from edgetune.serve.fine_tuning import FineTuning, default_state_dir
 from edgetune.serve.metrics import ServerMetrics
 from edgetune.serve.scheduler import Scheduler
 from edgetune.serve.state import ServerState
+from edgetune.serve.store import Store
 
 
 def build_state(config: ServeConfig) -> ServerState:
     """Open the bundle's engine, name the base model and register (and load) the command line's adapters."""
     engine = Engine(config.bundle, max_batch=config.max_batch, max_adapters=config.max_adapters)
-    registry = AdapterRegistry(
-        config.model_name or base_model_name(engine.manifest, config.bundle), config.adapters_dir
-    )
+    state_dir = config.state_dir or default_state_dir()
+    adapters_dir = config.adapters_dir or state_dir / "adapters"
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    registry = AdapterRegistry(config.model_name or base_model_name(engine.manifest, config.bundle), adapters_dir)
     metrics = ServerMetrics()
     scheduler = Scheduler(engine, registry, metrics, config.max_queue, config.max_adapters)
     for name, folder in config.adapters:  # the engine thread has not started: load here, errors are one line
         registry.check_new_name(name)
         registry.add(name, Path(folder))
         scheduler.load_adapter(name)
+    base_sha = engine.manifest["source"]["weights_sha256"]
+    fine_tuning = FineTuning(Store(state_dir), config.bundle, base_sha, registry)
     return ServerState(
+        fine_tuning=fine_tuning,
         files=engine.files,
         capacity=engine.capacity,
         registry=registry,
@@ -55,12 +61,12 @@ def base_model_name(manifest: dict, bundle: Path) -> str:
     return name[: -len(".gguf")] if name.endswith(".gguf") else name
 
 
-def serve(config: ServeConfig, state: ServerState | None = None, extra_routes: list | None = None) -> None:
+def serve(config: ServeConfig) -> None:
     """Serve until SIGTERM or Ctrl-C, then drain and return."""
-    state = state or build_state(config)
+    state = build_state(config)
     sock = _bind(config.host, config.port)
     uv_config = uvicorn.Config(
-        make_app(state, extra_routes),
+        make_app(state),
         log_level="warning",
         access_log=False,
         lifespan="on",
