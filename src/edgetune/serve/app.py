@@ -123,7 +123,9 @@ class Guard:
             return await unauthorized().response()(scope, receive, send)
         limit = self.state.max_upload_bytes if path in UPLOAD_PATHS else self.state.max_body_bytes
         length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > limit:
+        if not length.isdigit():
+            return await ApiError(400, "Content-Length must be a number").response()(scope, receive, send)
+        if int(length) > limit:
             return await too_large(limit).response()(scope, receive, send)
         received = 0
 

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from edgetune.common.errors import AdapterError, EdgetuneError
 from edgetune.serve import schemas
-from edgetune.serve.errors import ApiError, bad_request
+from edgetune.serve.errors import ApiError, bad_request, shutting_down
 from edgetune.serve.scheduler import Ticket
 from edgetune.serve.state import ServerState, read_json
 
@@ -74,6 +74,8 @@ async def _answer(request: Request, state: ServerState, kind: str, ids: list[int
         disconnected.cancel()
         if not ticket.finished:
             state.scheduler.cancel(ticket.id)
+    if event.finish_reason == "cancelled":  # the server is shutting down
+        raise shutting_down()
     used = schemas.usage(len(ids), _completion_tokens(ticket, event))
     build = schemas.chat_response if kind == "chat" else schemas.text_response
     return JSONResponse(build(ticket.id, gen.model, text, event.finish_reason, used))
