@@ -87,15 +87,15 @@ def decode_figures(client, base: str, adapters: list[str], vocab_ids: list[int],
     }
 
 
-def chat_latencies(client, model: str, n: int | None = None, until=None) -> list[float]:
-    """Seconds per 32-token chat completion, one after another (n of them, or until `until()`)."""
+def chat_latencies(client, model: str, n: int | None = None, until=None, pause: float = 1.0) -> list[float]:
+    """Seconds per 32-token chat completion, one `pause` seconds after the other (n of them, or until `until()`)."""
     times = []
     while (n is not None and len(times) < n) or (until is not None and not until()):
         started = time.perf_counter()
-        client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "Tell me about the sea."}], max_tokens=32, temperature=0
-        )
+        messages = [{"role": "user", "content": "Tell me about the sea."}]
+        client.chat.completions.create(model=model, messages=messages, max_tokens=32, temperature=0)
         times.append(time.perf_counter() - started)
+        time.sleep(pause)
     return times
 
 
@@ -148,6 +148,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--finetune", action="store_true")
+    parser.add_argument("--skip-decode", action="store_true")
+    parser.add_argument("--job-nice", type=int, default=10, help="the server's --job-nice")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     bundle = Path(args.bundle)
@@ -156,13 +158,14 @@ def main() -> None:
         tmp = Path(tmp)
         adapters = random_adapters(bundle, tmp / "adapters", 3)
         flags = [a for i, p in enumerate(adapters) for a in ("--adapter", f"a{i}={p}")]
-        with LiveServer(
-            bundle, *flags, "--max-batch", str(args.streams), "--max-tokens-limit", "512", log_dir=tmp
-        ) as server:
+        limits = ("--max-batch", str(args.streams), "--max-tokens-limit", "512", "--job-nice", str(args.job_nice))
+        with LiveServer(bundle, *flags, *limits, log_dir=tmp) as server:
             client = openai.OpenAI(base_url=server.v1, api_key="none", max_retries=0, timeout=1800)
             base = client.models.list().data[0].id
             vocab_ids = list(range(1000, 9000, 13))  # ordinary tokens, not special ones
-            report["decode"] = decode_figures(client, base, ["a0", "a1", "a2"], vocab_ids, args.streams, args.new)
+            if not args.skip_decode:
+                report["decode"] = decode_figures(client, base, ["a0", "a1", "a2"], vocab_ids, args.streams, args.new)
+                print(json.dumps(report["decode"]), file=sys.stderr, flush=True)
             if args.finetune:
                 sys.path.insert(0, str(ROOT / "samples" / "data"))
                 from prepare import prepare
@@ -173,21 +176,20 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    d = report["decode"]
     print(f"load average before {report['loadavg_before']}, after {report['loadavg_after']}")
-    print(
-        f"one stream: {d['one_stream']['tokens_per_s']:.1f} tokens/s, TTFT {d['one_stream']['ttft_p50_s'] * 1e3:.0f} ms"
-    )
-    for key in ("single_adapter_batch", "mixed_adapter_batch"):
-        r = d[key]
+    d = report.get("decode")
+    if d:
+        one = d["one_stream"]
+        print(f"one stream: {one['tokens_per_s']:.1f} tokens/s, TTFT {one['ttft_p50_s'] * 1e3:.0f} ms")
+        for key in ("single_adapter_batch", "mixed_adapter_batch"):
+            r = d[key]
+            print(
+                f"{args.streams} streams ({key}): {r['tokens_per_s']:.1f} tokens/s aggregate, "
+                f"TTFT p50 {r['ttft_p50_s'] * 1e3:.0f} ms, p95 {r['ttft_p95_s'] * 1e3:.0f} ms"
+            )
         print(
-            f"{args.streams} streams ({key}): {r['tokens_per_s']:.1f} tokens/s aggregate, "
-            f"TTFT p50 {r['ttft_p50_s'] * 1e3:.0f} ms, p95 {r['ttft_p95_s'] * 1e3:.0f} ms"
+            f"aggregate / one stream: {d['aggregate_vs_one']:.2f}x; mixed / single: {d['mixed_vs_single_adapter']:.2f}x"
         )
-    print(
-        f"aggregate / one stream: {d['aggregate_vs_one']:.2f}x; "
-        f"mixed / single adapter: {d['mixed_vs_single_adapter']:.2f}x"
-    )
     if "finetune" in report:
         f = report["finetune"]
         print(

@@ -201,7 +201,8 @@ class ServeConfig:
     adapters: (name, folder) pairs loaded at start (the operator's folders: not confined).
     adapters_dir: the only folder requests may load adapters from, and where fine-tuned
     adapters are written (default: state_dir/adapters). state_dir: files, jobs and their
-    runs (default: the user's state folder). A host other than loopback needs api_key.
+    runs (default: the user's state folder). job_nice: how much lower the CPU priority of
+    fine-tuning jobs is than serving's (a nice increment). A host other than loopback needs api_key.
     """
 
     bundle: Path
@@ -217,6 +218,7 @@ class ServeConfig:
     max_adapters: int = 8
     model_name: str | None = None
     drain_timeout: float = 30.0
+    job_nice: int = 10
     max_body_bytes: int = 1 << 20
     max_upload_bytes: int = 64 << 20
 
@@ -226,6 +228,7 @@ class ServeConfig:
         for name in ("max_batch", "max_tokens_limit", "max_adapters", "max_body_bytes", "max_upload_bytes"):
             _whole(name, getattr(self, name))
         _whole("max_queue", self.max_queue, minimum=0)
+        _whole("job_nice", self.job_nice, minimum=0)
         _whole("port", self.port, minimum=0)
         if self.port > 65535:
             raise ConfigError("port", f"must be at most 65535, got {self.port}")

@@ -192,3 +192,26 @@ def test_sigkill_during_a_job_resumes_from_its_checkpoint(served, live, tmp_path
     train_steps = [e.data["step"] for e in events if e.type == "metrics"]
     assert set(train_steps) == set(range(1, 321))
     assert c.completions.create(model=final.fine_tuned_model, prompt="the", max_tokens=4).choices[0].text is not None
+
+
+def test_jobs_run_one_at_a_time_and_a_running_job_can_be_cancelled(served, live):
+    bundle, _ = served
+    server = live(bundle, "--model-name", "base")
+    c = _client(server)
+    train = c.files.create(file=("t.jsonl", io.BytesIO(_jsonl(_pairs()))), purpose="fine-tune")
+    long = c.fine_tuning.jobs.create(model="base", training_file=train.id, hyperparameters={"n_epochs": 50})
+    short = c.fine_tuning.jobs.create(model="base", training_file=train.id, hyperparameters={"n_epochs": 1})
+    _wait_for_status(c, long.id, ("running",))
+    deadline = time.monotonic() + 60
+    while not [e for e in c.fine_tuning.jobs.list_events(long.id, limit=3).data if e.type == "metrics"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert c.fine_tuning.jobs.retrieve(short.id).status == "queued"  # one at a time
+    cancelled = c.fine_tuning.jobs.cancel(long.id)
+    assert cancelled.status == "cancelled"
+    assert _wait_for_status(c, short.id).status == "succeeded"
+    events = [e.message for e in c.fine_tuning.jobs.list_events(long.id, limit=1000).data]
+    assert "The job was cancelled" in events
+    long_final = c.fine_tuning.jobs.retrieve(long.id)
+    assert long_final.status == "cancelled" and long_final.fine_tuned_model is None
+    assert [m.id for m in c.models.list().data] == ["base", c.fine_tuning.jobs.retrieve(short.id).fine_tuned_model]

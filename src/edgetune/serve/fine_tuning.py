@@ -36,9 +36,17 @@ FINISHED = ("succeeded", "failed", "cancelled")
 class FineTuning:
     """The job queue of one server: its store, its runner thread, the registry it adds models to."""
 
-    def __init__(self, store: Store, bundle: Path, base_sha: str, registry: AdapterRegistry, seq_len: int = 512):
+    def __init__(
+        self,
+        store: Store,
+        bundle: Path,
+        base_sha: str,
+        registry: AdapterRegistry,
+        seq_len: int = 512,
+        priority: int = 10,
+    ):
         self.store, self.bundle, self.base_sha, self.registry = store, Path(bundle), base_sha, registry
-        self.seq_len = seq_len
+        self.seq_len, self.priority = seq_len, priority
         self.current: tuple[str, TuningJob] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -118,7 +126,7 @@ class FineTuning:
         self.store.add_event(
             job_id, f"Fine-tuning job started ({steps} steps)" if not resume else "Fine-tuning resumed"
         )
-        tuner = Tuner(self.bundle, run, child_process=True)
+        tuner = Tuner(self.bundle, run, child_process=True, priority=self.priority)
         handle = tuner.start(
             self.store.file_path(train_file["id"]), validation, on_step=self._recorder(job_id), **options
         )

@@ -38,7 +38,7 @@ def build_state(config: ServeConfig) -> ServerState:
         registry.add(name, Path(folder))
         scheduler.load_adapter(name)
     base_sha = engine.manifest["source"]["weights_sha256"]
-    fine_tuning = FineTuning(Store(state_dir), config.bundle, base_sha, registry)
+    fine_tuning = FineTuning(Store(state_dir), config.bundle, base_sha, registry, priority=config.job_nice)
     return ServerState(
         fine_tuning=fine_tuning,
         files=engine.files,
