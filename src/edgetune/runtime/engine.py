@@ -293,6 +293,9 @@ class Engine:
         positions = np.zeros((top, 1), np.int64)  # (B, 1)
         seqlens = np.zeros(top, np.int32)  # (B,): each row's length after this step, minus one
         slots = np.zeros(top, np.int64)
+        for r in self._rows[:top]:  # a row admitted in this step sits out, but GQA writes a K/V entry in every
+            if r is not None:  # row at its seqlens_k: at its length, the slot its next real token overwrites
+                positions[r.row, 0], seqlens[r.row] = r.length, r.length
         for r in requests:
             ids[r.row, 0], positions[r.row, 0], seqlens[r.row], slots[r.row] = r.next_token, r.length, r.length, r.slot
         logits = self._run(0, top, ids, positions, seqlens, int(seqlens.max()) + 1, slots)  # (B, 1, V)
