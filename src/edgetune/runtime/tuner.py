@@ -33,6 +33,7 @@ from edgetune.options import TrainConfig
 
 TRAIN_DATA, EVAL_DATA = "train.jsonl", "eval.jsonl"  # where examples given as lists are written, in `out`
 CHILD_LOG = "train.log"  # a child process's stderr, in `out`
+CHILD = "import sys; from edgetune.runtime.tuner import child_main; sys.exit(child_main(sys.argv[1]))"
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
 
 
@@ -182,7 +183,7 @@ class TuningJob:
         self.config.out.mkdir(parents=True, exist_ok=True)
         with open(self.config.out / CHILD_LOG, "a") as log:  # the child's stderr (a pipe could fill and block it)
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "edgetune.runtime.tuner", json.dumps({"config": config, "priority": priority})],
+                [sys.executable, "-c", CHILD, json.dumps({"config": config, "priority": priority})],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -227,7 +228,7 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
-def _child_main(argument: str) -> int:
+def child_main(argument: str) -> int:
     """The child process: train, sending each record, then the summary or the error, as JSON lines on stdout."""
     request = json.loads(argument)
     lower_priority(request["priority"])
@@ -260,7 +261,3 @@ def _child_main(argument: str) -> int:
         return 1
     send({"summary": summary})
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1]))
