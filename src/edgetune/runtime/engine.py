@@ -219,6 +219,22 @@ class Engine:
         seqlens = np.array([ids.shape[1] - 1], np.int32)
         return self._run(row, row + 1, ids, positions, seqlens, ids.shape[1], np.array([slot], np.int64))[0, -1]
 
+    def token_logprobs(self, ids: list[int], adapter: str | None = None) -> np.ndarray:
+        """log p(ids[i] | ids[:i]) for i >= 1, decoding `ids` one token at a time in a free row (perplexity)."""
+        if None not in self._rows:
+            raise EdgetuneError("no free row: every row is decoding")
+        if not 2 <= len(ids) <= self.capacity:
+            raise EdgetuneError(f"scoring needs 2 to {self.capacity} tokens, got {len(ids)}")
+        row = self._rows.index(None)
+        slot = np.array([0 if adapter is None else self.bank.names[adapter]], np.int64)
+        out = []
+        for i in range(len(ids) - 1):
+            token, position = np.array([[ids[i]]], np.int64), np.array([[i]], np.int64)  # (1, 1)
+            logits = self._run(row, row + 1, token, position, np.array([i], np.int32), i + 1, slot)[0, -1]
+            shifted = logits - logits.max()
+            out.append(shifted[ids[i + 1]] - np.log(np.exp(shifted).sum()))
+        return np.array(out)
+
     def stream(
         self,
         prompt_ids: list[int],
