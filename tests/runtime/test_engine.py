@@ -182,3 +182,38 @@ def test_sampling_is_reproducible_per_request(tiny_bundle):
     engine.add("z", PROMPTS[1], sampling=SamplingParams(temperature=1.0, seed=8), max_new_tokens=10)
     out = _run_all(engine)
     assert out["x"] == out["y"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_chunked_prefill_equals_one_shot(arch, tiny_bundle, tmp_path):
+    """Prompts prefilled 4 tokens a step, while other rows decode, give the one-shot tokens and logits."""
+    bundle = tiny_bundle(arch, serve_quant="none")
+    _adapter(bundle, tmp_path / "a", seed=6)
+    one_shot, chunked = Engine(bundle), Engine(bundle, prefill_chunk=4)
+    for engine in (one_shot, chunked):
+        engine.load_adapter("a", tmp_path / "a")
+    long_prompt = PROMPTS[2] + PROMPTS[0] + PROMPTS[4]  # 19 tokens: 5 chunks
+    chunked.add("short", PROMPTS[1], max_new_tokens=12)
+    out: dict[str, list] = {"short": [e.token_id for e in chunked.step()]}
+    chunked.add("long", long_prompt, adapter="a", max_new_tokens=12)
+    while chunked.has_work:
+        for event in chunked.step():
+            out.setdefault(event.request_id, []).append(event.token_id)
+    assert len(out["short"]) == 12 and out["short"] == _alone(one_shot, PROMPTS[1])
+    assert out["long"] == _alone(one_shot, long_prompt, "a")
+    first, rest = long_prompt[:7], long_prompt[7:]
+    chunked.add("p", first, adapter="a", max_new_tokens=1)  # a cached prefix continued by a chunk
+    row = 0
+    _run_all(chunked)
+    reference = one_shot.next_token_logits(long_prompt, "a")
+    logits = chunked._run(
+        row,
+        row + 1,
+        np.array([rest]),
+        np.arange(7, len(long_prompt))[None],
+        np.array([len(long_prompt) - 1], np.int32),
+        len(long_prompt),
+        np.array([chunked.bank.names["a"]]),
+        chunked.cache.prefix(row, 7, chunked._query_width),
+    )
+    np.testing.assert_allclose(logits[0, -1], reference, atol=1e-4)

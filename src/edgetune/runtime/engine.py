@@ -79,9 +79,14 @@ class Engine:
         max_batch: int = 8,
         capacity: int | None = None,
         max_adapters: int = 8,
+        prefill_chunk: int = 512,
         session_options: ort.SessionOptions | None = None,
     ):
-        """Load the bundle's serving graph; `capacity` tokens per row (default: the context, at most 4096)."""
+        """Load the bundle's serving graph; `capacity` tokens per row (default: the context, at most 4096).
+
+        A prompt longer than `prefill_chunk` tokens is prefilled one chunk per step, so the
+        rows already decoding keep getting tokens in between.
+        """
         from edgetune.runtime.generate import default_session_options
 
         folder = Path(bundle_dir)
@@ -99,11 +104,16 @@ class Engine:
         inputs = {i.name: i for i in self.session.get_inputs()}
         past = [n for n in inputs if n.startswith(names.PAST)]
         kv_heads, head_dim = inputs[past[0]].shape[1], inputs[past[0]].shape[3]
-        self.capacity = min(capacity or self.files.max_context, self.files.max_context)
-        self.max_batch = max_batch
+        self.capacity = min(capacity or self.files.max_context, self.files.max_context, 4096)
+        self.max_batch, self.prefill_chunk = max_batch, max(1, prefill_chunk)
+        self._query_width = inputs[names.PREFIX_QUERY].shape[2]
         self.cache = KVCache(past, max_batch, kv_heads, self.capacity, head_dim)
         fixed = {names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH, names.ADAPTER_INDEX}
-        bank_inputs = {n: i.shape for n, i in inputs.items() if n not in fixed and n not in past}
+        prefix = (names.PREFIX_KEY, names.PREFIX_VALUE, names.PREFIX_QUERY, names.PREFIX_LENGTH)
+        bank_inputs = {
+            n: i.shape for n, i in inputs.items() if n not in fixed and n not in past and not n.startswith(prefix)
+        }
+        self._no_prefix: dict[int, dict] = {}
         self.bank = AdapterBank(bank_inputs, self.manifest, max_adapters, folder / names.INFERENCE_MODEL)
         self.vocab = self.session.get_outputs()[0].shape[-1]
         self._rows: list[_Request | None] = [None] * max_batch
@@ -277,30 +287,41 @@ class Engine:
         """Cancel, admit and prefill waiting requests, then one decode step for the others; return the events."""
         events = [self._finish(r, None, FINISH_CANCELLED) for r in self._cancelled]
         self._cancelled.clear()
-        decoding = [r for r in self._rows if r is not None]
+        decoding = [r for r in self._rows if r is not None and r.generated > 0]
         while self._waiting and None in self._rows:
             request = self._waiting.popleft()
             request.row = self._rows.index(None)
             self._rows[request.row] = request
-            events.append(self._prefill(request))
+        for request in [r for r in self._rows if r is not None and r.length < len(r.prompt)]:
+            event = self._prefill(request)
+            if event is not None:
+                events.append(event)
         if decoding:
             events += self._decode(decoding)
         return events
 
-    def _prefill(self, request: _Request) -> Event:
-        """Run the prompt alone in its row (GQA's prompt mode) and sample its first token."""
-        n, row = len(request.prompt), request.row
+    def _prefill(self, request: _Request) -> Event | None:
+        """Prefill the next chunk of the prompt alone in its row; at the prompt's end, sample its first token.
+
+        The first chunk is a plain prompt (GQA's prompt mode); later chunks feed the row's
+        cached keys and values back as the prefix (`KVCache.prefix`).
+        """
+        start, row = request.length, request.row
+        chunk = request.prompt[start : start + self.prefill_chunk]
+        end = start + len(chunk)
+        prefix = self.cache.prefix(row, start, self._query_width) if start else None
         logits = self._run(
             row,
             row + 1,
-            np.array([request.prompt], np.int64),  # (1, S)
-            np.arange(n, dtype=np.int64)[None],  # (1, S)
-            np.array([n - 1], np.int32),
-            n,
+            np.array([chunk], np.int64),  # (1, S)
+            np.arange(start, end, dtype=np.int64)[None],  # (1, S)
+            np.array([end - 1], np.int32),
+            end,
             np.array([request.slot], np.int64),
+            prefix,
         )
-        request.length = n
-        return self._advance(request, logits[0, -1])
+        request.length = end
+        return self._advance(request, logits[0, -1]) if end == len(request.prompt) else None
 
     def _decode(self, requests: list[_Request]) -> list[Event]:
         """One token for each of `requests`, batched over rows 0..highest (free rows in between idle)."""
@@ -318,8 +339,12 @@ class Engine:
             events.append(self._advance(r, logits[r.row, -1]))
         return events
 
-    def _run(self, start, stop, ids, positions, seqlens, total: int, slots) -> np.ndarray:
+    def _run(self, start, stop, ids, positions, seqlens, total: int, slots, prefix: dict | None = None) -> np.ndarray:
         """One run of the serving graph on rows [start, stop) of the cache; returns logits (B, 1, V)."""
+        if prefix is None:
+            prefix = self._no_prefix.get(stop - start)
+            if prefix is None:
+                prefix = self._no_prefix[stop - start] = self.cache.no_prefix(stop - start, self._query_width)
         binding = self.session.io_binding()
         feeds = {
             names.INPUT_IDS: ids,
@@ -328,7 +353,7 @@ class Engine:
             names.TOTAL_SEQUENCE_LENGTH: np.array(total, np.int32),
             names.ADAPTER_INDEX: slots,
         }
-        for name, value in feeds.items():
+        for name, value in (feeds | prefix).items():
             binding.bind_cpu_input(name, value)
         for name, value in self.bank.values.items():
             binding.bind_ortvalue_input(name, value)
