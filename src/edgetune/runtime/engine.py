@@ -8,11 +8,12 @@
         for event in engine.step():
             print(event.request_id, repr(event.text), event.finish_reason or "")
 
-One thread owns an engine. `step()` admits waiting requests into free rows (each is
-prefilled alone and yields its first token), then runs one decode step for every row that
-was already decoding: rows sit at their own positions in the KV cache (`kv_cache`) and read
-their own adapter from the bank (`adapter_bank`), so a request joins at the next step and
-leaves when it finishes or is cancelled. A row's numbers never depend on the other rows,
+One thread owns an engine. `step()` admits waiting requests into free rows, prefills up to
+`prefill_chunk` prompt tokens (each prompt alone in its row; its last chunk yields its
+first token), then runs one decode step for every row that was already decoding: rows
+sit at their own positions in the KV cache (`kv_cache`) and read their own adapter from
+the bank (`adapter_bank`), so a request joins at the next step and leaves when it
+finishes or is cancelled. A row's numbers never depend on the other rows,
 so greedy output in a batch equals the same request alone.
 """
 
@@ -53,7 +54,7 @@ class Event:
     finish_reason: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class _Request:
     id: str
     prompt: list[int]
@@ -65,6 +66,7 @@ class _Request:
     text: TextStream
     row: int = -1
     length: int = 0  # tokens in the row's cache
+    prefilled_before: int = 0  # the cache length before the latest prefill chunk
     generated: int = 0
     next_token: int = 0  # the last sampled token, fed at the next decode step
     tokens: list[int] = field(default_factory=list)
@@ -84,8 +86,9 @@ class Engine:
     ):
         """Load the bundle's serving graph; `capacity` tokens per row (default: the context, at most 4096).
 
-        A prompt longer than `prefill_chunk` tokens is prefilled one chunk per step, so the
-        rows already decoding keep getting tokens in between.
+        Each step prefills at most `prefill_chunk` prompt tokens (new requests in arrival
+        order, a long prompt a chunk per step), so the rows already decoding keep getting
+        tokens in between and early requests see their first token sooner.
         """
         from edgetune.runtime.generate import default_session_options
 
@@ -118,6 +121,7 @@ class Engine:
         self.vocab = self.session.get_outputs()[0].shape[-1]
         self._rows: list[_Request | None] = [None] * max_batch
         self._waiting: deque[_Request] = deque()
+        self._prefilling: deque[_Request] = deque()  # rows whose prompt is not all cached, in arrival order
         self._ids: dict[str, _Request] = {}
         self._cancelled: list[_Request] = []
 
@@ -292,22 +296,29 @@ class Engine:
             request = self._waiting.popleft()
             request.row = self._rows.index(None)
             self._rows[request.row] = request
-        for request in [r for r in self._rows if r is not None and r.length < len(r.prompt)]:
-            event = self._prefill(request)
+            self._prefilling.append(request)
+        budget = self.prefill_chunk  # prompt tokens per step, so decoding rows wait at most one chunk
+        while self._prefilling and budget > 0:
+            request = self._prefilling[0]
+            event = self._prefill(request, budget)
+            budget -= request.length - request.prefilled_before
+            if self._prefilling and self._prefilling[0] is request and request.length == len(request.prompt):
+                self._prefilling.popleft()
             if event is not None:
                 events.append(event)
         if decoding:
             events += self._decode(decoding)
         return events
 
-    def _prefill(self, request: _Request) -> Event | None:
+    def _prefill(self, request: _Request, budget: int) -> Event | None:
         """Prefill the next chunk of the prompt alone in its row; at the prompt's end, sample its first token.
 
         The first chunk is a plain prompt (GQA's prompt mode); later chunks feed the row's
         cached keys and values back as the prefix (`KVCache.prefix`).
         """
         start, row = request.length, request.row
-        chunk = request.prompt[start : start + self.prefill_chunk]
+        request.prefilled_before = start
+        chunk = request.prompt[start : start + min(budget, self.prefill_chunk)]
         end = start + len(chunk)
         prefix = self.cache.prefix(row, start, self._query_width) if start else None
         logits = self._run(
@@ -381,6 +392,8 @@ class Engine:
         """Free the request's row and id; the event carries the text still held back (none after a stop string)."""
         if request.row >= 0:
             self._rows[request.row] = None
+            if request in self._prefilling:
+                self._prefilling.remove(request)
         elif request in self._waiting:
             self._waiting.remove(request)
         self._ids.pop(request.id, None)
