@@ -33,7 +33,7 @@ def _eight_streams(engine, prompts, adapters, new_tokens: int) -> dict:
         now = time.perf_counter()
         for e in events:
             first.setdefault(e.request_id, now - t0)
-        if len(first) == len(prompts) and decode_start is None:
+        if len(first) >= len(prompts) and decode_start is None:
             decode_start, count = now, 0
             continue
         count += len(events)
@@ -63,10 +63,11 @@ def run_edgetune(o: dict) -> dict:
             stamps.append(time.perf_counter())
             tokens.append(e.token_id)
     ttft_by_prompt = {}
-    for n in o["ttft_prompts"]:
-        engine.add("t", text[:n], max_new_tokens=1)
+    for n in o["ttft_prompts"]:  # prompts over prefill_chunk (512) take a chunk per step
+        engine.add(f"t{n}", text[:n], max_new_tokens=1)
         t = time.perf_counter()
-        engine.step()
+        while not any(e.request_id == f"t{n}" for e in engine.step()):
+            pass
         ttft_by_prompt[str(n)] = time.perf_counter() - t
     prompts = [text[i * 64 : i * 64 + o["prompt_tokens"]] for i in range(8)]
     result = {

@@ -6,7 +6,7 @@ held-out exact match with the trained adapter (greedy, <= 16 tokens, stop at a n
 decoded batched by the engine (max_batch 8), and its wall time; perplexity of a fixed text
 (the first 512 tokens of the dates task's text, seed 0) with and without the adapter.
 The first bundle is also evaluated the previous way (`Generator`, one prompt at a time on
-inference.onnx), for the eval speed-up. Prints one JSON object.
+inference.onnx), for the eval speed-up (SKIP_ONE_AT_A_TIME=1 skips it). Prints one JSON object.
 """
 
 import json
@@ -41,6 +41,9 @@ def main() -> None:
             "perplexity_adapter": float(np.exp(-engine.token_logprobs(text, "a").mean())),
         }
         print(name, results[name], file=sys.stderr, flush=True)
+    if os.environ.get("SKIP_ONE_AT_A_TIME"):
+        print(json.dumps(results))
+        return
     first = next(iter(bundles.values()))
     t = time.perf_counter()
     em = evaluate_exact_match(Generator(first, adapter=adapter), heldout)

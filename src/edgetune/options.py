@@ -100,7 +100,7 @@ class BuildConfig:
     force: bool = False
     init_adapter: Path | None = None
     gradient_checkpointing: bool | None = None
-    serve_quant: str = "int4"  # the serving graph's float base: int4 | int8 | none (a qlora base stays as trained)
+    serve_quant: str = "int8"  # the serving graph's float base: int4 | int8 | none (a qlora base stays as trained)
 
     def __post_init__(self):
         _as_path(self, "out")
