@@ -18,6 +18,7 @@ TASKS = ("causal-lm",)
 METHODS = ("lora", "dora", "qlora")
 QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
+SERVE_QUANTS = ("int4", "int8", "none")  # the serving graph's base (docs/design.md, "Serving graph")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 ALL_LINEAR = "all-linear"
@@ -79,6 +80,7 @@ class BuildConfig:
 
     targets: comma-separated module names, `all-linear`, or None (the architecture's default).
     method: lora | dora | qlora; quant (qlora only): int8 | int4; block_size (int4): 32 | 64 | 128.
+    serve_quant: the serving graph's weights (int4 | int8 | none); a qlora bundle serves its own base.
     init_adapter: a PEFT adapter folder that sets r, alpha, dropout, rsLoRA, DoRA and targets
     (leave those at their defaults). gradient_checkpointing: None takes the method's default.
     """
@@ -99,6 +101,7 @@ class BuildConfig:
     force: bool = False
     init_adapter: Path | None = None
     gradient_checkpointing: bool | None = None
+    serve_quant: str = "int8"  # the serving graph's float base: int4 | int8 | none (a qlora base stays as trained)
 
     def __post_init__(self):
         _as_path(self, "out")
@@ -108,6 +111,7 @@ class BuildConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("quant", self.quant, QUANT_TYPES, optional=True)
         _choice("block_size", self.block_size, BLOCK_SIZES)
+        _choice("serve_quant", self.serve_quant, SERVE_QUANTS)
         _whole("seed", self.seed, minimum=0)
         if self.quant is not None and self.method != "qlora":
             raise ConfigError("quant", f"{self.quant} needs method qlora (method is {self.method})")

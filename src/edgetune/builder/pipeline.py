@@ -102,7 +102,9 @@ def build_bundle(config: BuildConfig) -> dict:
         inference = prepare_graph(exported[INFERENCE], INFERENCE, plan, config.seed, source, staging)
         _check_agree(training, inference)
         graphs[tmp / names.INFERENCE_MODEL] = inference.model
-        serving = prepare_serving_graph(exported[SERVING], plan, hf_config, lambda model: _sites(model, plan))
+        serving = prepare_serving_graph(
+            exported[SERVING], plan, hf_config, lambda model: _sites(model, plan), config.serve_quant
+        )
         staging.close()
         share_base_weights(graphs, tmp, training.head_slices)  # each graph saved once, pointing into base_weights.bin
         save_serving_graph(serving, tmp, {t.name: t for t in inference.model.graph.initializer})
@@ -214,6 +216,7 @@ def bundle_stage(
                 use_dora=plan.variant.use_dora,
             ),
             "adapted_modules": [s.module_path for s in training.sites],
+            "serving": {"file": names.SERVE_MODEL, "quant": plan.variant.quant or config.serve_quant},
             "gradient_checkpointing": plan.gradient_checkpointing,
             "init_seed": config.seed,
             "init_adapter": None if config.init_adapter is None else str(config.init_adapter),

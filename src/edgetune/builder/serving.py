@@ -15,6 +15,7 @@ import onnx
 
 from edgetune.builder.export import load_exported
 from edgetune.builder.graph import LinearSite, find_linears
+from edgetune.builder.rewrites.quant.tensors import is_float_matrix
 from edgetune.builder.rewrites.serve.adapter_bank import add_adapter_bank
 from edgetune.builder.rewrites.serve.attention import (
     attention_layers,
@@ -23,14 +24,16 @@ from edgetune.builder.rewrites.serve.attention import (
     use_group_query_attention,
 )
 from edgetune.builder.rewrites.serve.last_position import head_on_last_position, prune
+from edgetune.builder.rewrites.serve.quantize import quantize_serving_weights
 from edgetune.builder.weights import MIN_EXTERNAL_BYTES, WeightStore, load_weights
 from edgetune.common import names
 
 
-def prepare_serving_graph(path: Path, plan, config, sites_of) -> onnx.ModelProto:
+def prepare_serving_graph(path: Path, plan, config, sites_of, serve_quant: str) -> onnx.ModelProto:
     """Rewrite the with-past export at `path` into the serving graph and return it (not yet saved).
 
-    `plan` is the build's AdapterPlan, `config` the HF config, `sites_of(model)` the adapted sites.
+    `plan` is the build's AdapterPlan, `config` the HF config, `sites_of(model)` the adapted
+    sites, `serve_quant` int4 | int8 | none for a float base (a QLoRA base stays as trained).
     """
     model = load_exported(path)
     arch, variant = plan.arch, plan.variant
@@ -48,6 +51,9 @@ def prepare_serving_graph(path: Path, plan, config, sites_of) -> onnx.ModelProto
     add_adapter_bank(model, sites, variant.use_dora)
     head_on_last_position(model)
     variant.rewrite_head(model, False)
+    if variant.quant is None and serve_quant != "none":
+        load_weights(model, {t.name for t in model.graph.initializer if is_float_matrix(t)}, path.parent)
+        quantize_serving_weights(model, serve_quant)
     prune(model)
     return model
 

@@ -43,3 +43,7 @@ SERVE_WEIGHTS = "serve_weights.bin"  # the serving graph's own tensors (quantize
 SEQLENS_K = "seqlens_k"  # (B,) int32: each row's length after this run, minus one
 TOTAL_SEQUENCE_LENGTH = "total_sequence_length"  # () int32: the longest row's length after this run
 ADAPTER_INDEX = "adapter_index"  # (B,) int64: each row's slot in the adapter bank (0: no adapter)
+PREFIX_KEY = "prefix_key."  # (B, P, kv_heads·head_dim): a continued prompt's cached keys, per layer N
+PREFIX_VALUE = "prefix_value."  # ... and values (P = 0 when decoding or starting a prompt)
+PREFIX_QUERY = "prefix_query"  # (B, P, heads·head_dim) zeros: GQA needs as many queries as keys
+PREFIX_LENGTH = "prefix_length"  # (1,) int64: P, where the chunk's own outputs start

@@ -8,11 +8,12 @@
         for event in engine.step():
             print(event.request_id, repr(event.text), event.finish_reason or "")
 
-One thread owns an engine. `step()` admits waiting requests into free rows (each is
-prefilled alone and yields its first token), then runs one decode step for every row that
-was already decoding: rows sit at their own positions in the KV cache (`kv_cache`) and read
-their own adapter from the bank (`adapter_bank`), so a request joins at the next step and
-leaves when it finishes or is cancelled. A row's numbers never depend on the other rows,
+One thread owns an engine. `step()` admits waiting requests into free rows, prefills up to
+`prefill_chunk` prompt tokens (each prompt alone in its row; its last chunk yields its
+first token), then runs one decode step for every row that was already decoding: rows
+sit at their own positions in the KV cache (`kv_cache`) and read their own adapter from
+the bank (`adapter_bank`), so a request joins at the next step and leaves when it
+finishes or is cancelled. A row's numbers never depend on the other rows,
 so greedy output in a batch equals the same request alone.
 """
 
@@ -53,7 +54,7 @@ class Event:
     finish_reason: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class _Request:
     id: str
     prompt: list[int]
@@ -65,6 +66,7 @@ class _Request:
     text: TextStream
     row: int = -1
     length: int = 0  # tokens in the row's cache
+    prefilled_before: int = 0  # the cache length before the latest prefill chunk
     generated: int = 0
     next_token: int = 0  # the last sampled token, fed at the next decode step
     tokens: list[int] = field(default_factory=list)
@@ -79,9 +81,15 @@ class Engine:
         max_batch: int = 8,
         capacity: int | None = None,
         max_adapters: int = 8,
+        prefill_chunk: int = 512,
         session_options: ort.SessionOptions | None = None,
     ):
-        """Load the bundle's serving graph; `capacity` tokens per row (default: the context, at most 4096)."""
+        """Load the bundle's serving graph; `capacity` tokens per row (default: the context, at most 4096).
+
+        Each step prefills at most `prefill_chunk` prompt tokens (new requests in arrival
+        order, a long prompt a chunk per step), so the rows already decoding keep getting
+        tokens in between and early requests see their first token sooner.
+        """
         from edgetune.runtime.generate import default_session_options
 
         folder = Path(bundle_dir)
@@ -99,15 +107,21 @@ class Engine:
         inputs = {i.name: i for i in self.session.get_inputs()}
         past = [n for n in inputs if n.startswith(names.PAST)]
         kv_heads, head_dim = inputs[past[0]].shape[1], inputs[past[0]].shape[3]
-        self.capacity = min(capacity or self.files.max_context, self.files.max_context)
-        self.max_batch = max_batch
+        self.capacity = min(capacity or self.files.max_context, self.files.max_context, 4096)
+        self.max_batch, self.prefill_chunk = max_batch, max(1, prefill_chunk)
+        self._query_width = inputs[names.PREFIX_QUERY].shape[2]
         self.cache = KVCache(past, max_batch, kv_heads, self.capacity, head_dim)
         fixed = {names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH, names.ADAPTER_INDEX}
-        bank_inputs = {n: i.shape for n, i in inputs.items() if n not in fixed and n not in past}
+        prefix = (names.PREFIX_KEY, names.PREFIX_VALUE, names.PREFIX_QUERY, names.PREFIX_LENGTH)
+        bank_inputs = {
+            n: i.shape for n, i in inputs.items() if n not in fixed and n not in past and not n.startswith(prefix)
+        }
+        self._no_prefix: dict[int, dict] = {}
         self.bank = AdapterBank(bank_inputs, self.manifest, max_adapters, folder / names.INFERENCE_MODEL)
         self.vocab = self.session.get_outputs()[0].shape[-1]
         self._rows: list[_Request | None] = [None] * max_batch
         self._waiting: deque[_Request] = deque()
+        self._prefilling: deque[_Request] = deque()  # rows whose prompt is not all cached, in arrival order
         self._ids: dict[str, _Request] = {}
         self._cancelled: list[_Request] = []
 
@@ -219,6 +233,22 @@ class Engine:
         seqlens = np.array([ids.shape[1] - 1], np.int32)
         return self._run(row, row + 1, ids, positions, seqlens, ids.shape[1], np.array([slot], np.int64))[0, -1]
 
+    def token_logprobs(self, ids: list[int], adapter: str | None = None) -> np.ndarray:
+        """log p(ids[i] | ids[:i]) for i >= 1, decoding `ids` one token at a time in a free row (perplexity)."""
+        if None not in self._rows:
+            raise EdgetuneError("no free row: every row is decoding")
+        if not 2 <= len(ids) <= self.capacity:
+            raise EdgetuneError(f"scoring needs 2 to {self.capacity} tokens, got {len(ids)}")
+        row = self._rows.index(None)
+        slot = np.array([0 if adapter is None else self.bank.names[adapter]], np.int64)
+        out = []
+        for i in range(len(ids) - 1):
+            token, position = np.array([[ids[i]]], np.int64), np.array([[i]], np.int64)  # (1, 1)
+            logits = self._run(row, row + 1, token, position, np.array([i], np.int32), i + 1, slot)[0, -1]
+            shifted = logits - logits.max()
+            out.append(shifted[ids[i + 1]] - np.log(np.exp(shifted).sum()))
+        return np.array(out)
+
     def stream(
         self,
         prompt_ids: list[int],
@@ -261,30 +291,48 @@ class Engine:
         """Cancel, admit and prefill waiting requests, then one decode step for the others; return the events."""
         events = [self._finish(r, None, FINISH_CANCELLED) for r in self._cancelled]
         self._cancelled.clear()
-        decoding = [r for r in self._rows if r is not None]
+        decoding = [r for r in self._rows if r is not None and r.generated > 0]
         while self._waiting and None in self._rows:
             request = self._waiting.popleft()
             request.row = self._rows.index(None)
             self._rows[request.row] = request
-            events.append(self._prefill(request))
+            self._prefilling.append(request)
+        budget = self.prefill_chunk  # prompt tokens per step, so decoding rows wait at most one chunk
+        while self._prefilling and budget > 0:
+            request = self._prefilling[0]
+            event = self._prefill(request, budget)
+            budget -= request.length - request.prefilled_before
+            if self._prefilling and self._prefilling[0] is request and request.length == len(request.prompt):
+                self._prefilling.popleft()
+            if event is not None:
+                events.append(event)
         if decoding:
             events += self._decode(decoding)
         return events
 
-    def _prefill(self, request: _Request) -> Event:
-        """Run the prompt alone in its row (GQA's prompt mode) and sample its first token."""
-        n, row = len(request.prompt), request.row
+    def _prefill(self, request: _Request, budget: int) -> Event | None:
+        """Prefill the next chunk of the prompt alone in its row; at the prompt's end, sample its first token.
+
+        The first chunk is a plain prompt (GQA's prompt mode); later chunks feed the row's
+        cached keys and values back as the prefix (`KVCache.prefix`).
+        """
+        start, row = request.length, request.row
+        request.prefilled_before = start
+        chunk = request.prompt[start : start + min(budget, self.prefill_chunk)]
+        end = start + len(chunk)
+        prefix = self.cache.prefix(row, start, self._query_width) if start else None
         logits = self._run(
             row,
             row + 1,
-            np.array([request.prompt], np.int64),  # (1, S)
-            np.arange(n, dtype=np.int64)[None],  # (1, S)
-            np.array([n - 1], np.int32),
-            n,
+            np.array([chunk], np.int64),  # (1, S)
+            np.arange(start, end, dtype=np.int64)[None],  # (1, S)
+            np.array([end - 1], np.int32),
+            end,
             np.array([request.slot], np.int64),
+            prefix,
         )
-        request.length = n
-        return self._advance(request, logits[0, -1])
+        request.length = end
+        return self._advance(request, logits[0, -1]) if end == len(request.prompt) else None
 
     def _decode(self, requests: list[_Request]) -> list[Event]:
         """One token for each of `requests`, batched over rows 0..highest (free rows in between idle)."""
@@ -305,8 +353,12 @@ class Engine:
             events.append(self._advance(r, logits[r.row, -1]))
         return events
 
-    def _run(self, start, stop, ids, positions, seqlens, total: int, slots) -> np.ndarray:
+    def _run(self, start, stop, ids, positions, seqlens, total: int, slots, prefix: dict | None = None) -> np.ndarray:
         """One run of the serving graph on rows [start, stop) of the cache; returns logits (B, 1, V)."""
+        if prefix is None:
+            prefix = self._no_prefix.get(stop - start)
+            if prefix is None:
+                prefix = self._no_prefix[stop - start] = self.cache.no_prefix(stop - start, self._query_width)
         binding = self.session.io_binding()
         feeds = {
             names.INPUT_IDS: ids,
@@ -315,7 +367,7 @@ class Engine:
             names.TOTAL_SEQUENCE_LENGTH: np.array(total, np.int32),
             names.ADAPTER_INDEX: slots,
         }
-        for name, value in feeds.items():
+        for name, value in (feeds | prefix).items():
             binding.bind_cpu_input(name, value)
         for name, value in self.bank.values.items():
             binding.bind_ortvalue_input(name, value)
@@ -343,6 +395,8 @@ class Engine:
         """Free the request's row and id; the event carries the text still held back (none after a stop string)."""
         if request.row >= 0:
             self._rows[request.row] = None
+            if request in self._prefilling:
+                self._prefilling.remove(request)
         elif request in self._waiting:
             self._waiting.remove(request)
         self._ids.pop(request.id, None)

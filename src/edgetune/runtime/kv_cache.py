@@ -10,7 +10,7 @@ ranges of them are made once and reused.
 import numpy as np
 import onnxruntime as ort
 
-from edgetune.common.names import PAST, PRESENT
+from edgetune.common.names import PAST, PREFIX_KEY, PREFIX_LENGTH, PREFIX_QUERY, PREFIX_VALUE, PRESENT
 
 
 class KVCache:
@@ -31,6 +31,28 @@ class KVCache:
         for name, value in views.items():
             binding.bind_ortvalue_input(name, value)
             binding.bind_ortvalue_output(PRESENT + name[len(PAST) :], value)
+
+    def prefix(self, row: int, length: int, query_width: int) -> dict[str, np.ndarray]:
+        """The prefix inputs that continue row `row`'s prompt after its first `length` cached tokens.
+
+        Keys and values come out of the buffers as (1, length, kv_heads·head_dim) copies;
+        queries are zeros (GQA needs as many as keys; their outputs are dropped).
+        """
+        feeds = {PREFIX_QUERY: np.zeros((1, length, query_width), np.float32), PREFIX_LENGTH: np.array([length])}
+        for name, buffer in self.buffers.items():
+            layer, part = name[len(PAST) :].rsplit(".", 1)
+            kv = buffer[row, :, :length].transpose(1, 0, 2).reshape(1, length, -1)  # (1, P, kv_heads·head_dim)
+            feeds[f"{PREFIX_KEY if part == 'key' else PREFIX_VALUE}{layer}"] = np.ascontiguousarray(kv)
+        return feeds
+
+    def no_prefix(self, rows: int, query_width: int) -> dict[str, np.ndarray]:
+        """Empty prefix inputs for `rows` rows (decoding, or a prompt's first chunk)."""
+        feeds = {PREFIX_QUERY: np.zeros((rows, 0, query_width), np.float32), PREFIX_LENGTH: np.array([0])}
+        for name, buffer in self.buffers.items():
+            layer, part = name[len(PAST) :].rsplit(".", 1)
+            width = buffer.shape[1] * buffer.shape[3]
+            feeds[f"{PREFIX_KEY if part == 'key' else PREFIX_VALUE}{layer}"] = np.zeros((rows, 0, width), np.float32)
+        return feeds
 
     def nbytes_per_token(self) -> int:
         """Bytes one cached token takes over all layers (keys and values)."""

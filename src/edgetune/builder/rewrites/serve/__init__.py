@@ -4,6 +4,6 @@
                    preallocated KV buffer that ORT writes in place; rows may sit at different positions
     adapter_bank   the LoRA branches read a bank of adapters through a per-row adapter index
     last_position  the LM head runs on each row's last position only
-    quantize       the frozen Linear weights int4 (MatMulNBits) or int8 (DynamicQuantizeMatMul)
+    quantize       the frozen Linear weights int8 or int4, on MatMulNBits kernels
 Why each exists and what it measured: docs/design.md, "Serving graph".
 """

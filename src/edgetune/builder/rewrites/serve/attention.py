@@ -12,8 +12,9 @@ projection's input, becomes:
 as both input and output (`present.N.*`), so ORT writes the new keys in place. Per row,
 `seqlens_k` is the row's length after this run minus one, so rows of one batch may sit at
 different positions (continuous batching). A run with S > 1 is a prompt: ORT 1.19.2's GQA
-writes its keys from position 0 and attends only among them (it cannot extend a cached
-prefix by more than one token per run: docs/design.md, "Serving graph").
+writes its keys from position 0 and attends only among them, so a prompt continued in
+chunks feeds the row's cached keys and values back as a prefix (`prefix_key.N`, ...):
+docs/design.md, "Serving graph".
 The rotary tables are HF's own (transformers' rope init for the config), per position.
 """
 
@@ -24,7 +25,17 @@ from onnx import TensorProto
 from edgetune.builder.graph import LinearSite, add_initializer, add_node, make_input
 from edgetune.builder.rewrites.quant.tensors import CONTRIB, use_contrib_opset
 from edgetune.common.errors import EdgetuneError
-from edgetune.common.names import PAST, POSITION_IDS, PRESENT, SEQLENS_K, TOTAL_SEQUENCE_LENGTH
+from edgetune.common.names import (
+    PAST,
+    POSITION_IDS,
+    PREFIX_KEY,
+    PREFIX_LENGTH,
+    PREFIX_QUERY,
+    PREFIX_VALUE,
+    PRESENT,
+    SEQLENS_K,
+    TOTAL_SEQUENCE_LENGTH,
+)
 
 COS_CACHE, SIN_CACHE = "/serve/rotary/cos", "/serve/rotary/sin"
 
@@ -68,6 +79,10 @@ def use_group_query_attention(
     h, kv, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
     graph.input.append(make_input(SEQLENS_K, TensorProto.INT32, ["batch"]))
     graph.input.append(make_input(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, []))
+    graph.input.append(make_input(PREFIX_QUERY, TensorProto.FLOAT, ["batch", "prefix", h * d]))
+    graph.input.append(make_input(PREFIX_LENGTH, TensorProto.INT64, [1]))
+    add_initializer(graph, "/serve/prefix/ends", np.array([np.iinfo(np.int64).max], np.int64))
+    add_initializer(graph, "/serve/prefix/axes", np.array([1], np.int64))
     if tables is not None:
         add_initializer(graph, COS_CACHE, tables[0])
         add_initializer(graph, SIN_CACHE, tables[1])
@@ -88,6 +103,7 @@ def use_group_query_attention(
         if tables is not None:
             q = _rotary(new_nodes, q, f"{p}/q_rot", h, d, tables)
             k = _rotary(new_nodes, k, f"{p}/k_rot", kv, d, tables)
+        q, k, v = _after_prefix(graph, new_nodes, n, q, k, v, kv * d, p)
         past_k, past_v = f"{PAST}{n}.key", f"{PAST}{n}.value"
         present_k, present_v = f"{PRESENT}{n}.key", f"{PRESENT}{n}.value"
         if past_k not in past_inputs or present_k not in outputs:
@@ -98,12 +114,18 @@ def use_group_query_attention(
         gqa = onnx.helper.make_node(
             "GroupQueryAttention",
             [q, k, v, past_k, past_v, SEQLENS_K, TOTAL_SEQUENCE_LENGTH],
-            [layer["out"], present_k, present_v],
+            [f"{p}/with_prefix", present_k, present_v],
             name=f"{p}/GroupQueryAttention",
             domain=CONTRIB,
             **attrs,
         )
         new_nodes.append(gqa)
+        add_node(  # the chunk's own positions: (B, S, H·D)
+            new_nodes,
+            "Slice",
+            [f"{p}/with_prefix", PREFIX_LENGTH, "/serve/prefix/ends", "/serve/prefix/axes"],
+            layer["out"],
+        )
     for layer in layers:  # the old producers of the attention outputs and presents go
         _drop_producers(graph, {layer["out"], f"{PRESENT}{layer['index']}.key", f"{PRESENT}{layer['index']}.value"})
     graph.node.extend(new_nodes)
@@ -113,6 +135,21 @@ def use_group_query_attention(
     for name, value in outputs.items():
         if name.startswith(PRESENT):
             value.type.tensor_type.shape.dim[2].dim_param = "capacity"
+
+
+def _after_prefix(graph, nodes: list, n: int, q: str, k: str, v: str, kv_width: int, p: str) -> tuple[str, str, str]:
+    """q, k, v after the prefix of a continued prompt: Concat(prefix, x) along the sequence.
+
+    Decoding and first prompts feed empty prefixes (P = 0). A continued prompt's chunk feeds
+    the row's cached keys and values (B, P, kv_heads·head_dim) and zero queries (B, P, H·D):
+    GQA runs it as one prompt of P + S tokens, rewriting the cached keys with themselves.
+    """
+    graph.input.append(make_input(f"{PREFIX_KEY}{n}", TensorProto.FLOAT, ["batch", "prefix", kv_width]))
+    graph.input.append(make_input(f"{PREFIX_VALUE}{n}", TensorProto.FLOAT, ["batch", "prefix", kv_width]))
+    q = add_node(nodes, "Concat", [PREFIX_QUERY, q], f"{p}/q_all", axis=1)
+    k = add_node(nodes, "Concat", [f"{PREFIX_KEY}{n}", k], f"{p}/k_all", axis=1)
+    v = add_node(nodes, "Concat", [f"{PREFIX_VALUE}{n}", v], f"{p}/v_all", axis=1)
+    return q, k, v
 
 
 def _rotary(nodes: list, x: str, out: str, heads: int, head_dim: int, tables) -> str:
