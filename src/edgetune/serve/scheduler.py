@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -76,7 +76,6 @@ class Scheduler:
         self._lock = threading.Lock()
         self._admitted = 0
         self._tickets: dict[str, Ticket] = {}  # engine thread only: requests in the engine
-        self._pending: deque[Ticket] = deque()  # engine thread only: admitted, not yet given to the engine
         self._loaded: OrderedDict[str, None] = OrderedDict()  # engine thread only; least recently used first
         self._deadline: float | None = None
         self._draining = self._stopping = False
@@ -153,14 +152,11 @@ class Scheduler:
             while True:
                 self._read_inbox()
                 if self._deadline is not None and time.monotonic() >= self._deadline:
-                    for request_id in [*self._tickets, *(t.id for t in self._pending)]:
-                        self._cancel(request_id)
+                    for request_id in list(self._tickets):
+                        self.engine.cancel(request_id)
                     self._deadline = None
-                self._feed_engine()
                 if self.engine.has_work:
                     self._step()
-                elif self._pending:
-                    continue
                 elif self._stopping:
                     return
                 else:
@@ -169,7 +165,7 @@ class Scheduler:
         except BaseException as e:  # a bug: fail every request rather than leave them waiting
             log.exception("the engine thread stopped")
             self.failed = e
-            for ticket in [*self._tickets.values(), *self._pending]:
+            for ticket in self._tickets.values():
                 ticket.push(RuntimeError(f"the engine stopped: {e}"))
             raise
 
@@ -181,9 +177,9 @@ class Scheduler:
                 return
             kind = item[0]
             if kind == "add":
-                self._pending.append(item[1])
+                self._add(item[1])
             elif kind == "cancel":
-                self._cancel(item[1])
+                self.engine.cancel(item[1])
             elif kind == "call":
                 _, fn, future = item
                 if future.set_running_or_notify_cancel():
@@ -195,29 +191,6 @@ class Scheduler:
                 self._deadline = item[1] if self._deadline is None else min(self._deadline, item[1])
             elif kind == "stop":
                 self._stopping = True
-
-    def _cancel(self, request_id: str) -> None:
-        """Cancel in the engine, or (not there yet) end the ticket here."""
-        ticket = next((t for t in self._pending if t.id == request_id), None)
-        if ticket is None:
-            self.engine.cancel(request_id)
-            return
-        self._pending.remove(ticket)
-        ticket.finished = True
-        self._release()
-        self.metrics.finished.labels("cancelled").inc()
-        ticket.push(Event(request_id, None, "", True, "cancelled"))
-
-    def _feed_engine(self) -> None:
-        """Give the engine one new request per step (all of them when it is idle but one prefill at a time).
-
-        The engine prefills every request it admits in the same step and returns the step's
-        events at its end: eight requests arriving together would all wait for eight
-        prefills, and the rows already decoding with them. One per step lets first tokens
-        and decoding flow between prefills.
-        """
-        if self._pending and self.engine.waiting == 0 and self.engine.free_rows > 0:
-            self._add(self._pending.popleft())
 
     def _add(self, ticket: Ticket) -> None:
         try:
@@ -261,7 +234,7 @@ class Scheduler:
         m = self.metrics
         m.step_seconds.observe(now - started)
         m.batch_size.observe(rows)
-        m.queue_depth.set(self.engine.waiting + len(self._pending))
+        m.queue_depth.set(self.engine.waiting)
         m.active.set(self.engine.active)
         for event in events:
             ticket = self._tickets.get(event.request_id)
