@@ -2,7 +2,8 @@
 
 A new family is one entry: the Linear module names that LoRA may target, the default
 targets, and whether its Linear layers store weights as (in, out) like GPT-2's Conv1D
-(PEFT's `fan_in_fan_out`).
+(PEFT's `fan_in_fan_out`). An encoder family also names its task heads: the modules
+that are trained whole and saved under PEFT's `modules_to_save`.
 """
 
 from dataclasses import dataclass
@@ -23,9 +24,26 @@ class Architecture:
     serve_qkv: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # one when fused
     serve_out: str = "self_attn.o_proj"  # the attention's output projection
     rotary: bool = True  # rotary positions (else learned position embeddings, as GPT-2)
+    heads: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (task, head modules) of an encoder family
+
+    def head_modules(self, task: str) -> tuple[str, ...]:
+        """The task head's module names (PEFT's modules_to_save); () for a causal LM."""
+        return dict(self.heads).get(task, ())
+
+
+def _encoder(model_type: str, linears: tuple[str, ...], defaults: tuple[str, ...], classifier=("classifier",)):
+    """An encoder family: a sequence-classification head `classifier` (or the modules given),
+    a token-classification head `classifier` and a question-answering head `qa_outputs`."""
+    heads = (
+        ("text-classification", classifier),
+        ("token-classification", ("classifier",)),
+        ("question-answering", ("qa_outputs",)),
+    )
+    return Architecture(model_type, linears, defaults, heads=heads)
 
 
 _LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_BERT_LINEARS = ("query", "key", "value", "dense")  # dense: attention output, MLP in and out, pooler
 
 ARCHITECTURES = {
     a.model_type: a
@@ -47,6 +65,16 @@ ARCHITECTURES = {
             serve_qkv=("attn.c_attn",),
             serve_out="attn.c_proj",
             rotary=False,
+        ),
+        _encoder("bert", _BERT_LINEARS, ("query", "value")),  # MiniLM too
+        _encoder("roberta", _BERT_LINEARS, ("query", "value")),  # classifier = dense + out_proj
+        _encoder("xlm-roberta", _BERT_LINEARS, ("query", "value")),
+        _encoder("electra", (*_BERT_LINEARS, "embeddings_project"), ("query", "value")),
+        _encoder(
+            "distilbert",
+            ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
+            ("q_lin", "v_lin"),
+            classifier=("pre_classifier", "classifier"),
         ),
     )
 }

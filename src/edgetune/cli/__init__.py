@@ -9,10 +9,11 @@ anything else is a bug and keeps its traceback.
 import argparse
 import sys
 
-from edgetune.cli import build, data, generate, merge, serve, train
+from edgetune.cli import build, data, fed, generate, merge, predict, serve, train
 from edgetune.common.errors import ConfigError, EdgetuneError
 
-COMMANDS = (build, train, generate, merge, serve, data)  # each registers one or more subcommands, in help order
+# each registers one or more subcommands, in help order
+COMMANDS = (build, train, generate, predict, merge, serve, data, fed)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -4,11 +4,12 @@ import argparse
 from pathlib import Path
 
 from edgetune.cli.common import add_command, config_from_args
-from edgetune.options import SCHEDULES, TrainConfig, field_names
+from edgetune.options import CLASS_WEIGHTS, SCHEDULES, TrainConfig, field_names
 
 
 def run_train(args: argparse.Namespace) -> None:
     """Train and print a one-line summary."""
+    from edgetune.runtime.metrics import eval_line
     from edgetune.runtime.tuner import Tuner
 
     config = config_from_args(TrainConfig, args, progress=not args.no_progress)
@@ -16,11 +17,11 @@ def run_train(args: argparse.Namespace) -> None:
         f: getattr(config, f) for f in field_names(TrainConfig) if f not in ("bundle", "out", "data", "eval_data")
     }
     summary = Tuner(config.bundle, config.out).run(config.data, config.eval_data, catch_signals=True, **options)
-    eval_part = (
-        f", eval loss {summary['final_eval_loss']:.4f} (ppl {summary['final_perplexity']:.2f})"
-        if summary.get("final_eval_loss") is not None
-        else ""
-    )
+    final = summary.get("final_eval") or {}
+    if "perplexity" in final:
+        eval_part = f", eval loss {final['eval_loss']:.4f} (ppl {final['perplexity']:.2f})"
+    else:
+        eval_part = f", {eval_line(final)}" if final else ""
     print(
         f"trained {summary['steps']} steps in {summary['train_s']:.1f} s "
         f"({summary['tokens_per_s']:.0f} tokens/s, start-up {summary['startup_s']:.2f} s): "
@@ -32,7 +33,9 @@ def register(sub) -> None:
     """Add `train`."""
     p = add_command(sub, "train", run_train, help="fine-tune the bundle's adapter on CPU (device side, torch-free)")
     p.add_argument("bundle")
-    p.add_argument("--data", required=True, help="JSONL (text | prompt/completion | messages) or .txt")
+    p.add_argument(
+        "--data", required=True, help="JSONL (text | prompt/completion | messages; encoder tasks: their format) or .txt"
+    )
     p.add_argument("--eval-data", default=None)
     p.add_argument("-o", "--output", dest="out", required=True, help="run folder (runs/NAME)")
     length = p.add_mutually_exclusive_group()
@@ -50,4 +53,10 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed data lines")
     p.add_argument("--init-adapter", default=None, help="PEFT adapter folder to start from")
+    p.add_argument(
+        "--class-weights",
+        choices=CLASS_WEIGHTS,
+        default=None,
+        help="classification: weigh each label in the loss by its inverse frequency in --data",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -24,6 +24,7 @@ STATE = "state.json"
 # adapter/ (PEFT's names)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+BASE_DELTA = "base_delta.safetensors"  # edgetune's, beside PEFT's files: deltas on the base weights (FedEx-LoRA)
 
 # graph tensor names shared by build and runtime (adapter tensor names: see common.peft)
 INPUT_IDS = "input_ids"
@@ -47,3 +48,10 @@ PREFIX_KEY = "prefix_key."  # (B, P, kv_heads·head_dim): a continued prompt's c
 PREFIX_VALUE = "prefix_value."  # ... and values (P = 0 when decoding or starting a prompt)
 PREFIX_QUERY = "prefix_query"  # (B, P, heads·head_dim) zeros: GQA needs as many queries as keys
 PREFIX_LENGTH = "prefix_length"  # (1,) int64: P, where the chunk's own outputs start
+# encoder tasks (Optimum's names, and the HF model's loss arguments)
+TOKEN_TYPE_IDS = "token_type_ids"
+START_LOGITS = "start_logits"  # question answering: (B, S) each
+END_LOGITS = "end_logits"
+START_POSITIONS = "start_positions"  # question answering's labels: (B,) token index each
+END_POSITIONS = "end_positions"
+CLASS_WEIGHTS = "class_weights"  # classification training graphs: (C,) weight of each label in the loss

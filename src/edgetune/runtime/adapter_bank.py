@@ -17,6 +17,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from edgetune.common.errors import AdapterError
+from edgetune.common.names import BASE_DELTA
 from edgetune.common.peft import MAGNITUDE, base_output, config_scaling, load_adapter, lora_keys, magnitude_key
 
 
@@ -47,6 +48,8 @@ class AdapterBank:
         free = [s for s in range(1, self.slots) if s not in self.names.values()]
         if not free:
             raise AdapterError(f"{path}: all {self.slots - 1} adapter slots are in use (unload one first)")
+        if (Path(path) / BASE_DELTA).is_file():
+            raise AdapterError(f"{path}: carries base-weight deltas (FedEx-LoRA): serve it merged (edgetune merge)")
         weights, config = load_adapter(Path(path), self.manifest)
         rank, scale = int(config["r"]), np.float32(config_scaling(config))
         if rank > self.rank:

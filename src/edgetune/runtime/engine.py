@@ -95,12 +95,15 @@ class Engine:
         folder = Path(bundle_dir)
         if max_batch < 1:
             raise EdgetuneError(f"max_batch must be >= 1, got {max_batch}")
+        manifest = read_manifest(folder)
+        if manifest.get("task", "causal-lm") != "causal-lm":
+            raise BundleError(f"{folder}: a {manifest['task']} bundle does not generate text (use edgetune predict)")
         graph = folder / names.SERVE_MODEL
         if not graph.is_file():
             raise BundleError(f"{folder}: no {names.SERVE_MODEL} (a bundle from an older edgetune: rebuild it)")
         self.files = ModelFiles(folder)
         self.tokenizer = self.files.tokenizer
-        self.manifest = read_manifest(folder)
+        self.manifest = manifest
         self.session = ort.InferenceSession(
             str(graph), providers=["CPUExecutionProvider"], sess_options=session_options or default_session_options()
         )
