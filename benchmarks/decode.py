@@ -148,14 +148,14 @@ def run_transformers(o: dict) -> dict:
     }
 
 
-def contenders(bundles: dict, model_dir, gguf, adapters: list, threads: int = 2) -> dict:
+def contenders(bundles: dict, model_dir, gguf, adapters: list, threads: int = 2, ttft_prompts=TTFT_PROMPTS) -> dict:
     """Child options per contender; `bundles`: name -> SmolLM2 bundle with that serving graph."""
     base = {
-        "prompt": workloads.text_tokens(max(TTFT_PROMPTS) + 8 * 64),
+        "prompt": workloads.text_tokens(max(ttft_prompts) + 8 * 64),
         "prompt_tokens": 128,
         "new_tokens": 128,
         "stream_tokens": 64,
-        "ttft_prompts": list(TTFT_PROMPTS),
+        "ttft_prompts": list(ttft_prompts),
         "threads": threads,
     }
     points = {

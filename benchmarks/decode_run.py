@@ -1,4 +1,4 @@
-"""Run only the decode comparison: `python benchmarks/decode_run.py [--rounds N] [--quants int4 none int8]`.
+"""Run only the decode comparison: `python benchmarks/decode_run.py [--rounds N] [--quants ...] [--only ...]`.
 
 The same contenders and figures as `run.py --only hardware decode`, for the serving graphs
 already built (artifacts/smollm2-<quant>); the results go to artifacts/bench/decode-<time>.json.
@@ -22,12 +22,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--quants", nargs="+", default=["int4", "none", "int8"])
     parser.add_argument("--only", nargs="+", default=None, help="contender names to keep")
+    parser.add_argument(
+        "--ttft-prompts", nargs="+", type=int, default=list(decode.TTFT_PROMPTS), help="prompt lengths for TTFT"
+    )
     args = parser.parse_args()
     started = {"loadavg": os.getloadavg(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     hardware = children.run_child(children.child_cmd("hardware.py", {"threads": 2}), timeout=300, env=children.NO_SPIN)
     bundles = {q if q != "none" else "fp32": workloads.ensure_smollm2_serving(q) for q in args.quants}
     adapters = workloads.random_adapters(next(iter(bundles.values())))
-    points = decode.contenders(bundles, workloads.ensure_smollm2_hf(), smollm2_gguf(), adapters)
+    points = decode.contenders(
+        bundles, workloads.ensure_smollm2_hf(), smollm2_gguf(), adapters, ttft_prompts=args.ttft_prompts
+    )
     if args.only:
         points = {k: v for k, v in points.items() if k in args.only}
     figures = decode.measure(points, args.rounds)
