@@ -253,6 +253,8 @@ class ServeConfig:
     adapters are written (default: state_dir/adapters). state_dir: files, jobs and their
     runs (default: the user's state folder). job_nice: how much lower the CPU priority of
     fine-tuning jobs is than serving's (a nice increment). A host other than loopback needs api_key.
+    trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS) the bundle and every adapter
+    must be signed by; sign: a private key file that signs the adapters fine-tuning jobs write.
     """
 
     bundle: Path
@@ -271,9 +273,11 @@ class ServeConfig:
     job_nice: int = 10
     max_body_bytes: int = 1 << 20
     max_upload_bytes: int = 64 << 20
+    trust: Path | None = None
+    sign: Path | None = None
 
     def __post_init__(self):
-        for name in ("bundle", "adapters_dir", "state_dir"):
+        for name in ("bundle", "adapters_dir", "state_dir", "trust", "sign"):
             _as_path(self, name)
         for name in ("max_batch", "max_tokens_limit", "max_adapters", "max_body_bytes", "max_upload_bytes"):
             _whole(name, getattr(self, name))

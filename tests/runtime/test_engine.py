@@ -217,3 +217,25 @@ def test_chunked_prefill_equals_one_shot(arch, tiny_bundle, tmp_path):
         chunked.cache.prefix(row, 7, chunked._query_width),
     )
     np.testing.assert_allclose(logits[0, -1], reference, atol=1e-4)
+
+
+def test_with_trusted_keys_the_engine_takes_only_signed_bundles_and_adapters(tiny_bundle, tmp_path):
+    from edgetune.common.bundle import sign_manifest
+    from edgetune.common.trust import TrustError, keygen
+    from tests.tamper import copy_bundle
+
+    keygen(tmp_path / "key")
+    trust = tmp_path / "key.pub"
+    with pytest.raises(TrustError, match="not signed, and trusted keys are configured"):
+        Engine(tiny_bundle("llama"), max_batch=1, trust=trust)
+    bundle = copy_bundle(tiny_bundle("llama"), tmp_path / "signed")
+    sign_manifest(bundle, tmp_path / "key")
+    engine = Engine(bundle, max_batch=1, trust=trust)
+    manifest = read_manifest(bundle)
+    weights, sha = random_adapter(bundle, seed=3), manifest["source"]["weights_sha256"]
+    save_adapter(tmp_path / "unsigned", weights, manifest["adapter_config"], sha)
+    with pytest.raises(TrustError, match="not signed"):
+        engine.load_adapter("unsigned", tmp_path / "unsigned")
+    save_adapter(tmp_path / "signed_adapter", weights, manifest["adapter_config"], sha, key=tmp_path / "key")
+    engine.load_adapter("signed", tmp_path / "signed_adapter")
+    assert engine.adapters == ["signed"]

@@ -57,5 +57,6 @@ def register(sub) -> None:
     p.add_argument("--max-tokens-limit", type=positive_int, default=1024, help="largest max_tokens a request may ask")
     p.add_argument("--max-adapters", type=positive_int, default=8, help="adapters held in memory at once")
     p.add_argument("--model-name", default=None, help="the base model's name in the API (default: the source's)")
+    p.add_argument("--sign", default=None, metavar="KEYFILE", help="sign the adapters fine-tuning jobs write")
     p.add_argument("--job-nice", type=int, default=10, help="how much lower fine-tuning jobs run than serving (nice)")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests in flight")

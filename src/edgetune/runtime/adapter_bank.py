@@ -24,9 +24,10 @@ from edgetune.common.peft import MAGNITUDE, base_output, config_scaling, load_ad
 class AdapterBank:
     """Named adapters in slots 1..`max_adapters` of the bank tensors of a serving graph."""
 
-    def __init__(self, inputs: dict[str, list], manifest: dict, max_adapters: int, graph_path: Path):
-        """`inputs`: bank input name -> its graph shape; `manifest`: the bundle's, to check adapters against."""
-        self.manifest, self.slots = manifest, max_adapters + 1
+    def __init__(self, inputs: dict[str, list], manifest, max_adapters: int, graph_path: Path, trust=None):
+        """`inputs`: bank input name -> its graph shape; `manifest`: the bundle's, to check adapters against;
+        `trust`: resolved trusted keys (None: adapters need no signature)."""
+        self.manifest, self.slots, self.trust = manifest, max_adapters + 1, trust
         self.shapes = {n: s for n, s in inputs.items()}
         self.dora = any(n.endswith(MAGNITUDE) for n in inputs)
         self.rank = 1
@@ -50,7 +51,7 @@ class AdapterBank:
             raise AdapterError(f"{path}: all {self.slots - 1} adapter slots are in use (unload one first)")
         if (Path(path) / BASE_DELTA).is_file():
             raise AdapterError(f"{path}: carries base-weight deltas (FedEx-LoRA): serve it merged (edgetune merge)")
-        weights, config = load_adapter(Path(path), self.manifest)
+        weights, config = load_adapter(Path(path), self.manifest, trust=self.trust)
         rank, scale = int(config["r"]), np.float32(config_scaling(config))
         if rank > self.rank:
             self._grow(rank)

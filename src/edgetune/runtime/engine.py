@@ -21,17 +21,19 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from edgetune.common import names
+from edgetune.common.bundle import open_bundle
 from edgetune.common.errors import AdapterError, BundleError, EdgetuneError
-from edgetune.common.manifest import read_manifest
+from edgetune.common.trust import resolve_trust
 from edgetune.runtime.adapter_bank import AdapterBank
 from edgetune.runtime.kv_cache import KVCache
 from edgetune.runtime.model_files import ModelFiles
+from edgetune.runtime.ort_errors import ORT_ERRORS, gist
+from edgetune.runtime.ort_inference import default_session_options
 from edgetune.runtime.sampling import Sampler, SamplingParams
 from edgetune.runtime.text_stream import TextStream
 
@@ -83,30 +85,40 @@ class Engine:
         max_adapters: int = 8,
         prefill_chunk: int = 512,
         session_options: ort.SessionOptions | None = None,
+        *,
+        trust: str | os.PathLike | None = None,
     ):
         """Load the bundle's serving graph; `capacity` tokens per row (default: the context, at most 4096).
 
         Each step prefills at most `prefill_chunk` prompt tokens (new requests in arrival
         order, a long prompt a chunk per step), so the rows already decoding keep getting
-        tokens in between and early requests see their first token sooner.
+        tokens in between and early requests see their first token sooner. The bundle opens
+        through `open_bundle`; trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS),
+        with which the bundle and every adapter must be signed by one of its keys.
         """
-        from edgetune.runtime.generate import default_session_options
-
-        folder = Path(bundle_dir)
         if max_batch < 1:
             raise EdgetuneError(f"max_batch must be >= 1, got {max_batch}")
-        manifest = read_manifest(folder)
+        trusted = resolve_trust(trust)
+        bundle = open_bundle(bundle_dir, trust=trusted)
+        folder, manifest = bundle.folder, bundle.manifest
+        if bundle.kind != "bundle":
+            raise BundleError(f"{folder}: a merged model has no serving graph (serve the bundle with its adapter)")
         if manifest.get("task", "causal-lm") != "causal-lm":
             raise BundleError(f"{folder}: a {manifest['task']} bundle does not generate text (use edgetune predict)")
-        graph = folder / names.SERVE_MODEL
-        if not graph.is_file():
+        graph = bundle.optional(names.SERVE_MODEL)
+        if graph is None:
             raise BundleError(f"{folder}: no {names.SERVE_MODEL} (a bundle from an older edgetune: rebuild it)")
-        self.files = ModelFiles(folder)
+        self.files = ModelFiles(bundle)
         self.tokenizer = self.files.tokenizer
         self.manifest = manifest
-        self.session = ort.InferenceSession(
-            str(graph), providers=["CPUExecutionProvider"], sess_options=session_options or default_session_options()
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(graph),
+                providers=["CPUExecutionProvider"],
+                sess_options=session_options or default_session_options(),
+            )
+        except ORT_ERRORS as e:
+            raise BundleError(f"{graph}: ONNX Runtime cannot load it ({gist(e)})") from None
         inputs = {i.name: i for i in self.session.get_inputs()}
         past = [n for n in inputs if n.startswith(names.PAST)]
         kv_heads, head_dim = inputs[past[0]].shape[1], inputs[past[0]].shape[3]
@@ -120,7 +132,7 @@ class Engine:
             n: i.shape for n, i in inputs.items() if n not in fixed and n not in past and not n.startswith(prefix)
         }
         self._no_prefix: dict[int, dict] = {}
-        self.bank = AdapterBank(bank_inputs, self.manifest, max_adapters, folder / names.INFERENCE_MODEL)
+        self.bank = AdapterBank(bank_inputs, manifest, max_adapters, bundle.path(names.INFERENCE_MODEL), trusted)
         self.vocab = self.session.get_outputs()[0].shape[-1]
         self._rows: list[_Request | None] = [None] * max_batch
         self._waiting: deque[_Request] = deque()
@@ -131,7 +143,8 @@ class Engine:
     # --- adapters --------------------------------------------------------------------
 
     def load_adapter(self, name: str, path: str | os.PathLike) -> None:
-        """Load a PEFT adapter under `name` (refused if it was trained for another base model)."""
+        """Load a PEFT adapter under `name` (refused if it was trained for another base model, or is not
+        signed by a trusted key when keys are configured)."""
         self.bank.load(name, path)
 
     def unload_adapter(self, name: str) -> None:

@@ -1,49 +1,24 @@
 """What a decoder needs from a model folder besides its graph: tokenizer, EOS ids, context, chat template."""
 
-import json
-from pathlib import Path
-
 import jinja2
 
 from edgetune.common import names
-from edgetune.common.errors import BundleError, EdgetuneError
+from edgetune.common.bundle import Bundle
+from edgetune.common.errors import EdgetuneError
 from edgetune.runtime.batching import load_tokenizer
 from edgetune.runtime.chat_template import render_chat
-
-
-def read_json(path: Path) -> dict:
-    """The JSON object in `path`, or {} if the file does not exist."""
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def id_set(value) -> set[int]:
-    """An `eos_token_id` field (None, an int or a list) as a set of ids."""
-    return set() if value is None else {value} if isinstance(value, int) else set(value)
+from edgetune.runtime.model_config import read_model_config
 
 
 class ModelFiles:
-    """config.json, generation_config.json and the tokenizer files of a bundle or merged folder."""
+    """config.json, generation_config.json and the tokenizer files of an opened bundle or merged folder."""
 
-    def __init__(self, folder: Path):
-        folder = Path(folder)
-        if not (folder / names.HF_CONFIG).is_file():
-            raise BundleError(f"{folder}: no {names.HF_CONFIG}")
-        config = read_json(folder / names.HF_CONFIG)
-        generation = read_json(folder / names.GENERATION_CONFIG)
-        self.tokenizer, self.tokenizer_info = load_tokenizer(folder)
+    def __init__(self, bundle: Bundle):
+        config = read_model_config(bundle.path(names.HF_CONFIG), bundle.optional(names.GENERATION_CONFIG))
+        self.tokenizer, self.tokenizer_info = load_tokenizer(bundle.folder)
         self.tokenizer.no_truncation()
-        self.eos_token_ids = frozenset(
-            id_set(config.get("eos_token_id"))
-            | id_set(generation.get("eos_token_id"))
-            | id_set(self.tokenizer_info.eos_id)
-        )
-        context = next((config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx") if k in config), None)
-        if context is None:
-            raise BundleError(f"{folder / names.HF_CONFIG}: no max_position_embeddings (context length)")
-        self.max_context = int(context)
+        self.eos_token_ids = config.eos_token_ids | ({self.tokenizer_info.eos_id} - {None})
+        self.max_context = config.max_context
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of a plain prompt, BOS first when the tokenizer adds one (as training does)."""

@@ -44,9 +44,12 @@ class FineTuning:
         registry: AdapterRegistry,
         seq_len: int = 512,
         priority: int = 10,
+        trust: Path | None = None,
+        sign: Path | None = None,
     ):
         self.store, self.bundle, self.base_sha, self.registry = store, Path(bundle), base_sha, registry
         self.seq_len, self.priority = seq_len, priority
+        self.trust, self.sign = trust, sign  # the bundle's trusted keys; the key that signs the adapters jobs write
         self.current: tuple[str, TuningJob] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -118,6 +121,8 @@ class FineTuning:
             seq_len=self.seq_len,
             resume=resume,
             warmup=0.03,
+            trust=self.trust,
+            sign=self.sign,
         )
         validation = self.store.file_path(job["validation_file"]) if job["validation_file"] else None
         if validation:

@@ -26,7 +26,7 @@ from edgetune.serve.store import Store
 
 def build_state(config: ServeConfig) -> ServerState:
     """Open the bundle's engine, name the base model and register (and load) the command line's adapters."""
-    engine = Engine(config.bundle, max_batch=config.max_batch, max_adapters=config.max_adapters)
+    engine = Engine(config.bundle, max_batch=config.max_batch, max_adapters=config.max_adapters, trust=config.trust)
     state_dir = config.state_dir or default_state_dir()
     adapters_dir = config.adapters_dir or state_dir / "adapters"
     adapters_dir.mkdir(parents=True, exist_ok=True)
@@ -38,7 +38,15 @@ def build_state(config: ServeConfig) -> ServerState:
         registry.add(name, Path(folder))
         scheduler.load_adapter(name)
     base_sha = engine.manifest["source"]["weights_sha256"]
-    fine_tuning = FineTuning(Store(state_dir), config.bundle, base_sha, registry, priority=config.job_nice)
+    fine_tuning = FineTuning(
+        Store(state_dir),
+        config.bundle,
+        base_sha,
+        registry,
+        priority=config.job_nice,
+        trust=config.trust,
+        sign=config.sign,
+    )
     return ServerState(
         fine_tuning=fine_tuning,
         files=engine.files,
