@@ -32,7 +32,13 @@ class _EngineChat:
         from edgetune.runtime.sampling import SamplingParams
 
         if truncate:
-            ids = ids[-max(1, self.engine.capacity - max_new_tokens) :]
+            room, context = self.engine.capacity - max_new_tokens, self.engine.capacity
+            if room < 1:
+                raise EdgetuneError(
+                    f"max_new_tokens {max_new_tokens} leaves no room for the prompt in the model's context of"
+                    f" {context} (truncate needs max_new_tokens < {context})"
+                )
+            ids = ids[-room:]
         params = SamplingParams(**sampling)
         return self.engine.stream(ids, self.adapter, params, max_new_tokens, stop)
 

@@ -10,6 +10,17 @@ from edgetune.runtime.chat_template import render_chat
 from edgetune.runtime.model_config import read_model_config
 
 
+def utf8_text(text: str, what: str = "the prompt") -> str:
+    """`text` if it can be encoded as UTF-8 (command-line bytes that are not UTF-8 arrive as surrogates)."""
+    if not isinstance(text, str):
+        raise EdgetuneError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise EdgetuneError(f"{what} is not valid UTF-8 (at character {e.start + 1})") from None
+    return text
+
+
 class ModelFiles:
     """config.json, generation_config.json and the tokenizer files of an opened bundle or merged folder."""
 
@@ -23,7 +34,8 @@ class ModelFiles:
     def encode(self, prompt: str) -> list[int]:
         """Token ids of a plain prompt, BOS first when the tokenizer adds one (as training does)."""
         info = self.tokenizer_info
-        return ([info.bos_id] if info.add_bos else []) + self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        ids = self.tokenizer.encode(utf8_text(prompt), add_special_tokens=False).ids
+        return ([info.bos_id] if info.add_bos else []) + ids
 
     def chat_text(self, messages: list[dict]) -> str:
         """`messages` rendered with the chat template, ending with the assistant's turn header."""
@@ -37,4 +49,4 @@ class ModelFiles:
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         """Token ids of the rendered chat (the template places any BOS itself)."""
-        return self.tokenizer.encode(self.chat_text(messages), add_special_tokens=False).ids
+        return self.tokenizer.encode(utf8_text(self.chat_text(messages)), add_special_tokens=False).ids
