@@ -22,9 +22,14 @@ def run_build(args: argparse.Namespace) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> None:
-    """Print a bundle's manifest after checking every file's hash."""
+    """Print a bundle's (or exported folder's) manifest after checking every file's hash; describe an exported file."""
     from edgetune.common.manifest import verify
 
+    if Path(args.bundle).is_file():
+        from edgetune.exporters import describe
+
+        print(json.dumps(describe(Path(args.bundle)), indent=2))
+        return
     manifest = verify(Path(args.bundle))
     print(json.dumps(manifest, indent=2))
     print(f"ok: {len(manifest['files'])} files match their sha256", file=sys.stderr)
@@ -74,5 +79,10 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the adapter's initial A")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
-    p = add_command(sub, "inspect", run_inspect, help="print a bundle's manifest and verify every file's hash")
-    p.add_argument("bundle")
+    p = add_command(
+        sub,
+        "inspect",
+        run_inspect,
+        help="verify a bundle's (or exported folder's) files; describe a .gguf/.onnx_adapter",
+    )
+    p.add_argument("bundle", help="bundle, merged or genai folder; or an exported .gguf / .onnx_adapter file")

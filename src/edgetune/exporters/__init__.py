@@ -1,0 +1,56 @@
+"""Adapters out to the runtimes people already use: llama.cpp/Ollama, ONNX Runtime >= 1.20, onnxruntime-genai.
+
+    export(bundle, adapter, "gguf", "out/x.gguf")       # llama.cpp --lora, Ollama ADAPTER
+    export(bundle, adapter, "onnx-adapter", "out/x.onnx_adapter")
+    export(bundle, adapter, "genai", "out/genai/")      # adapter optional
+    export(bundle, adapter, "peft", "out/peft/")
+
+One module per format; `source` holds what they share. Device side: numpy, onnx and
+flatbuffers; the `gguf` package comes with the `export` extra.
+"""
+
+from pathlib import Path
+
+from edgetune.common.errors import EdgetuneError
+from edgetune.common.peft import save_adapter
+from edgetune.exporters.source import ExportSource, load_source, need_adapter
+
+FORMATS = ("gguf", "onnx-adapter", "genai", "peft")
+
+
+def write_peft(source: ExportSource, out: Path) -> dict:
+    """The adapter in PEFT's own format again (adapter_config.json + adapter_model.safetensors)."""
+    need_adapter(source, "peft")
+    save_adapter(out, source.weights, source.adapter_config, source.manifest["source"]["weights_sha256"])
+    return {"format": "peft", "tensors": len(source.weights), "rank": source.rank}
+
+
+def export(bundle: Path, adapter: Path | None, fmt: str, out: Path) -> dict:
+    """Write the bundle's adapter (or, for genai, the bundle itself) in format `fmt` at `out`; return a summary."""
+    from edgetune.exporters.genai import write_genai_folder
+    from edgetune.exporters.gguf_lora import write_gguf_lora
+    from edgetune.exporters.onnx_adapter import write_onnx_adapter
+
+    writers = {
+        "gguf": write_gguf_lora,
+        "onnx-adapter": write_onnx_adapter,
+        "genai": write_genai_folder,
+        "peft": write_peft,
+    }
+    if fmt not in writers:
+        raise EdgetuneError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return writers[fmt](load_source(bundle, adapter), Path(out))
+
+
+def describe(path: Path) -> dict:
+    """What an exported .gguf or .onnx_adapter file is and what base it needs (for `edgetune inspect`)."""
+    from edgetune.exporters.gguf_lora import describe_gguf
+    from edgetune.exporters.onnx_adapter import describe_onnx_adapter
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] == b"GGUF":
+        return describe_gguf(Path(path))
+    if head[4:8] == b"TORT":
+        return describe_onnx_adapter(Path(path))
+    raise EdgetuneError(f"{path}: neither a bundle folder, a GGUF file nor an .onnx_adapter file")

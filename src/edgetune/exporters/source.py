@@ -1,0 +1,87 @@
+"""What every exporter starts from: a verified bundle, its Hugging Face config, and one adapter in it.
+
+An exporter reads the adapter through `common.peft.load_adapter` (which checks it fits the
+bundle) and takes the module paths, keys and scaling from `common.peft`; nothing here
+re-derives them. The refusals shared by several formats live here too.
+"""
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgetune.common import names
+from edgetune.common.errors import AdapterError, EdgetuneError
+from edgetune.common.manifest import read_json, verify
+from edgetune.common.peft import config_scaling, load_adapter, lora_keys
+
+EXPORT_EXTRA = 'pip install "edgetune[export]"'
+
+
+@dataclass
+class ExportSource:
+    """A bundle and (optionally) one of its adapters, ready to be written in another format.
+
+    weights are in PEFT layout: A (r, in) and B (out, r) per adapted module.
+    """
+
+    bundle: Path
+    manifest: dict
+    hf_config: dict
+    adapter: Path | None = None
+    weights: dict[str, np.ndarray] | None = None
+    adapter_config: dict | None = None
+
+    @property
+    def modules(self) -> list[str]:
+        """The bundle's adapted module paths, in graph order."""
+        return self.manifest["adapted_modules"]
+
+    @property
+    def scale(self) -> float:
+        """The adapter's scale (alpha/r or alpha/√r), which every format but PEFT must fold somewhere."""
+        return config_scaling(self.adapter_config)
+
+    @property
+    def rank(self) -> int:
+        """The adapter's rank r."""
+        return int(self.adapter_config["r"])
+
+    def pair(self, module_path: str) -> tuple[np.ndarray, np.ndarray]:
+        """One module's (A (r, in), B (out, r)) in PEFT layout."""
+        key_a, key_b = lora_keys(module_path)
+        return self.weights[key_a], self.weights[key_b]
+
+
+def load_source(bundle: Path, adapter: Path | None) -> ExportSource:
+    """Verify the bundle's files, read its config.json and, if given, the adapter (checked against the bundle)."""
+    bundle = Path(bundle)
+    manifest = verify(bundle)
+    if manifest.get("kind") != "bundle":
+        raise EdgetuneError(f"{bundle}: a {manifest.get('kind')!r} folder, not a bundle (export from the bundle)")
+    source = ExportSource(bundle, manifest, read_json(bundle / names.HF_CONFIG, EdgetuneError))
+    if adapter is not None:
+        source.adapter = Path(adapter)
+        source.weights, source.adapter_config = load_adapter(source.adapter, manifest)
+    return source
+
+
+def refuse_dora(source: ExportSource, fmt: str, why: str) -> None:
+    """Refuse a DoRA adapter in a format that has no magnitude vector, saying why in one line."""
+    if source.adapter_config and source.adapter_config.get("use_dora"):
+        raise AdapterError(f"{source.adapter}: a DoRA adapter cannot be written as {fmt}: {why}")
+
+
+def need_adapter(source: ExportSource, fmt: str) -> None:
+    """Refuse a format that is an adapter file when no --adapter was given."""
+    if source.weights is None:
+        raise EdgetuneError(f"--format {fmt} writes an adapter: give --adapter DIR")
+
+
+def optional_import(module: str):
+    """Import a package of the `export` extra, or fail in one line naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise EdgetuneError(f"this export needs the '{module}' package: {EXPORT_EXTRA}") from None
