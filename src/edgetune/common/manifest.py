@@ -43,11 +43,13 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def verify(folder: Path, manifest: dict | None = None) -> dict:
-    """Check every listed file's size and sha256; raise naming the first file that differs."""
+def verify(folder: Path, manifest: dict | None = None, only: tuple[str, ...] | None = None) -> dict:
+    """Check each listed file's size and sha256 (only those in `only`, if given); name the first that differs."""
     folder = Path(folder)
     manifest = manifest or read_manifest(folder)
     for rel, entry in manifest["files"].items():
+        if only is not None and rel not in only:
+            continue
         path = folder / rel
         if not path.is_file():
             raise BundleError(f"{path}: listed in the manifest but missing")

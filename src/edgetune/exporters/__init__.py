@@ -39,7 +39,7 @@ def export(bundle: Path, adapter: Path | None, fmt: str, out: Path) -> dict:
     }
     if fmt not in writers:
         raise EdgetuneError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return writers[fmt](load_source(bundle, adapter), Path(out))
+    return writers[fmt](load_source(bundle, adapter, graphs=fmt == "genai"), Path(out))
 
 
 def describe(path: Path) -> dict:

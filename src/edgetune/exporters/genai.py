@@ -103,6 +103,33 @@ def genai_config(hf_config: dict, generation: dict) -> dict:
     }
 
 
+def _is_byte_level(tokenizer: dict) -> bool:
+    """Whether a tokenizer.json is a byte-level BPE (GPT-2's scheme), by its model and pre-tokenizer."""
+    pre = tokenizer.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return tokenizer.get("model", {}).get("type") == "BPE" and any(p.get("type") == "ByteLevel" for p in steps)
+
+
+def _plain_byte_level_decoder(folder: Path) -> None:
+    """Give a byte-level BPE the plain ByteLevel decoder, by which genai's tokenizer recognises it.
+
+    transformers' GGUF loader writes SmolLM2's byte-level BPE with a SentencePiece-style
+    decoder sequence (ByteFallback, Fuse, Replace "▁", ByteLevel); onnxruntime-extensions
+    then reads the whole tokenizer as SentencePiece, and most words came out as id -1. The
+    ByteLevel step alone decodes a byte-level vocabulary the same way (the Hugging Face
+    SmolLM2 tokenizer.json has just that).
+    """
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return
+    tokenizer = read_json(path, EdgetuneError)
+    decoder = tokenizer.get("decoder") or {}
+    steps = decoder.get("decoders", []) if decoder.get("type") == "Sequence" else []
+    byte_level = [step for step in steps if step.get("type") == "ByteLevel"]
+    if _is_byte_level(tokenizer) and byte_level and len(steps) > 1:
+        write_json_atomic(path, {**tokenizer, "decoder": byte_level[0]})
+
+
 def write_genai_folder(source: ExportSource, out: Path) -> dict:
     """Write an onnxruntime-genai model folder at `out`, atomically; return its manifest."""
     bundle = source.bundle
@@ -121,6 +148,7 @@ def write_genai_folder(source: ExportSource, out: Path) -> dict:
         for name in COPIED:
             if (bundle / name).is_file():
                 shutil.copy2(bundle / name, tmp / name)
+        _plain_byte_level_decoder(tmp)
         if source.weights is not None and not dora:
             adapter_file = f"{ADAPTERS_DIR}/{source.adapter.resolve().name}.onnx_adapter"
             (tmp / ADAPTERS_DIR).mkdir()

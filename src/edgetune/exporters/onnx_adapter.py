@@ -16,6 +16,7 @@ after the serving graph input it replaces (PEFT's key) and holds the graph layou
 and s·Bᵀ (r, out), the scale folded into B since the file stores no alpha.
 """
 
+import struct
 from pathlib import Path
 
 import flatbuffers
@@ -96,7 +97,7 @@ def decode_adapter(data: bytes, source: str = "adapter") -> tuple[dict, dict[str
             "model_version": _int(root, ADAPTER_MODEL_VERSION),
         }
         params = dict(_parameter(p) for p in _tables(root, ADAPTER_PARAMETERS))
-    except (IndexError, ValueError, KeyError) as e:
+    except (IndexError, ValueError, KeyError, struct.error) as e:
         raise EdgetuneError(f"{source}: a damaged .onnx_adapter file ({e})") from None
     return header, params
 

@@ -54,10 +54,14 @@ class ExportSource:
         return self.weights[key_a], self.weights[key_b]
 
 
-def load_source(bundle: Path, adapter: Path | None) -> ExportSource:
-    """Verify the bundle's files, read its config.json and, if given, the adapter (checked against the bundle)."""
+def load_source(bundle: Path, adapter: Path | None, graphs: bool = True) -> ExportSource:
+    """Verify the bundle's files, read its config.json and, if given, the adapter (checked against the bundle).
+
+    graphs=False: the export reads no graph or weights, so only config.json is re-hashed
+    (hashing SmolLM2's 660 MB bundle takes longer than writing its adapter).
+    """
     bundle = Path(bundle)
-    manifest = verify(bundle)
+    manifest = verify(bundle, only=None if graphs else (names.HF_CONFIG,))
     if manifest.get("kind") != "bundle":
         raise EdgetuneError(f"{bundle}: a {manifest.get('kind')!r} folder, not a bundle (export from the bundle)")
     source = ExportSource(bundle, manifest, read_json(bundle / names.HF_CONFIG, EdgetuneError))
