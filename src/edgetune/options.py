@@ -20,6 +20,7 @@ BLOCK_SIZES = (32, 64, 128)
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 TRAINABLE = ("all", "lora_B")  # which adapter tensors train: all, or only B (FFA-LoRA: A frozen from the seed)
+EXPORT_FORMATS = ("gguf", "onnx-adapter", "genai", "peft")  # `edgetune export --format`
 ALL_LINEAR = "all-linear"
 
 

@@ -4,8 +4,7 @@ import argparse
 from pathlib import Path
 
 from edgetune.cli.common import add_command
-
-FORMATS = ("gguf", "onnx-adapter", "genai", "peft")  # edgetune.exporters.FORMATS, without importing it
+from edgetune.options import EXPORT_FORMATS
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -32,7 +31,7 @@ def register(sub) -> None:
     p.add_argument(
         "--format",
         required=True,
-        choices=FORMATS,
+        choices=EXPORT_FORMATS,
         help="gguf: llama.cpp/Ollama LoRA; onnx-adapter: ORT >= 1.20 LoraAdapter; genai: a model folder; peft",
     )
     p.add_argument("-o", "--output", required=True, help="file (gguf, onnx-adapter) or folder (genai, peft)")

@@ -14,8 +14,7 @@ from pathlib import Path
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.peft import save_adapter
 from edgetune.exporters.source import ExportSource, load_source, need_adapter
-
-FORMATS = ("gguf", "onnx-adapter", "genai", "peft")
+from edgetune.options import EXPORT_FORMATS
 
 
 def write_peft(source: ExportSource, out: Path) -> dict:
@@ -38,7 +37,7 @@ def export(bundle: Path, adapter: Path | None, fmt: str, out: Path) -> dict:
         "peft": write_peft,
     }
     if fmt not in writers:
-        raise EdgetuneError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise EdgetuneError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     return writers[fmt](load_source(bundle, adapter, graphs=fmt == "genai"), Path(out))
 
 

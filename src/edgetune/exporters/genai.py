@@ -133,15 +133,14 @@ def _plain_byte_level_decoder(folder: Path) -> None:
 def write_genai_folder(source: ExportSource, out: Path) -> dict:
     """Write an onnxruntime-genai model folder at `out`, atomically; return its manifest."""
     bundle = source.bundle
-    generation = (
-        read_json(bundle / names.GENERATION_CONFIG, EdgetuneError)
-        if (bundle / names.GENERATION_CONFIG).is_file()
-        else {}
-    )
+    has_generation = (bundle / names.GENERATION_CONFIG).is_file()
+    generation = read_json(bundle / names.GENERATION_CONFIG, EdgetuneError) if has_generation else {}
     config = genai_config(source.hf_config, generation)
     dora = bool(source.adapter_config and source.adapter_config.get("use_dora"))
     model = merged_graph(source) if dora else serving_graph(source)
     adapter_file = None
+    if source.weights is not None and not dora:
+        adapter_file = f"{ADAPTERS_DIR}/{source.adapter.resolve().name}.onnx_adapter"
     with atomic_folder(Path(out), "exporting") as tmp:
         save_model(model, tmp)
         write_json_atomic(tmp / GENAI_CONFIG, config)
@@ -149,25 +148,26 @@ def write_genai_folder(source: ExportSource, out: Path) -> dict:
             if (bundle / name).is_file():
                 shutil.copy2(bundle / name, tmp / name)
         _plain_byte_level_decoder(tmp)
-        if source.weights is not None and not dora:
-            adapter_file = f"{ADAPTERS_DIR}/{source.adapter.resolve().name}.onnx_adapter"
+        if adapter_file:
             (tmp / ADAPTERS_DIR).mkdir()
             (tmp / adapter_file).write_bytes(encode_adapter(adapter_parameters(source)))
-        adapter = None
-        if source.weights is not None:
-            adapter = {
-                "path": str(source.adapter),
-                "sha256": sha256_file(source.adapter / names.ADAPTER_WEIGHTS),
-                "file": adapter_file,
-                "folded": dora,
-            }
-        return write_manifest(
-            tmp,
-            {
-                "kind": "genai",
-                "edgetune_version": edgetune.__version__,
-                "source": source.manifest["source"],
-                "architecture": source.manifest["architecture"],
-                "adapter": adapter,
-            },
-        )
+        fields = {
+            "kind": "genai",
+            "edgetune_version": edgetune.__version__,
+            "source": source.manifest["source"],
+            "architecture": source.manifest["architecture"],
+            "adapter": _adapter_entry(source, adapter_file, folded=dora),
+        }
+        return write_manifest(tmp, fields)
+
+
+def _adapter_entry(source: ExportSource, adapter_file: str | None, folded: bool) -> dict | None:
+    """The manifest's record of the adapter a folder was exported with (None: the base model)."""
+    if source.weights is None:
+        return None
+    return {
+        "path": str(source.adapter),
+        "sha256": sha256_file(source.adapter / names.ADAPTER_WEIGHTS),
+        "file": adapter_file,
+        "folded": folded,
+    }

@@ -95,7 +95,26 @@ def write_gguf_lora(source: ExportSource, out: Path) -> dict:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-    return {"format": "gguf", "architecture": arch_name, "tensors": len(tensors), "alpha": alpha, "rank": source.rank}
+    summary = {
+        "format": "gguf",
+        "architecture": arch_name,
+        "tensors": len(tensors),
+        "alpha": alpha,
+        "rank": source.rank,
+    }
+    if source.manifest.get("method") == "qlora":
+        summary["note"] = qlora_note(source.manifest)
+    return summary
+
+
+def qlora_note(manifest: dict) -> str:
+    """What a QLoRA adapter meets in llama.cpp: the base GGUF the user loads, not the bundle's quantized base."""
+    quant = manifest.get("quantization") or {}
+    kind = f"{quant.get('type', 'quantized')}" + (f", block {quant['block_size']}" if "block_size" in quant else "")
+    return (
+        f"a QLoRA adapter (trained on an {kind} base): llama.cpp applies it to the base GGUF you load; "
+        "edgetune's int4 with block 32 has the weights of a Q4_1 GGUF"
+    )
 
 
 def describe_gguf(path: Path) -> dict:
@@ -103,8 +122,8 @@ def describe_gguf(path: Path) -> dict:
     gguf = optional_import("gguf")
     try:
         reader = gguf.GGUFReader(str(path))
-    except (ValueError, OSError) as e:
-        raise EdgetuneError(f"{path}: not a readable GGUF file ({e})") from None
+    except (ValueError, OSError, IndexError, KeyError) as e:  # a truncated or damaged file
+        raise EdgetuneError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
     fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("tokenizer.")}
     info = {
         "file": str(path),
