@@ -13,6 +13,7 @@ alternate between contenders; the median wall time is printed. Contenders:
 """
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -27,6 +28,13 @@ from adapter_swap import random_adapters  # benchmarks/ is on sys.path when run 
 from edgetune.exporters.onnx_adapter import decode_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
+HF_CLASSES = {  # config.json's `architectures`, which convert_lora_to_gguf.py needs (GGUF-built bundles lack it)
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+}
 ORT_WRITE = (
     "import sys, numpy as np, onnxruntime as ort\n"
     "params = dict(np.load(sys.argv[1]))\n"
@@ -61,10 +69,15 @@ def main() -> None:
         _, params = decode_adapter((tmp / "p.onnx_adapter").read_bytes())
         np.savez(tmp / "params.npz", **params)
         src = ROOT / ".venvs/llama-src"
+        config = json.loads((bundle / "config.json").read_text())
+        config.setdefault("architectures", [HF_CLASSES[config["model_type"]]])
+        (tmp / "base").mkdir()
+        (tmp / "base" / "config.json").write_text(json.dumps(config))
         contenders = {
             "edgetune export --format gguf": cli + ["--format", "gguf", "-o", tmp / "a.gguf"],
             "llama.cpp convert_lora_to_gguf.py": [
-                sys.executable, src / "convert_lora_to_gguf.py", adapter, "--base", bundle, "--outfile", tmp / "b.gguf"
+                sys.executable, src / "convert_lora_to_gguf.py", adapter,
+                "--base", tmp / "base", "--outfile", tmp / "b.gguf",
             ],
             "edgetune export --format onnx-adapter": cli + ["--format", "onnx-adapter", "-o", tmp / "a.onnx_adapter"],
             "ORT 1.31 AdapterFormat (.venvs/ort)": [

@@ -82,7 +82,7 @@ def test_genai_decodes_like_edgetune_with_og_adapters(arch, tiny_bundle, tmp_pat
 @pytest.mark.slow
 def test_genai_folder_with_a_dora_adapter_folded_in(tiny_bundle, tmp_path):
     """A DoRA adapter has no .onnx_adapter form: the folder gets it merged, and genai decodes as edgetune does."""
-    bundle = tiny_bundle("qwen2", method="dora")
+    bundle = tiny_bundle("llama", method="dora")
     write_random_adapter(bundle, tmp_path / "dora")
     export(bundle, tmp_path / "dora", "genai", tmp_path / "genai")
     assert verify(tmp_path / "genai")["adapter"]["folded"] is True

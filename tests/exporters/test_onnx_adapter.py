@@ -41,7 +41,7 @@ def test_encode_decode_round_trip():
 
 
 def test_adapter_holds_graph_layout_with_the_scale_in_b(tiny_bundle, tmp_path):
-    bundle = tiny_bundle("qwen2", use_rslora=True, rank=4)
+    bundle = tiny_bundle("llama", use_rslora=True, rank=4)
     weights = write_random_adapter(bundle, tmp_path / "adapter")
     export(bundle, tmp_path / "adapter", "onnx-adapter", tmp_path / "a.onnx_adapter")
     _, params = decode_adapter((tmp_path / "a.onnx_adapter").read_bytes())
@@ -147,7 +147,7 @@ def ort_latest_logits(model: Path, adapter: Path, ids: np.ndarray, tmp_path: Pat
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_latest_onnxruntime_lora_adapter_matches_peft(arch, tiny_bundle, tiny_model_dir, tmp_path):
-    lora = {"use_rslora": True, "rank": 4} if arch == "mistral" else {}
+    lora = {"use_rslora": True, "rank": 4} if arch == "llama" else {}
     bundle = tiny_bundle(arch, **lora)
     manifest = read_manifest(bundle)
     weights = write_random_adapter(bundle, tmp_path / "adapter")

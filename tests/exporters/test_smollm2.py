@@ -82,6 +82,11 @@ def test_genai_with_og_adapters_decodes_like_edgetune(trained, edgetune_tokens, 
 
 
 def test_latest_onnxruntime_with_the_onnx_adapter_matches_peft(trained, tmp_path):
+    """ORT 1.31 + LoraAdapter against transformers + PEFT: within 1e-4 beyond the two runtimes' own difference.
+
+    With no adapter at all, their fp32 logits (30 layers, logits up to ~40) already differ
+    by 1.1e-4 to 1.6e-4 here; the adapter must add no more than 1e-4 to that.
+    """
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
@@ -99,5 +104,9 @@ def test_latest_onnxruntime_with_the_onnx_adapter_matches_peft(trained, tmp_path
     assert not result.unexpected_keys
     with torch.no_grad():
         ref = peft.eval()(torch.from_numpy(ids)).logits.numpy()
-    np.testing.assert_allclose(got["adapted"], ref, atol=1e-4, rtol=0)
-    assert np.abs(got["adapted"] - got["base"]).max() > 0.1
+        with peft.disable_adapter():
+            ref_base = peft(torch.from_numpy(ids)).logits.numpy()
+    floor = np.abs(got["base"] - ref_base).max()
+    assert floor < 5e-4, f"the base models differ by {floor}"
+    np.testing.assert_allclose(got["adapted"], ref, atol=floor + 1e-4, rtol=0)
+    assert np.abs(ref - ref_base).max() > 1.0, "the trained adapter should move the logits"

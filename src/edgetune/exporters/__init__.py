@@ -9,6 +9,7 @@ One module per format; `source` holds what they share. Device side: numpy, onnx 
 flatbuffers; the `gguf` package comes with the `export` extra.
 """
 
+import importlib
 from pathlib import Path
 
 from edgetune.common.errors import EdgetuneError
@@ -24,21 +25,21 @@ def write_peft(source: ExportSource, out: Path) -> dict:
     return {"format": "peft", "tensors": len(source.weights), "rank": source.rank}
 
 
+WRITERS = {  # format -> (module, function): only the chosen format's module is imported (onnx takes a while)
+    "gguf": ("edgetune.exporters.gguf_lora", "write_gguf_lora"),
+    "onnx-adapter": ("edgetune.exporters.onnx_adapter", "write_onnx_adapter"),
+    "genai": ("edgetune.exporters.genai", "write_genai_folder"),
+    "peft": ("edgetune.exporters", "write_peft"),
+}
+
+
 def export(bundle: Path, adapter: Path | None, fmt: str, out: Path) -> dict:
     """Write the bundle's adapter (or, for genai, the bundle itself) in format `fmt` at `out`; return a summary."""
-    from edgetune.exporters.genai import write_genai_folder
-    from edgetune.exporters.gguf_lora import write_gguf_lora
-    from edgetune.exporters.onnx_adapter import write_onnx_adapter
-
-    writers = {
-        "gguf": write_gguf_lora,
-        "onnx-adapter": write_onnx_adapter,
-        "genai": write_genai_folder,
-        "peft": write_peft,
-    }
-    if fmt not in writers:
+    if fmt not in WRITERS:
         raise EdgetuneError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-    return writers[fmt](load_source(bundle, adapter, graphs=fmt == "genai"), Path(out))
+    module, function = WRITERS[fmt]
+    writer = getattr(importlib.import_module(module), function)
+    return writer(load_source(bundle, adapter, graphs=fmt == "genai"), Path(out))
 
 
 def describe(path: Path) -> dict:
