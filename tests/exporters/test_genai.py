@@ -3,13 +3,18 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from edgetune.common.manifest import verify
+from edgetune.common.errors import AdapterError
+from edgetune.common.manifest import read_manifest, verify
+from edgetune.common.peft import delta_key, lora_keys, save_adapter
 from edgetune.exporters import export
 from edgetune.exporters.genai import GENAI_CONFIG, genai_config
 from edgetune.runtime.generate import Generator
+from edgetune.runtime.merge import merge
 from tests.exporters.conftest import NEW_TOKENS, PROMPT_IDS, write_random_adapter
+from tests.parity import prefill_logits, random_adapter
 from tests.peers import peer_run
 from tests.tiny_models import ARCHS
 
@@ -89,3 +94,29 @@ def test_genai_folder_with_a_dora_adapter_folded_in(tiny_bundle, tmp_path):
     assert not (tmp_path / "genai/adapters").exists()
     ours = Generator(bundle, adapter=tmp_path / "dora").generate_ids(PROMPT_IDS, NEW_TOKENS)
     assert genai_tokens(tmp_path / "genai", PROMPT_IDS)["base"] == ours
+
+
+def test_fedex_base_deltas_are_folded_into_genai_and_refused_by_adapter_formats(tiny_bundle, tmp_path):
+    """An adapter with FedEx-LoRA base deltas: genai gets it merged as `edgetune merge` does; LoRA files refuse it."""
+    bundle = tiny_bundle("llama")
+    manifest = read_manifest(bundle)
+    weights = random_adapter(bundle, seed=7)
+    rng = np.random.default_rng(3)
+    deltas = {}
+    for path in manifest["adapted_modules"]:
+        key_a, key_b = lora_keys(path)
+        deltas[delta_key(path)] = (
+            rng.standard_normal((weights[key_b].shape[0], weights[key_a].shape[1])) * 0.05
+        ).astype(np.float32)  # (out, in)
+    sha = manifest["source"]["weights_sha256"]
+    save_adapter(tmp_path / "fedex", weights, manifest["adapter_config"], sha, base_delta=deltas)
+    for fmt, out in (("gguf", "x.gguf"), ("onnx-adapter", "x.onnx_adapter")):
+        with pytest.raises(AdapterError, match="carries base-weight deltas"):
+            export(bundle, tmp_path / "fedex", fmt, tmp_path / out)
+    export(bundle, tmp_path / "fedex", "genai", tmp_path / "genai")
+    assert verify(tmp_path / "genai")["adapter"]["folded"] is True
+    merge(bundle, tmp_path / "fedex", tmp_path / "merged")
+    ids = np.arange(3, 12, dtype=np.int64)[None]  # (1, 9)
+    np.testing.assert_allclose(prefill_logits(tmp_path / "genai", ids), prefill_logits(tmp_path / "merged", ids))
+    export(bundle, tmp_path / "fedex", "peft", tmp_path / "peft")
+    assert (tmp_path / "peft" / "base_delta.safetensors").is_file()

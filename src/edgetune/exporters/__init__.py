@@ -21,7 +21,8 @@ from edgetune.options import EXPORT_FORMATS
 def write_peft(source: ExportSource, out: Path) -> dict:
     """The adapter in PEFT's own format again (adapter_config.json + adapter_model.safetensors)."""
     need_adapter(source, "peft")
-    save_adapter(out, source.weights, source.adapter_config, source.manifest["source"]["weights_sha256"])
+    sha = source.manifest["source"]["weights_sha256"]
+    save_adapter(out, source.weights, source.adapter_config, sha, base_delta=source.deltas)
     return {"format": "peft", "tensors": len(source.weights), "rank": source.rank}
 
 

@@ -11,8 +11,8 @@ genai copies between steps (`past_present_share_buffer: false`).
 
 With a LoRA adapter the folder keeps the LoRA inputs and adds the adapter as
 `adapters/NAME.onnx_adapter` for `og.Adapters`; without one, adapters exported later with
-`--format onnx-adapter` plug into it. A DoRA adapter is folded into the weights instead
-(the graph has no magnitude input to override).
+`--format onnx-adapter` plug into it. A DoRA adapter, or one with FedEx-LoRA base deltas,
+is folded into the weights instead (the graph has no input to override for those).
 """
 
 import shutil
@@ -136,10 +136,10 @@ def write_genai_folder(source: ExportSource, out: Path) -> dict:
     has_generation = (bundle / names.GENERATION_CONFIG).is_file()
     generation = read_json(bundle / names.GENERATION_CONFIG, EdgetuneError) if has_generation else {}
     config = genai_config(source.hf_config, generation)
-    dora = bool(source.adapter_config and source.adapter_config.get("use_dora"))
-    model = merged_graph(source) if dora else serving_graph(source)
+    folded = bool(source.adapter_config and source.adapter_config.get("use_dora")) or bool(source.deltas)
+    model = merged_graph(source) if folded else serving_graph(source)
     adapter_file = None
-    if source.weights is not None and not dora:
+    if source.weights is not None and not folded:
         adapter_file = f"{ADAPTERS_DIR}/{source.adapter.resolve().name}.onnx_adapter"
     with atomic_folder(Path(out), "exporting") as tmp:
         save_model(model, tmp)
@@ -156,7 +156,7 @@ def write_genai_folder(source: ExportSource, out: Path) -> dict:
             "edgetune_version": edgetune.__version__,
             "source": source.manifest["source"],
             "architecture": source.manifest["architecture"],
-            "adapter": _adapter_entry(source, adapter_file, folded=dora),
+            "adapter": _adapter_entry(source, adapter_file, folded=folded),
         }
         return write_manifest(tmp, fields)
 

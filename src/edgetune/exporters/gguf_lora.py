@@ -23,7 +23,7 @@ import numpy as np
 
 from edgetune.common.atomic import atomic_file
 from edgetune.common.errors import AdapterError, EdgetuneError
-from edgetune.exporters.source import ExportSource, need_adapter, optional_import, refuse_dora
+from edgetune.exporters.source import ExportSource, need_adapter, optional_import, refuse_deltas, refuse_dora
 
 # HF model_type -> (GGUF architecture name, whether llama.cpp permutes q/k rows), as
 # convert_hf_to_gguf.py converts each: Mistral goes through its LlamaModel.
@@ -76,6 +76,7 @@ def write_gguf_lora(source: ExportSource, out: Path) -> dict:
     """Write the adapter as a GGUF LoRA file at `out`, atomically; return a summary."""
     need_adapter(source, "gguf")
     refuse_dora(source, "GGUF LoRA", "llama.cpp has no magnitude vector; fold it with `edgetune merge` instead")
+    refuse_deltas(source, "a GGUF LoRA")
     gguf = optional_import("gguf")
     arch_name, tensors = gguf_tensors(source)
     alpha = source.scale * source.rank  # llama.cpp divides by r

@@ -26,7 +26,7 @@ from flatbuffers.table import Table
 from edgetune.common.atomic import write_atomic
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.peft import lora_keys
-from edgetune.exporters.source import ExportSource, need_adapter, refuse_dora
+from edgetune.exporters.source import ExportSource, need_adapter, refuse_deltas, refuse_dora
 
 FORMAT_VERSION = 1
 IDENTIFIER = b"TORT"
@@ -137,6 +137,7 @@ def write_onnx_adapter(source: ExportSource, out: Path) -> dict:
     """Write the adapter as an .onnx_adapter file at `out`, atomically; return a summary."""
     need_adapter(source, "onnx-adapter")
     refuse_dora(source, ".onnx_adapter", "the serving graph has no magnitude input; fold it with `edgetune merge`")
+    refuse_deltas(source, "an .onnx_adapter")
     params = adapter_parameters(source)
     write_atomic(Path(out), encode_adapter(params))
     return {"format": "onnx-adapter", "parameters": len(params), "rank": source.rank, "scale_folded": source.scale}

@@ -51,11 +51,11 @@ def serving_graph(source: ExportSource) -> onnx.ModelProto:
 
 
 def merged_graph(source: ExportSource) -> onnx.ModelProto:
-    """The bundle's inference graph with the adapter folded into the weights (LoRA or DoRA), as `edgetune merge`."""
+    """The bundle's inference graph with the adapter (and any base deltas) folded in, as `edgetune merge`."""
     from edgetune.runtime.merge import fold_adapter
 
     model = onnx.load(source.bundle / names.INFERENCE_MODEL)
-    fold_adapter(model, source.weights, source.adapter_config, source.modules)
+    fold_adapter(model, source.weights | (source.deltas or {}), source.adapter_config, source.modules)
     return model
 
 

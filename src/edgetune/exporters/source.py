@@ -14,7 +14,7 @@ import numpy as np
 from edgetune.common import names
 from edgetune.common.errors import AdapterError, EdgetuneError
 from edgetune.common.manifest import read_json, verify
-from edgetune.common.peft import config_scaling, load_adapter, lora_keys
+from edgetune.common.peft import config_scaling, load_adapter, load_base_delta, lora_keys
 
 EXPORT_EXTRA = 'pip install "edgetune[export]"'
 
@@ -32,6 +32,7 @@ class ExportSource:
     adapter: Path | None = None
     weights: dict[str, np.ndarray] | None = None
     adapter_config: dict | None = None
+    deltas: dict[str, np.ndarray] | None = None  # FedEx-LoRA's base-weight deltas (out, in), if the adapter has them
 
     @property
     def modules(self) -> list[str]:
@@ -68,6 +69,7 @@ def load_source(bundle: Path, adapter: Path | None, graphs: bool = True) -> Expo
     if adapter is not None:
         source.adapter = Path(adapter)
         source.weights, source.adapter_config = load_adapter(source.adapter, manifest)
+        source.deltas = load_base_delta(source.adapter, manifest, source.weights)
     return source
 
 
@@ -75,6 +77,15 @@ def refuse_dora(source: ExportSource, fmt: str, why: str) -> None:
     """Refuse a DoRA adapter in a format that has no magnitude vector, saying why in one line."""
     if source.adapter_config and source.adapter_config.get("use_dora"):
         raise AdapterError(f"{source.adapter}: a DoRA adapter cannot be written as {fmt}: {why}")
+
+
+def refuse_deltas(source: ExportSource, fmt: str) -> None:
+    """Refuse an adapter carrying base-weight deltas in a format that holds only A and B."""
+    if source.deltas:
+        raise AdapterError(
+            f"{source.adapter}: carries base-weight deltas (FedEx-LoRA), which {fmt} cannot hold: "
+            "fold them with `edgetune merge` or --format genai"
+        )
 
 
 def need_adapter(source: ExportSource, fmt: str) -> None:
