@@ -13,7 +13,9 @@ from pathlib import Path
 from edgetune.common.errors import ConfigError
 from edgetune.common.peft import scaling
 
-TASKS = ("causal-lm",)
+TASKS = ("causal-lm", "text-classification", "token-classification", "question-answering")
+LABELLED_TASKS = ("text-classification", "token-classification")  # need --labels
+CLASS_WEIGHTS = ("auto",)  # inverse label frequency in the training data
 METHODS = ("lora", "dora", "qlora")
 QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
@@ -81,7 +83,10 @@ class BuildConfig:
     targets: comma-separated module names, `all-linear`, or None (the architecture's default).
     method: lora | dora | qlora; quant (qlora only): int8 | int4; block_size (int4): 32 | 64 | 128.
     init_adapter: a PEFT adapter folder that sets r, alpha, dropout, rsLoRA, DoRA and targets
-    (leave those at their defaults). gradient_checkpointing: None takes the method's default.
+    (leave those at their defaults; causal-lm only). gradient_checkpointing: None takes the method's default.
+    task: causal-lm, or an encoder task (text-classification, token-classification,
+    question-answering) whose new head is trained with the adapter; labels: the head's label
+    names in id order (the two classification tasks need two or more).
     trainable: all adapter tensors, or lora_B only (A stays at its initial value, in the
     checkpoint: FFA-LoRA). base_delta: each adapted layer's weight becomes W + Δ, with Δ a
     zero-initialised frozen tensor in the checkpoint that a device can update (FedEx-LoRA).
@@ -103,6 +108,7 @@ class BuildConfig:
     force: bool = False
     init_adapter: Path | None = None
     gradient_checkpointing: bool | None = None
+    labels: tuple[str, ...] | str | None = None  # classification tasks: names, or one comma-separated string
     trainable: str = "all"
     base_delta: bool = False
 
@@ -110,6 +116,7 @@ class BuildConfig:
         _as_path(self, "out")
         _as_path(self, "init_adapter")
         _choice("task", self.task, TASKS)
+        self._check_labels()
         _choice("method", self.method, METHODS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("quant", self.quant, QUANT_TYPES, optional=True)
@@ -131,6 +138,25 @@ class BuildConfig:
                 "sets r, lora_alpha, lora_dropout, use_rslora and targets from its "
                 "adapter_config.json: do not pass targets or LoRA settings as well",
             )
+
+    def _check_labels(self) -> None:
+        """Labels as a tuple of distinct names: two or more for a labelled task, none otherwise."""
+        labels = self.labels
+        if isinstance(labels, str):
+            labels = tuple(name.strip() for name in labels.split(","))
+        if labels is not None:
+            labels = tuple(labels)
+            object.__setattr__(self, "labels", labels)
+        if self.task not in LABELLED_TASKS:
+            if labels is not None:
+                raise ConfigError("labels", f"task {self.task} takes no labels")
+            return
+        if not labels or len(labels) < 2 or not all(isinstance(n, str) and n for n in labels):
+            raise ConfigError("labels", f"task {self.task} needs two or more label names, got {self.labels!r}")
+        if len(set(labels)) != len(labels):
+            raise ConfigError("labels", f"names a label twice: {','.join(labels)}")
+        if self.init_adapter is not None:
+            raise ConfigError("init_adapter", f"is not supported for task {self.task} (causal-lm only)")
 
     @property
     def spec(self) -> LoraSpec:
@@ -163,6 +189,7 @@ class TrainConfig:
     resume: bool = False
     skip_bad_lines: bool = False
     init_adapter: Path | None = None
+    class_weights: str | None = None  # auto: classification losses weigh each label by its inverse frequency
     progress: bool = field(default=True, compare=False)
 
     def __post_init__(self):
@@ -180,6 +207,7 @@ class TrainConfig:
             _positive("epochs", self.epochs)
         _positive("lr", self.lr)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("class_weights", self.class_weights, CLASS_WEIGHTS, optional=True)
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or not self.warmup >= 0:
             raise ConfigError("warmup", f"must be >= 0, got {self.warmup}")
         if self.warmup >= 1 and self.warmup != int(self.warmup):

@@ -75,7 +75,8 @@ def register(sub) -> None:
         help="adapted weights become W + a delta the device can update (FedEx-LoRA; method lora)",
     )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p.add_argument("--task", choices=TASKS, default="causal-lm")
+    p.add_argument("--task", choices=TASKS, default="causal-lm", help="encoder tasks train a new head too")
+    p.add_argument("--labels", default=None, help="classification tasks: comma-separated label names, in id order")
     p.add_argument("--seed", type=int, default=0, help="seed of the adapter's initial A")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
 

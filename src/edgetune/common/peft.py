@@ -68,6 +68,11 @@ def lora_keys(module_path: str) -> tuple[str, str]:
     return f"{PEFT_PREFIX}{module_path}.lora_A.weight", f"{PEFT_PREFIX}{module_path}.lora_B.weight"
 
 
+def head_key(module_path: str, kind: str) -> str:
+    """PEFT's saved key of a task head tensor (`modules_to_save`): kind is weight or bias."""
+    return f"{PEFT_PREFIX}{module_path}.{kind}"
+
+
 def delta_key(module_path: str) -> str:
     """The key of one module's base-weight delta (FedEx-LoRA's folded residual), (out, in) like PEFT's base weight."""
     return f"{PEFT_PREFIX}{module_path}{DELTA_SUFFIX}"
@@ -87,8 +92,9 @@ def adapter_keys(modules: list[str], dora: bool) -> list[str]:
 
 
 def bundle_adapter_keys(manifest: dict) -> list[str]:
-    """Every adapter tensor's key of a bundle, from its manifest."""
-    return adapter_keys(manifest["adapted_modules"], bool(manifest["adapter_config"].get("use_dora")))
+    """Every adapter tensor's key of a bundle, from its manifest: LoRA's, then an encoder's task head."""
+    lora = adapter_keys(manifest["adapted_modules"], bool(manifest["adapter_config"].get("use_dora")))
+    return lora + list(manifest.get("head_tensors", {}))
 
 
 def bundle_delta_keys(manifest: dict) -> list[str]:
@@ -136,14 +142,17 @@ def make_adapter_config(
     fan_in_fan_out: bool,
     use_rslora: bool = False,
     use_dora: bool = False,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
 ) -> dict:
     """The adapter_config.json fields PEFT needs to load an edgetune adapter.
 
-    `targets` is a list of module names, or a regex string as PEFT matches it.
+    `targets` is a list of module names, or a regex string as PEFT matches it;
+    `modules_to_save` an encoder's task head (trained whole, saved under its own keys).
     """
     return {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type,
         "base_model_name_or_path": base_model,
         "r": rank,
         "lora_alpha": alpha,
@@ -155,14 +164,14 @@ def make_adapter_config(
         "use_dora": use_dora,
         "init_lora_weights": True,
         "inference_mode": True,
-        "modules_to_save": None,
+        "modules_to_save": modules_to_save,
         "rank_pattern": {},
         "alpha_pattern": {},
     }
 
 
-def check_supported(config: dict, source: str) -> None:
-    """Refuse configs the graph cannot express, naming the field."""
+def check_supported(config: dict, source: str, head: list[str] | None = None) -> None:
+    """Refuse configs the graph cannot express, naming the field; `head` is the bundle's modules_to_save."""
     if config.get("peft_type") not in SUPPORTED_PEFT_TYPES:
         raise AdapterError(f"{source}: peft_type {config.get('peft_type')!r} is not supported (only LORA)")
     r = config.get("r")
@@ -179,18 +188,20 @@ def check_supported(config: dict, source: str) -> None:
             f"{source}: init_lora_weights={config['init_lora_weights']!r} changes the base "
             f"weights and is not supported (convert the adapter to plain LoRA first)"
         )
+    if head and config.get("modules_to_save") != head:
+        raise AdapterError(f"{source}: modules_to_save={config.get('modules_to_save')!r} is not this bundle's {head!r}")
     for field, value in config.items():
-        if field not in HANDLED_FIELDS and value:
+        if field not in HANDLED_FIELDS and value and not (head and field == "modules_to_save"):
             raise AdapterError(f"{source}: {field}={value!r} is not supported")
 
 
-def read_adapter_config(folder: Path) -> dict:
+def read_adapter_config(folder: Path, head: list[str] | None = None) -> dict:
     """Read an adapter folder's adapter_config.json and refuse what edgetune cannot express."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AdapterError(f"{folder}: no such adapter folder")
     config = read_json(folder / ADAPTER_CONFIG, AdapterError)
-    check_supported(config, str(folder / ADAPTER_CONFIG))
+    check_supported(config, str(folder / ADAPTER_CONFIG), head)
     return config
 
 
@@ -244,7 +255,7 @@ def load_base_delta(folder: Path, manifest: dict, weights: dict[str, np.ndarray]
 def load_adapter(folder: Path, manifest: dict) -> tuple[dict[str, np.ndarray], dict]:
     """Read a PEFT adapter and check it fits the bundle; returns (weights in PEFT layout, config)."""
     folder = Path(folder)
-    config = read_adapter_config(folder)
+    config = read_adapter_config(folder, manifest["adapter_config"].get("modules_to_save"))
     weights_path = folder / ADAPTER_WEIGHTS
     if not weights_path.is_file():
         raise AdapterError(f"{weights_path}: missing")
@@ -280,7 +291,14 @@ def _check_fits(weights: dict, config: dict, manifest: dict, folder: Path) -> No
     missing = sorted(expected - set(weights))
     if missing:
         raise AdapterError(f"{folder}: adapter lacks {missing[0]} (targets {config.get('target_modules')})")
+    head = manifest.get("head_tensors", {})  # PEFT key -> shape (PEFT layout)
     for key, value in weights.items():
+        if key in head:
+            if list(value.shape) != head[key]:
+                raise AdapterError(
+                    f"{folder}: {key} has shape {tuple(value.shape)}, the bundle's head {tuple(head[key])}"
+                )
+            continue
         if key.endswith(MAGNITUDE):
             if value.ndim != 1:
                 raise AdapterError(f"{folder}: {key} has shape {tuple(value.shape)}, not (out_features,)")

@@ -102,6 +102,8 @@ class Generator:
             raise BundleError(f"{folder}: no {names.HF_CONFIG}")
         manifest = read_manifest(folder) if (folder / names.MANIFEST).is_file() else {}
         self._bundle_manifest = manifest if manifest.get("kind") == "bundle" else None
+        if manifest.get("task", "causal-lm") != "causal-lm":
+            raise BundleError(f"{folder}: a {manifest['task']} bundle does not generate text (use edgetune predict)")
         config = _read_json(folder / names.HF_CONFIG)
         generation_config = _read_json(folder / names.GENERATION_CONFIG)
         self.tokenizer, self.tokenizer_info = load_tokenizer(folder)

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 import edgetune
 from edgetune.common import names
 from edgetune.common.atomic import atomic_folder
+from edgetune.common.errors import BundleError
 from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import verify, write_manifest
 from edgetune.common.peft import (
@@ -40,6 +41,8 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
     """Write a standalone merged model folder to `out`; return its manifest."""
     bundle, out = Path(bundle), Path(out)
     manifest = verify(bundle)
+    if manifest["task"] != "causal-lm":  # an encoder's head lives in the adapter: serve it with `predict`
+        raise BundleError(f"{bundle}: merge supports causal-lm bundles, not {manifest['task']}")
     weights, config = load_adapter(adapter, manifest)
     deltas = load_base_delta(adapter, manifest, weights)
     model = onnx.load(bundle / names.INFERENCE_MODEL)  # base weights come in from base_weights.bin
