@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+from edgetune.options import EXPORT_FORMATS
 from tests.exporters.conftest import write_random_adapter
 from tests.test_cli import _one_line_error, edgetune
 
@@ -50,6 +51,15 @@ def test_export_bad_input_is_one_line(tiny_bundle, tmp_path):
     code, _, err = edgetune("inspect", tmp_path / "bad.gguf")
     _one_line_error(code, err, "bad.gguf: not a readable GGUF file")
     assert not list(tmp_path.glob("x*")) and not list(tmp_path.glob(".x*"))
+
+
+def test_every_format_refuses_an_encoder_bundle(encoder_bundle, tmp_path):
+    """An encoder's task head lives in its adapter and no target runtime serves it: one line, nothing written."""
+    bundle = encoder_bundle("bert", "text-classification")
+    for fmt in EXPORT_FORMATS:
+        code, _, err = edgetune("export", bundle, "--adapter", tmp_path / "a", "--format", fmt, "-o", tmp_path / "x")
+        _one_line_error(code, err, "export supports causal-lm bundles, not text-classification")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gguf_without_the_export_extra_names_it(tiny_bundle, tmp_path):

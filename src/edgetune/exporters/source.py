@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetune.common import names
-from edgetune.common.errors import AdapterError, EdgetuneError
+from edgetune.common.errors import AdapterError, BundleError, EdgetuneError
 from edgetune.common.manifest import read_json, verify
 from edgetune.common.peft import config_scaling, load_adapter, load_base_delta, lora_keys
 
@@ -65,6 +65,9 @@ def load_source(bundle: Path, adapter: Path | None, graphs: bool = True) -> Expo
     manifest = verify(bundle, only=None if graphs else (names.HF_CONFIG,))
     if manifest.get("kind") != "bundle":
         raise EdgetuneError(f"{bundle}: a {manifest.get('kind')!r} folder, not a bundle (export from the bundle)")
+    task = manifest.get("task", "causal-lm")
+    if task != "causal-lm":  # llama.cpp, ORT's adapter inputs and genai serve decoders; the head lives in the adapter
+        raise BundleError(f"{bundle}: export supports causal-lm bundles, not {task} (serve it with `edgetune predict`)")
     source = ExportSource(bundle, manifest, read_json(bundle / names.HF_CONFIG, EdgetuneError))
     if adapter is not None:
         source.adapter = Path(adapter)
