@@ -6,6 +6,8 @@ The adapter is random, of the bundle's own shapes (SmolLM2-135M with r=8 on q/v 
 default). Each contender runs as a fresh process, as a user runs it, and the rounds
 alternate between contenders; the median wall time is printed. Contenders:
 - `edgetune export --format gguf | onnx-adapter | peft` (the target is under 2 s);
+- `edgetune export --format genai`, a whole model folder (the 660 MB graph verified, rewritten
+  and written with the adapter), for scale;
 - llama.cpp's `convert_lora_to_gguf.py` on the same PEFT adapter (.venvs/llama-src, run
   with this python: it needs torch and transformers), the peer for GGUF;
 - ORT 1.31's `AdapterFormat` writing the same parameters (.venvs/ort): the other way to
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     bundle = Path(args.bundle)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         adapter = random_adapters(bundle, tmp, n=1)[0]
@@ -84,12 +87,14 @@ def main() -> None:
                 ROOT / ".venvs/ort/bin/python", "-c", ORT_WRITE, tmp / "params.npz", tmp / "b.onnx_adapter"
             ],
             "edgetune export --format peft": cli + ["--format", "peft", "-o", tmp / "peft"],
+            "edgetune export --format genai": cli + ["--format", "genai", "-o", tmp / "genai"],
         }  # fmt: skip
         times = {name: [] for name in contenders}
         for _ in range(args.rounds):
             for name, cmd in contenders.items():
                 times[name].append(timed(cmd))
-    print(f"{os.getloadavg()[0]:.2f} load average (1 min) at the end; {args.rounds} rounds, fresh process each")
+    load = f"load average (1 min) {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    print(f"{load}; {args.rounds} rounds, fresh process each")
     for name, values in times.items():
         print(f"  {name:40} median {statistics.median(values):6.2f} s  (min {min(values):.2f}, max {max(values):.2f})")
 
