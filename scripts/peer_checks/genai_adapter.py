@@ -3,8 +3,8 @@
 Runs in .venvs/genai:
     python scripts/peer_checks/genai_adapter.py FOLDER --ids 1,40,50 [--adapter X.onnx_adapter] [--tokens 16]
 Prints one JSON object: `base` (no adapter) and, with --adapter, `adapted` (loaded with
-og.Adapters and switched on with set_active_adapter), plus `text_ids`, genai's own
-tokenizer's ids for --text.
+og.Adapters and switched on with set_active_adapter), `base_again` (the adapter still
+loaded, a new generator without it), plus `text_ids`, genai's own tokenizer's ids for --text.
 """
 
 import argparse
@@ -44,6 +44,7 @@ def main() -> None:
         adapters = og.Adapters(model)
         adapters.load(args.adapter, "exported")
         result["adapted"] = greedy(model, ids, args.tokens, adapters, "exported")
+        result["base_again"] = greedy(model, ids, args.tokens)  # the adapter stays loaded, switched off
     if args.text is not None:
         result["text_ids"] = [int(i) for i in og.Tokenizer(model).encode(args.text)]
     print(json.dumps(result))
