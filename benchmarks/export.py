@@ -6,6 +6,8 @@ The adapter is random, of the bundle's own shapes (SmolLM2-135M with r=8 on q/v 
 default). Each contender runs as a fresh process, as a user runs it, and the rounds
 alternate between contenders; the median wall time is printed. Contenders:
 - `edgetune export --format gguf | onnx-adapter | peft` (the target is under 2 s);
+- `edgetune export --format gguf` on a bundle opened for the first time: `open_bundle` hashes
+  all its files when its verify cache is missing (the other contenders find it in place);
 - `edgetune export --format genai`, a whole model folder (the 660 MB graph verified, rewritten
   and written with the adapter), for scale;
 - llama.cpp's `convert_lora_to_gguf.py` on the same PEFT adapter (.venvs/llama-src, run
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from adapter_swap import random_adapters  # benchmarks/ is on sys.path when run as a script
+from edgetune.common import names
 from edgetune.exporters.onnx_adapter import decode_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +40,7 @@ HF_CLASSES = {  # config.json's `architectures`, which convert_lora_to_gguf.py n
     "phi3": "Phi3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
 }
+COLD = "edgetune export --format gguf, first open"
 ORT_WRITE = (
     "import sys, numpy as np, onnxruntime as ort\n"
     "params = dict(np.load(sys.argv[1]))\n"
@@ -46,8 +50,10 @@ ORT_WRITE = (
 )
 
 
-def timed(cmd: list) -> float:
-    """Wall seconds of one process; raises with its stderr if it fails."""
+def timed(cmd: list, forget: Path | None = None) -> float:
+    """Wall seconds of one process; raises with its stderr if it fails. `forget`: a file to delete first."""
+    if forget is not None:
+        forget.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} if "/.venvs/" in str(cmd[0]) else None
     start = time.perf_counter()
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, check=False)
@@ -78,6 +84,7 @@ def main() -> None:
         (tmp / "base" / "config.json").write_text(json.dumps(config))
         contenders = {
             "edgetune export --format gguf": cli + ["--format", "gguf", "-o", tmp / "a.gguf"],
+            COLD: cli + ["--format", "gguf", "-o", tmp / "c.gguf"],
             "llama.cpp convert_lora_to_gguf.py": [
                 sys.executable, src / "convert_lora_to_gguf.py", adapter,
                 "--base", tmp / "base", "--outfile", tmp / "b.gguf",
@@ -92,7 +99,7 @@ def main() -> None:
         times = {name: [] for name in contenders}
         for _ in range(args.rounds):
             for name, cmd in contenders.items():
-                times[name].append(timed(cmd))
+                times[name].append(timed(cmd, bundle / names.VERIFY_CACHE if name == COLD else None))
     load = f"load average (1 min) {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     print(f"{load}; {args.rounds} rounds, fresh process each")
     for name, values in times.items():

@@ -4,8 +4,12 @@ import json
 import subprocess
 import sys
 
+from edgetune.common.bundle import sign_manifest
+from edgetune.common.peft import sign_adapter
+from edgetune.common.trust import keygen
 from edgetune.options import EXPORT_FORMATS
 from tests.exporters.conftest import write_random_adapter
+from tests.tamper import copy_bundle
 from tests.test_cli import _one_line_error, edgetune
 
 
@@ -60,6 +64,25 @@ def test_every_format_refuses_an_encoder_bundle(encoder_bundle, tmp_path):
         code, _, err = edgetune("export", bundle, "--adapter", tmp_path / "a", "--format", fmt, "-o", tmp_path / "x")
         _one_line_error(code, err, "export supports causal-lm bundles, not text-classification")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_with_trust_needs_a_signed_bundle_and_adapter(tiny_bundle, tmp_path):
+    """--trust PUBFILE: an unsigned bundle, then an unsigned adapter, is refused in one line; signed, both export."""
+    bundle = copy_bundle(tiny_bundle("llama"), tmp_path / "bundle")
+    keygen(tmp_path / "key")
+    write_random_adapter(bundle, tmp_path / "adapter")
+    out = tmp_path / "x.onnx_adapter"
+    args = ["export", bundle, "--adapter", tmp_path / "adapter", "--format", "onnx-adapter", "-o", out]
+    args += ["--trust", tmp_path / "key.pub"]
+    code, _, err = edgetune(*args)
+    _one_line_error(code, err, f"{bundle}: not signed, and trusted keys are configured")
+    sign_manifest(bundle, tmp_path / "key")
+    code, _, err = edgetune(*args)
+    _one_line_error(code, err, f"{tmp_path / 'adapter'}: not signed, and trusted keys are configured")
+    assert not out.exists()
+    sign_adapter(tmp_path / "adapter", tmp_path / "key")
+    code, _, err = edgetune(*args)
+    assert code == 0 and out.is_file(), err
 
 
 def test_gguf_without_the_export_extra_names_it(tiny_bundle, tmp_path):

@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgetune.common.bundle import open_bundle
 from edgetune.common.errors import AdapterError
-from edgetune.common.manifest import read_manifest, verify
+from edgetune.common.manifest import read_manifest
 from edgetune.common.peft import delta_key, lora_keys, save_adapter
 from edgetune.exporters import export
 from edgetune.exporters.genai import GENAI_CONFIG, genai_config
@@ -54,7 +55,7 @@ def test_folder_has_config_tokenizer_adapter_and_a_manifest(tiny_bundle, tmp_pat
     bundle = tiny_bundle("llama")
     write_random_adapter(bundle, tmp_path / "adapter")
     export(bundle, tmp_path / "adapter", "genai", tmp_path / "genai")
-    manifest = verify(tmp_path / "genai")
+    manifest = open_bundle(tmp_path / "genai").manifest
     assert manifest["kind"] == "genai" and manifest["adapter"]["file"] == "adapters/adapter.onnx_adapter"
     for name in (GENAI_CONFIG, "model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json"):
         assert name in manifest["files"], name
@@ -90,7 +91,7 @@ def test_genai_folder_with_a_dora_adapter_folded_in(tiny_bundle, tmp_path):
     bundle = tiny_bundle("llama", method="dora")
     write_random_adapter(bundle, tmp_path / "dora")
     export(bundle, tmp_path / "dora", "genai", tmp_path / "genai")
-    assert verify(tmp_path / "genai")["adapter"]["folded"] is True
+    assert open_bundle(tmp_path / "genai").manifest["adapter"]["folded"] is True
     assert not (tmp_path / "genai/adapters").exists()
     ours = Generator(bundle, adapter=tmp_path / "dora").generate_ids(PROMPT_IDS, NEW_TOKENS)
     assert genai_tokens(tmp_path / "genai", PROMPT_IDS)["base"] == ours
@@ -114,7 +115,7 @@ def test_fedex_base_deltas_are_folded_into_genai_and_refused_by_adapter_formats(
         with pytest.raises(AdapterError, match="carries base-weight deltas"):
             export(bundle, tmp_path / "fedex", fmt, tmp_path / out)
     export(bundle, tmp_path / "fedex", "genai", tmp_path / "genai")
-    assert verify(tmp_path / "genai")["adapter"]["folded"] is True
+    assert open_bundle(tmp_path / "genai").manifest["adapter"]["folded"] is True
     merge(bundle, tmp_path / "fedex", tmp_path / "merged")
     ids = np.arange(3, 12, dtype=np.int64)[None]  # (1, 9)
     np.testing.assert_allclose(prefill_logits(tmp_path / "genai", ids), prefill_logits(tmp_path / "merged", ids))

@@ -121,7 +121,7 @@ def test_llama_cpp_decodes_like_edgetune_with_the_adapter(arch, tiny_bundle, bas
     export(bundle, tmp_path / "adapter", "gguf", tmp_path / "a.gguf")
     generator = Generator(bundle, adapter=tmp_path / "adapter")
     ours = generator.generate_ids(PROMPT_IDS, NEW_TOKENS)
-    logits, _ = generator._step(np.array([PROMPT_IDS]), 0, generator._empty_past)  # (V,)
+    logits, _ = generator._step(np.array([PROMPT_IDS]), 0, generator._empty_past, generator._adapter)  # (V,)
     theirs = llama_cpp(base_gguf(arch), PROMPT_IDS, tmp_path / "a.gguf")
     assert theirs["tokens"] == ours
     np.testing.assert_allclose(theirs["logits"], logits, atol=1e-3, rtol=0)

@@ -22,17 +22,18 @@ def run_build(args: argparse.Namespace) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> None:
-    """Print a bundle's (or exported folder's) manifest after checking every file's hash; describe an exported file."""
-    from edgetune.common.manifest import verify
+    """Print a bundle's (or genai folder's) manifest after checking it as every command does; describe an export."""
+    from edgetune.common.bundle import open_bundle
 
     if Path(args.bundle).is_file():
         from edgetune.exporters import describe
 
         print(json.dumps(describe(Path(args.bundle)), indent=2))
         return
-    manifest = verify(Path(args.bundle))
-    print(json.dumps(manifest, indent=2))
-    print(f"ok: {len(manifest['files'])} files match their sha256", file=sys.stderr)
+    bundle = open_bundle(Path(args.bundle))
+    print(json.dumps(dict(bundle.manifest), indent=2))
+    signed = f"; signed by trusted key {bundle.signed_by}" if bundle.signed_by else ""
+    print(f"ok: {len(bundle.files)} files match their sha256, every path stays inside{signed}", file=sys.stderr)
 
 
 def register(sub) -> None:
@@ -79,6 +80,7 @@ def register(sub) -> None:
     p.add_argument("--labels", default=None, help="classification tasks: comma-separated label names, in id order")
     p.add_argument("--seed", type=int, default=0, help="seed of the adapter's initial A")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--sign", default=None, metavar="KEYFILE", help="sign the manifest with this private key")
 
     p = add_command(
         sub,

@@ -34,13 +34,16 @@ WRITERS = {  # format -> (module, function): only the chosen format's module is 
 }
 
 
-def export(bundle: Path, adapter: Path | None, fmt: str, out: Path) -> dict:
-    """Write the bundle's adapter (or, for genai, the bundle itself) in format `fmt` at `out`; return a summary."""
+def export(bundle: Path, adapter: Path | None, fmt: str, out: Path, *, trust=None) -> dict:
+    """Write the bundle's adapter (or, for genai, the bundle itself) in format `fmt` at `out`; return a summary.
+
+    trust: trusted public keys for the bundle and adapter (None: $EDGETUNE_TRUSTED_KEYS), as `open_bundle`.
+    """
     if fmt not in WRITERS:
         raise EdgetuneError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     module, function = WRITERS[fmt]
     writer = getattr(importlib.import_module(module), function)
-    return writer(load_source(bundle, adapter, graphs=fmt == "genai"), Path(out))
+    return writer(load_source(bundle, adapter, trust=trust), Path(out))
 
 
 def describe(path: Path) -> dict:

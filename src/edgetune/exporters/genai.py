@@ -28,7 +28,7 @@ from edgetune.exporters.onnx_adapter import adapter_parameters, encode_adapter
 from edgetune.exporters.serving import MODEL, merged_graph, save_model, serving_graph
 from edgetune.exporters.source import ExportSource
 
-GENAI_CONFIG = "genai_config.json"
+GENAI_CONFIG = names.GENAI_CONFIG
 ADAPTERS_DIR = "adapters"
 # HF model_type -> genai 0.18's model type. genai's own "gpt2" type expects an older export
 # (one combined past tensor per layer); its generic "decoder" runs Optimum's GPT-2 graph.
@@ -132,9 +132,8 @@ def _plain_byte_level_decoder(folder: Path) -> None:
 
 def write_genai_folder(source: ExportSource, out: Path) -> dict:
     """Write an onnxruntime-genai model folder at `out`, atomically; return its manifest."""
-    bundle = source.bundle
-    has_generation = (bundle / names.GENERATION_CONFIG).is_file()
-    generation = read_json(bundle / names.GENERATION_CONFIG, EdgetuneError) if has_generation else {}
+    generation_file = source.file(names.GENERATION_CONFIG)
+    generation = read_json(generation_file, EdgetuneError) if generation_file else {}
     config = genai_config(source.hf_config, generation)
     folded = bool(source.adapter_config and source.adapter_config.get("use_dora")) or bool(source.deltas)
     model = merged_graph(source) if folded else serving_graph(source)
@@ -145,8 +144,8 @@ def write_genai_folder(source: ExportSource, out: Path) -> dict:
         save_model(model, tmp)
         write_json_atomic(tmp / GENAI_CONFIG, config)
         for name in COPIED:
-            if (bundle / name).is_file():
-                shutil.copy2(bundle / name, tmp / name)
+            if source.file(name):
+                shutil.copy2(source.file(name), tmp / name)
         _plain_byte_level_decoder(tmp)
         if adapter_file:
             (tmp / ADAPTERS_DIR).mkdir()

@@ -34,7 +34,7 @@ def serving_graph(source: ExportSource) -> onnx.ModelProto:
         raise EdgetuneError(
             f"{source.bundle}: a DoRA bundle's serving graph needs its magnitude vectors: give --adapter to fold it in"
         )
-    model = onnx.load(source.bundle / names.INFERENCE_MODEL)  # base weights come in from base_weights.bin
+    model = onnx.load(source.file(names.INFERENCE_MODEL))  # base weights come in from base_weights.bin
     graph = model.graph
     inputs = {i.name: i for i in graph.input}
     for path in source.modules:
@@ -54,7 +54,7 @@ def merged_graph(source: ExportSource) -> onnx.ModelProto:
     """The bundle's inference graph with the adapter (and any base deltas) folded in, as `edgetune merge`."""
     from edgetune.runtime.merge import fold_adapter
 
-    model = onnx.load(source.bundle / names.INFERENCE_MODEL)
+    model = onnx.load(source.file(names.INFERENCE_MODEL))
     fold_adapter(model, source.weights | (source.deltas or {}), source.adapter_config, source.modules)
     return model
 

@@ -1,19 +1,21 @@
 """What every exporter starts from: a verified bundle, its Hugging Face config, and one adapter in it.
 
-An exporter reads the adapter through `common.peft.load_adapter` (which checks it fits the
+The bundle is opened with `common.bundle.open_bundle` and its files taken from the paths it
+lists (`ExportSource.file`). An exporter reads the adapter through `common.peft.load_adapter` (which checks it fits the
 bundle) and takes the module paths, keys and scaling from `common.peft`; nothing here
 re-derives them. The refusals shared by several formats live here too.
 """
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgetune.common import names
+from edgetune.common.bundle import open_bundle
 from edgetune.common.errors import AdapterError, BundleError, EdgetuneError
-from edgetune.common.manifest import read_json, verify
+from edgetune.common.manifest import read_json
 from edgetune.common.peft import config_scaling, load_adapter, load_base_delta, lora_keys
 
 EXPORT_EXTRA = 'pip install "edgetune[export]"'
@@ -33,6 +35,11 @@ class ExportSource:
     weights: dict[str, np.ndarray] | None = None
     adapter_config: dict | None = None
     deltas: dict[str, np.ndarray] | None = None  # FedEx-LoRA's base-weight deltas (out, in), if the adapter has them
+    files: dict[str, Path] = field(default_factory=dict)  # listed name -> path, from `open_bundle`
+
+    def file(self, name: str) -> Path | None:
+        """The path of a file the bundle's manifest lists, or None if it does not."""
+        return self.files.get(name)
 
     @property
     def modules(self) -> list[str]:
@@ -55,23 +62,23 @@ class ExportSource:
         return self.weights[key_a], self.weights[key_b]
 
 
-def load_source(bundle: Path, adapter: Path | None, graphs: bool = True) -> ExportSource:
-    """Verify the bundle's files, read its config.json and, if given, the adapter (checked against the bundle).
+def load_source(bundle: Path, adapter: Path | None, *, trust=None) -> ExportSource:
+    """Open the bundle with `open_bundle`, read its config.json and, if given, the adapter (checked against the bundle).
 
-    graphs=False: the export reads no graph or weights, so only config.json is re-hashed
-    (hashing SmolLM2's 660 MB bundle takes longer than writing its adapter).
+    trust: trusted public keys, as `open_bundle` and `load_adapter` take them (None: $EDGETUNE_TRUSTED_KEYS).
     """
-    bundle = Path(bundle)
-    manifest = verify(bundle, only=None if graphs else (names.HF_CONFIG,))
-    if manifest.get("kind") != "bundle":
-        raise EdgetuneError(f"{bundle}: a {manifest.get('kind')!r} folder, not a bundle (export from the bundle)")
+    opened = open_bundle(bundle, trust=trust)
+    if opened.kind != "bundle":
+        raise EdgetuneError(f"{bundle}: a {opened.kind!r} folder, not a bundle (export from the bundle)")
+    manifest = dict(opened.manifest)
     task = manifest.get("task", "causal-lm")
     if task != "causal-lm":  # llama.cpp, ORT's adapter inputs and genai serve decoders; the head lives in the adapter
         raise BundleError(f"{bundle}: export supports causal-lm bundles, not {task} (serve it with `edgetune predict`)")
-    source = ExportSource(bundle, manifest, read_json(bundle / names.HF_CONFIG, EdgetuneError))
+    hf_config = read_json(opened.path(names.HF_CONFIG), EdgetuneError)
+    source = ExportSource(Path(bundle), manifest, hf_config, files=dict(opened.files))
     if adapter is not None:
         source.adapter = Path(adapter)
-        source.weights, source.adapter_config = load_adapter(source.adapter, manifest)
+        source.weights, source.adapter_config = load_adapter(source.adapter, manifest, trust=trust)
         source.deltas = load_base_delta(source.adapter, manifest, source.weights)
     return source
 
