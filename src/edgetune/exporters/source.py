@@ -1,9 +1,9 @@
 """What every exporter starts from: a verified bundle, its Hugging Face config, and one adapter in it.
 
 The bundle is opened with `common.bundle.open_bundle` and its files taken from the paths it
-lists (`ExportSource.file`). An exporter reads the adapter through `common.peft.load_adapter` (which checks it fits the
-bundle) and takes the module paths, keys and scaling from `common.peft`; nothing here
-re-derives them. The refusals shared by several formats live here too.
+lists (`ExportSource.file`). An exporter reads the adapter through `common.peft.load_adapter`
+(which checks it fits the bundle) and takes the module paths, keys and scaling from
+`common.peft`; nothing here re-derives them. The refusals shared by several formats live here too.
 """
 
 import importlib
