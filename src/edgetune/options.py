@@ -24,6 +24,7 @@ SERVE_QUANTS = ("int4", "int8", "none")  # the serving graph's base (docs/design
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 TRAINABLE = ("all", "lora_B")  # which adapter tensors train: all, or only B (FFA-LoRA: A frozen from the seed)
+EXPORT_FORMATS = ("gguf", "onnx-adapter", "genai", "peft")  # `edgetune export --format`
 ALL_LINEAR = "all-linear"
 
 

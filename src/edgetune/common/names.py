@@ -14,6 +14,7 @@ GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 SIGNATURE = "edgetune.sig"  # a signed bundle's or adapter's Ed25519 signature (common.trust)
 VERIFY_CACHE = ".edgetune-verified.json"  # (size, mtime, ctime, inode) of files already hashed (common.verify_cache)
+GENAI_CONFIG = "genai_config.json"  # an onnxruntime-genai folder (`edgetune export --format genai`), beside model.onnx
 
 # runs/NAME/ (a training run's folder)
 ADAPTER_DIR = "adapter"  # the final adapter, PEFT format
