@@ -95,7 +95,7 @@ class WeightFiles:
     """
 
     base_dir: Path
-    store: WeightStore
+    store: WeightStore | None  # None: added tensors stay inline (a graph whose weights are stored later)
 
     def raw(self, tensor: onnx.TensorProto) -> bytes:
         """The bytes of an initializer, inline or external."""
@@ -115,7 +115,7 @@ class WeightFiles:
 
     def add(self, graph: onnx.GraphProto, tensor: onnx.TensorProto) -> str:
         """Append initializer `tensor` (raw data) to `graph`, its bytes in the store when large; return its name."""
-        if len(tensor.raw_data) >= MIN_EXTERNAL_BYTES:
+        if self.store is not None and len(tensor.raw_data) >= MIN_EXTERNAL_BYTES:
             self.store.put(tensor, tensor.raw_data)
         graph.initializer.append(tensor)
         return tensor.name
@@ -123,7 +123,7 @@ class WeightFiles:
     def replace(self, tensor: onnx.TensorProto, array: np.ndarray) -> None:
         """Give initializer `tensor` the values `array` in place, its bytes in the store when large."""
         tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
-        if len(tensor.raw_data) >= MIN_EXTERNAL_BYTES:
+        if self.store is not None and len(tensor.raw_data) >= MIN_EXTERNAL_BYTES:
             self.store.put(tensor, tensor.raw_data)
 
     def add_array(self, graph: onnx.GraphProto, name: str, array: np.ndarray) -> str:

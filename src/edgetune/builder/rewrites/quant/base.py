@@ -62,7 +62,7 @@ def quantize_frozen_base(
     rewired: dict[int, tuple[list, list]] = {}  # id(node) -> (nodes to put before it, nodes after it)
     for node in gathers:
         table = files.values(inits[node.input[0]])  # (V, H)
-        rewired[id(node)] = _quantize_embedding(graph, node, table, module_path(node.name), files)
+        rewired[id(node)] = quantize_embedding(graph, node, table, module_path(node.name), files)
     for node in linears:
         path = module_path(node.name)
         w = files.values(inits[node.input[1]])
@@ -96,14 +96,15 @@ def quantize_frozen_base(
     use_contrib_opset(model)
 
 
-def _quantize_embedding(
-    graph, node: onnx.NodeProto, table: np.ndarray, path: str, files: WeightFiles
+def quantize_embedding(
+    graph, node: onnx.NodeProto, table: np.ndarray, path: str, files: WeightFiles | None = None
 ) -> tuple[list, list]:
     """Gather int8 rows and their scales instead of float rows; return the nodes to put before and after."""
     q = quantize_int8(np.ascontiguousarray(table.T))  # per row of the (V, H) table
     names = quantized_tensor_names(path)
-    files.add_array(graph, names["q"], np.ascontiguousarray(q["q"].T))  # (V, H) int8
-    files.add_array(graph, names["scale"], q["scale"])  # (V,)
+    add = files.add_array if files is not None else add_initializer  # to the build's store, or inline
+    add(graph, names["q"], np.ascontiguousarray(q["q"].T))  # (V, H) int8
+    add(graph, names["scale"], q["scale"])  # (V,)
     p = f"/quant/{path}"
     add_initializer(graph, f"{p}/last_axis", np.array([-1], np.int64))
     ids, out = node.input[1], node.output[0]
