@@ -24,6 +24,9 @@ class Architecture:
     serve_qkv: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # one when fused
     serve_out: str = "self_attn.o_proj"  # the attention's output projection
     rotary: bool = True  # rotary positions (else learned position embeddings, as GPT-2)
+    serves: bool = (
+        True  # builder/serving.py's rewrite handles its attention (else no serve.onnx: inference.onnx serves)
+    )
     heads: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (task, head modules) of an encoder family
 
     def head_modules(self, task: str) -> tuple[str, ...]:
@@ -66,11 +69,13 @@ ARCHITECTURES = {
             serve_out="attn.c_proj",
             rotary=False,
         ),
-        Architecture("gemma", _LLAMA_LINEARS, ("q_proj", "v_proj")),
-        Architecture("gemma2", _LLAMA_LINEARS, ("q_proj", "v_proj")),
-        Architecture("gemma3_text", _LLAMA_LINEARS, ("q_proj", "v_proj")),  # Gemma 3's text models (270M, 1B)
-        Architecture("qwen3", _LLAMA_LINEARS, ("q_proj", "v_proj")),
-        Architecture("granite", _LLAMA_LINEARS, ("q_proj", "v_proj")),
+        Architecture("gemma", _LLAMA_LINEARS, ("q_proj", "v_proj"), serves=False),
+        Architecture("gemma2", _LLAMA_LINEARS, ("q_proj", "v_proj"), serves=False),
+        Architecture(
+            "gemma3_text", _LLAMA_LINEARS, ("q_proj", "v_proj"), serves=False
+        ),  # Gemma 3's text models (270M, 1B)
+        Architecture("qwen3", _LLAMA_LINEARS, ("q_proj", "v_proj"), serves=False),
+        Architecture("granite", _LLAMA_LINEARS, ("q_proj", "v_proj"), serves=False),
         Architecture("olmo", _LLAMA_LINEARS, ("q_proj", "v_proj")),
         Architecture("stablelm", _LLAMA_LINEARS, ("q_proj", "v_proj")),
         _encoder("bert", _BERT_LINEARS, ("query", "value")),  # MiniLM too
