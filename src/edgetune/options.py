@@ -17,6 +17,7 @@ TASKS = ("causal-lm",)
 METHODS = ("lora", "dora", "qlora")
 QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
+COMPUTES = ("fp32", "int8")  # the frozen Linears' arithmetic in training
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 ALL_LINEAR = "all-linear"
@@ -78,6 +79,8 @@ class BuildConfig:
 
     targets: comma-separated module names, `all-linear`, or None (the architecture's default).
     method: lora | dora | qlora; quant (qlora only): int8 | int4; block_size (int4): 32 | 64 | 128.
+    compute: fp32, or int8 (lora, or qlora with quant int8): the frozen Linears run as int8 GEMMs
+    in training, forward x·W and backward dY·Wᵀ, on an int8 per-channel base.
     init_adapter: a PEFT adapter folder that sets r, alpha, dropout, rsLoRA, DoRA and targets
     (leave those at their defaults). gradient_checkpointing: None takes the method's default.
     """
@@ -98,6 +101,7 @@ class BuildConfig:
     force: bool = False
     init_adapter: Path | None = None
     gradient_checkpointing: bool | None = None
+    compute: str = "fp32"
 
     def __post_init__(self):
         _as_path(self, "out")
@@ -112,6 +116,10 @@ class BuildConfig:
             raise ConfigError("quant", f"{self.quant} needs method qlora (method is {self.method})")
         if self.method == "qlora" and self.quant is None:
             raise ConfigError("quant", f"method qlora needs a quant type ({', '.join(QUANT_TYPES)})")
+        _choice("compute", self.compute, COMPUTES)
+        if self.compute == "int8" and not (self.method == "lora" or self.quant == "int8"):
+            shown = self.method if self.quant is None else f"{self.method} with quant {self.quant}"
+            raise ConfigError("compute", f"int8 needs method lora, or qlora with quant int8 (got {shown})")
         spec = self.spec  # validates rank, alpha, dropout
         if self.init_adapter is not None and (self.targets is not None or spec != LoraSpec()):
             raise ConfigError(

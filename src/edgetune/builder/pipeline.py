@@ -210,6 +210,7 @@ def bundle_stage(
             "init_seed": config.seed,
             "init_adapter": None if config.init_adapter is None else str(config.init_adapter),
             "onnx": {"opset": opset, "ir_version": model.ir_version},
+            **plan.variant.manifest_fields(),
         },
     )
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from edgetune.cli.common import add_command, config_from_args
-from edgetune.options import BLOCK_SIZES, METHODS, OPTIMIZERS, QUANT_TYPES, TASKS, BuildConfig
+from edgetune.options import BLOCK_SIZES, COMPUTES, METHODS, OPTIMIZERS, QUANT_TYPES, TASKS, BuildConfig
 
 
 def run_build(args: argparse.Namespace) -> None:
@@ -54,6 +54,12 @@ def register(sub) -> None:
         help="qlora base: int8 per output channel, or int4 in blocks of --block-size",
     )
     p.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=32, help="int4 block size")
+    p.add_argument(
+        "--compute",
+        choices=COMPUTES,
+        default="fp32",
+        help="int8: the frozen Linears train as int8 GEMMs, forward and backward (lora, or qlora --quant int8)",
+    )
     p.add_argument("--init-adapter", default=None, help="start from an existing PEFT LoRA/DoRA adapter folder")
     p.add_argument(
         "--gradient-checkpointing",

@@ -34,10 +34,13 @@ from edgetune.common.errors import EdgetuneError
 from edgetune.common.names import LOGITS
 
 
-def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, training: bool) -> None:
+def quantize_frozen_base(
+    model: onnx.ModelProto, quant: str, block_size: int, training: bool, embeddings: bool = True
+) -> None:
     """Quantize every Linear (MatMul/Gemm over a 2-D float constant) and the embeddings, in place.
 
     The LM head is left to `quantize_lm_head`, which the training graph needs after its loss.
+    embeddings=False leaves the embedding tables float (int8 compute over a LoRA base).
 
     Fails, before changing anything, on a Linear whose input dimension the int4 block size
     does not divide.
@@ -49,7 +52,7 @@ def quantize_frozen_base(model: onnx.ModelProto, quant: str, block_size: int, tr
         for n in graph.node
         if n.op_type in ("MatMul", "Gemm") and n.output[0] != LOGITS and is_float_matrix(inits.get(n.input[1]))
     ]
-    gathers = [n for n in graph.node if n.op_type == "Gather" and is_float_matrix(inits.get(n.input[0]))]
+    gathers = [n for n in graph.node if embeddings and n.op_type == "Gather" and is_float_matrix(inits.get(n.input[0]))]
     if quant == "int4":
         for node in linears:
             trans_b = any(a.name == "transB" and a.i for a in node.attribute)
