@@ -13,13 +13,16 @@ from pathlib import Path
 from edgetune.common.errors import ConfigError
 from edgetune.common.peft import scaling
 
-TASKS = ("causal-lm",)
+TASKS = ("causal-lm", "text-classification", "token-classification", "question-answering")
+LABELLED_TASKS = ("text-classification", "token-classification")  # need --labels
+CLASS_WEIGHTS = ("auto",)  # inverse label frequency in the training data
 METHODS = ("lora", "dora", "qlora")
 QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
 COMPUTES = ("fp32", "int8")  # the frozen Linears' arithmetic in training
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
+TRAINABLE = ("all", "lora_B")  # which adapter tensors train: all, or only B (FFA-LoRA: A frozen from the seed)
 ALL_LINEAR = "all-linear"
 
 
@@ -82,7 +85,13 @@ class BuildConfig:
     compute: fp32, or int8 (lora, or qlora with quant int8): the frozen Linears run as int8 GEMMs
     in training, forward x·W and backward dY·Wᵀ, on an int8 per-channel base.
     init_adapter: a PEFT adapter folder that sets r, alpha, dropout, rsLoRA, DoRA and targets
-    (leave those at their defaults). gradient_checkpointing: None takes the method's default.
+    (leave those at their defaults; causal-lm only). gradient_checkpointing: None takes the method's default.
+    task: causal-lm, or an encoder task (text-classification, token-classification,
+    question-answering) whose new head is trained with the adapter; labels: the head's label
+    names in id order (the two classification tasks need two or more).
+    trainable: all adapter tensors, or lora_B only (A stays at its initial value, in the
+    checkpoint: FFA-LoRA). base_delta: each adapted layer's weight becomes W + Δ, with Δ a
+    zero-initialised frozen tensor in the checkpoint that a device can update (FedEx-LoRA).
     """
 
     model: str
@@ -101,17 +110,26 @@ class BuildConfig:
     force: bool = False
     init_adapter: Path | None = None
     gradient_checkpointing: bool | None = None
+    labels: tuple[str, ...] | str | None = None  # classification tasks: names, or one comma-separated string
+    trainable: str = "all"
+    base_delta: bool = False
     compute: str = "fp32"
 
     def __post_init__(self):
         _as_path(self, "out")
         _as_path(self, "init_adapter")
         _choice("task", self.task, TASKS)
+        self._check_labels()
         _choice("method", self.method, METHODS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("quant", self.quant, QUANT_TYPES, optional=True)
         _choice("block_size", self.block_size, BLOCK_SIZES)
         _whole("seed", self.seed, minimum=0)
+        _choice("trainable", self.trainable, TRAINABLE)
+        if self.trainable != "all" and self.method == "dora":
+            raise ConfigError("trainable", f"{self.trainable} does not apply to dora (its magnitude trains too)")
+        if self.base_delta and self.method != "lora":
+            raise ConfigError("base_delta", f"needs method lora (method is {self.method})")
         if self.quant is not None and self.method != "qlora":
             raise ConfigError("quant", f"{self.quant} needs method qlora (method is {self.method})")
         if self.method == "qlora" and self.quant is None:
@@ -120,6 +138,9 @@ class BuildConfig:
         if self.compute == "int8" and not (self.method == "lora" or self.quant == "int8"):
             shown = self.method if self.quant is None else f"{self.method} with quant {self.quant}"
             raise ConfigError("compute", f"int8 needs method lora, or qlora with quant int8 (got {shown})")
+        if self.compute == "int8" and (self.base_delta or self.task != "causal-lm"):
+            shown = "base_delta" if self.base_delta else f"task {self.task}"
+            raise ConfigError("compute", f"int8 is for causal-lm LoRA and QLoRA-int8 bundles, not {shown}")
         spec = self.spec  # validates rank, alpha, dropout
         if self.init_adapter is not None and (self.targets is not None or spec != LoraSpec()):
             raise ConfigError(
@@ -127,6 +148,25 @@ class BuildConfig:
                 "sets r, lora_alpha, lora_dropout, use_rslora and targets from its "
                 "adapter_config.json: do not pass targets or LoRA settings as well",
             )
+
+    def _check_labels(self) -> None:
+        """Labels as a tuple of distinct names: two or more for a labelled task, none otherwise."""
+        labels = self.labels
+        if isinstance(labels, str):
+            labels = tuple(name.strip() for name in labels.split(","))
+        if labels is not None:
+            labels = tuple(labels)
+            object.__setattr__(self, "labels", labels)
+        if self.task not in LABELLED_TASKS:
+            if labels is not None:
+                raise ConfigError("labels", f"task {self.task} takes no labels")
+            return
+        if not labels or len(labels) < 2 or not all(isinstance(n, str) and n for n in labels):
+            raise ConfigError("labels", f"task {self.task} needs two or more label names, got {self.labels!r}")
+        if len(set(labels)) != len(labels):
+            raise ConfigError("labels", f"names a label twice: {','.join(labels)}")
+        if self.init_adapter is not None:
+            raise ConfigError("init_adapter", f"is not supported for task {self.task} (causal-lm only)")
 
     @property
     def spec(self) -> LoraSpec:
@@ -159,6 +199,7 @@ class TrainConfig:
     resume: bool = False
     skip_bad_lines: bool = False
     init_adapter: Path | None = None
+    class_weights: str | None = None  # auto: classification losses weigh each label by its inverse frequency
     progress: bool = field(default=True, compare=False)
 
     def __post_init__(self):
@@ -176,6 +217,7 @@ class TrainConfig:
             _positive("epochs", self.epochs)
         _positive("lr", self.lr)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("class_weights", self.class_weights, CLASS_WEIGHTS, optional=True)
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or not self.warmup >= 0:
             raise ConfigError("warmup", f"must be >= 0, got {self.warmup}")
         if self.warmup >= 1 and self.warmup != int(self.warmup):

@@ -1,6 +1,8 @@
 """Training artifacts from the LoRA training graph, via onnxruntime.training.artifacts.
 
-Only adapter tensors are trainable. Base weights are neither trainable nor listed as
+Only adapter tensors are trainable. Adapter tensors that do not train (FFA-LoRA's A, the
+base deltas of FedEx-LoRA) are ORT frozen parameters, so they live in the checkpoint where
+the runtime reads and sets them. Base weights are neither trainable nor listed as
 frozen parameters: they stay graph initializers (external data, later moved to the
 shared weights file), so the checkpoint holds only the adapter — O(adapter), not O(model).
 
@@ -27,19 +29,19 @@ TORCH_ADAMW_MODE = 0  # ORT's AdamWOptimizer: 0 = torch.optim.AdamW, 1 = transfo
 
 
 def generate_training_artifacts(
-    model: onnx.ModelProto, trainable: list[str], optimizer: str, out_dir: Path
+    model: onnx.ModelProto, trainable: list[str], frozen: list[str], optimizer: str, out_dir: Path
 ) -> dict[Path, onnx.ModelProto]:
     """Write the optimizer model and the checkpoint into `out_dir`; return the training and eval models.
 
     The two models come back by their paths in `out_dir`, with the base weights as
     initializers again, for the caller to save once (see `weights.share_base_weights`).
     """
-    lifted = _lift_weights(model, keep=set(trainable))
+    lifted = _lift_weights(model, keep=set(trainable) | set(frozen))
     with _native_log_captured():
         artifacts.generate_artifacts(
             model,
             requires_grad=trainable,
-            frozen_params=[],
+            frozen_params=frozen,
             loss=None,  # the causal-LM loss is already part of the graph
             optimizer=OPTIMIZERS[optimizer],
             artifact_directory=out_dir,

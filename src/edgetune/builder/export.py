@@ -1,4 +1,4 @@
-"""Optimum export of a causal LM: a no-past graph to train, a with-past graph to serve.
+"""Optimum export: a causal LM's no-past graph to train and with-past graph to serve, or an encoder's one graph.
 
 The weights never pass through a serialized ModelProto. torch's TorchScript exporter
 would build the whole model as one in-memory protobuf (the proto, its serialized string
@@ -29,15 +29,22 @@ from edgetune.common.errors import EdgetuneError
 TASKS = ("text-generation", "text-generation-with-past")
 
 
-def export_graphs(model: PreTrainedModel, work_dir: Path, store: WeightStore) -> tuple[Path, Path]:
-    """Export `model` twice into `work_dir`; return the paths of (training graph, inference graph).
+def export_graphs(
+    model: PreTrainedModel, work_dir: Path, store: WeightStore, tasks: tuple[str, str] = TASKS
+) -> tuple[Path, Path]:
+    """Export `model` into `work_dir` for Optimum's (training, inference) `tasks`; return the two graphs' paths.
 
     Their weights go to `store`, which must lie in `work_dir`. Post-processing is off:
     Optimum's tied-weight deduplication breaks gradient generation, and equal tensors
-    are stored once anyway. Only one export's folded weights are held at a time.
+    are stored once anyway. Only one export's folded weights are held at a time. When
+    both tasks are the same (an encoder), the one export is copied for the second graph.
     """
     paths = []
-    for task in TASKS:
+    for i, task in enumerate(tasks):
+        if i and task == tasks[0]:
+            paths.append(work_dir / f"export.{task}.inference.onnx")
+            shutil.copyfile(paths[0], paths[-1])
+            continue
         out = work_dir / "export" / task
         params: dict = {}
         with _quiet(), _weights_handed_over(params):

@@ -20,7 +20,7 @@ import onnx
 
 from edgetune.builder.graph import LinearSite
 from edgetune.builder.rewrites import int8_compute, lora
-from edgetune.builder.rewrites.dora import add_dora, weight_norms
+from edgetune.builder.rewrites.dora import add_dora, transposed_sites, untranspose_gemms, weight_norms
 from edgetune.builder.rewrites.quant.base import quantize_frozen_base
 from edgetune.builder.rewrites.quant.lm_head import quantize_lm_head
 from edgetune.builder.rewrites.quant.tensors import is_float_matrix
@@ -76,16 +76,19 @@ class DoraVariant(LoraVariant):
     use_dora: bool = True
 
     def weights_read(self, graph, sites, training):
-        """The adapted layers' weights, for the initial magnitude (training graph only)."""
-        return {s.weight for s in sites} if training else set()
+        """The adapted layers' weights, for the initial magnitude (training graph), and those stored (out, in)."""
+        transposed = {s.weight for s in transposed_sites(graph, sites)}
+        return {s.weight for s in sites} | transposed if training else transposed
 
     def initial_weights(self, graph, sites, spec, seed):
         """LoRA's initial A and B, and m = ‖W + s·B·A‖ = ‖W‖ per output row."""
+        untranspose_gemms(graph, sites)
         weights = super().initial_weights(graph, sites, spec, seed)
         return weights | weight_norms(graph, sites, spec.scaling, weights)
 
     def rewrite(self, graph, sites, spec, weights, training):
-        """The DoRA branch on every site."""
+        """The DoRA branch on every site (a Gemm reading W (out, in) then reads Wᵀ)."""
+        untranspose_gemms(graph, sites)
         return add_dora(graph, sites, spec, weights, training)
 
 

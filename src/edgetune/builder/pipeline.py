@@ -30,17 +30,19 @@ from edgetune.builder.graph import LinearSite, find_linears
 from edgetune.builder.init_adapter import import_weights, read_init_adapter, target_matcher
 from edgetune.builder.methods import LoraVariant, variant_for
 from edgetune.builder.registry import Architecture, get_architecture, resolve_targets
-from edgetune.builder.rewrites.loss import add_causal_lm_loss
+from edgetune.builder.rewrites.base_delta import add_base_delta
+from edgetune.builder.rewrites.head import add_head, head_initializers, source_tensors
 from edgetune.builder.rewrites.nan_guards import drop_nan_guards
 from edgetune.builder.rewrites.recompute.attention import recompute_attention_probs
 from edgetune.builder.rewrites.recompute.layers import recompute_layers
-from edgetune.builder.source import Source, load_source
+from edgetune.builder.source import Loader, Source, load_source
+from edgetune.builder.tasks import TASKS, Task
 from edgetune.builder.weights import STAGING_WEIGHTS, WeightStore, load_weights, share_base_weights
 from edgetune.common import names
 from edgetune.common.atomic import atomic_folder
 from edgetune.common.errors import ConfigError, EdgetuneError, InternalError
 from edgetune.common.manifest import write_manifest
-from edgetune.common.peft import make_adapter_config
+from edgetune.common.peft import DELTA_SUFFIX, make_adapter_config
 from edgetune.options import BuildConfig, LoraSpec
 
 QUANT_SCHEMES = {"int8": "symmetric, per output channel", "int4": "asymmetric, blockwise along the input dimension"}
@@ -63,6 +65,8 @@ class AdapterPlan:
     """The adapter every graph gets: where, how big, by which method, starting from what."""
 
     arch: Architecture
+    task: Task
+    head: tuple[str, ...]  # the task head's modules (PEFT's modules_to_save); () for a causal LM
     variant: LoraVariant
     spec: LoraSpec
     targets: list[str] | str  # as written in adapter_config.json
@@ -70,6 +74,14 @@ class AdapterPlan:
     init_adapter: Path | None
     peft_config: dict | None  # the init adapter's config
     gradient_checkpointing: bool
+    trainable: str = "all"  # options.TRAINABLE: all adapter tensors, or lora_B only
+    base_delta: bool = False  # W + Δ on every adapted layer, Δ frozen in the checkpoint
+
+    def trains(self, name: str) -> bool:
+        """Whether tensor `name` gets gradients; the others are frozen parameters kept in the checkpoint."""
+        if name.endswith(DELTA_SUFFIX):
+            return False  # FedEx's base delta: set by the server, never trained
+        return self.trainable == "all" or not name.endswith(".lora_A.weight")  # lora_B: A frozen, head trains
 
 
 @dataclass
@@ -80,17 +92,20 @@ class PreparedGraph:
     path: Path
     sites: list[LinearSite]
     trainable: list[str]
+    frozen: list[str]  # parameters kept in the checkpoint without gradients
     head_slices: dict[str, tuple[str, int]]
+    head_shapes: dict[str, list[int]]  # an encoder's head tensors: PEFT key -> shape in PEFT layout
 
 
 def build_bundle(config: BuildConfig) -> dict:
     """Build a bundle for `config.model` into `config.out` and return its manifest."""
     _check_output(config)
-    source = load_source(config.model)
-    plan = plan_adapter(config, get_architecture(source.model.config.model_type))
+    task = TASKS[config.task]
+    source = load_source(config.model, Loader(task.auto_class, config.labels, config.seed))
+    plan = plan_adapter(config, get_architecture(source.model.config.model_type), task)
     with atomic_folder(config.out, "building") as tmp:
         staging = WeightStore(tmp / STAGING_WEIGHTS)
-        exported = export_stage(source, tmp, staging)
+        exported = export_stage(source, tmp, staging, plan.task)
         training = prepare_graph(exported[TRAINING], TRAINING, plan, config.seed, source, staging)
         graphs = artifacts_stage(training, plan, config.optimizer)
         inference = prepare_graph(exported[INFERENCE], INFERENCE, plan, config.seed, source, staging)
@@ -103,8 +118,11 @@ def build_bundle(config: BuildConfig) -> dict:
         return bundle_stage(tmp, config, plan, source, training, inference)
 
 
-def plan_adapter(config: BuildConfig, arch: Architecture) -> AdapterPlan:
+def plan_adapter(config: BuildConfig, arch: Architecture, task: Task) -> AdapterPlan:
     """The adapter from the config, or from the init adapter's adapter_config.json."""
+    head = arch.head_modules(task.name)
+    if task.encoder != bool(arch.heads) or (task.encoder and not head):
+        raise ConfigError("task", _task_mismatch(arch, task))
     if config.init_adapter is None:
         leaf_targets = resolve_targets(arch, config.targets)
         spec, peft_config, targets = config.spec, None, list(leaf_targets)
@@ -117,12 +135,25 @@ def plan_adapter(config: BuildConfig, arch: Architecture) -> AdapterPlan:
     checkpointing = config.gradient_checkpointing
     if checkpointing is None:
         checkpointing = variant.checkpointing_by_default
-    return AdapterPlan(arch, variant, spec, targets, selected, config.init_adapter, peft_config, checkpointing)
+    return AdapterPlan(
+        arch,
+        task,
+        head,
+        variant,
+        spec,
+        targets,
+        selected,
+        config.init_adapter,
+        peft_config,
+        checkpointing,
+        config.trainable,
+        config.base_delta,
+    )
 
 
-def export_stage(source: Source, tmp: Path, staging: WeightStore) -> dict[GraphRole, Path]:
+def export_stage(source: Source, tmp: Path, staging: WeightStore, task: Task) -> dict[GraphRole, Path]:
     """Export both graphs, save the tokenizer and configs, and free the torch model."""
-    train_path, infer_path = export_graphs(source.model, tmp, staging)
+    train_path, infer_path = export_graphs(source.model, tmp, staging, task.exports)
     source.tokenizer.save_pretrained(tmp)
     source.model.config.save_pretrained(tmp)
     if source.model.generation_config is not None:
@@ -138,22 +169,36 @@ def prepare_graph(
     """Load one exported graph, add the adapter (and, for training, the loss), and save it in place."""
     model = load_exported(path)
     sites = _sites(model, plan)
-    load_weights(model, plan.variant.weights_read(model, sites, role.training), path.parent)
+    head = head_initializers(model.graph, plan.head)  # an encoder's task head, trained whole
+    read = plan.variant.weights_read(model, sites, role.training)
+    load_weights(model, read | source_tensors(model.graph, head), path.parent)
+    head_keys = add_head(model, head, role.training) if head else []  # before the method: QLoRA leaves it float
     weights = _initial_weights(model, sites, plan, seed, source) if role.training else None
-    trainable = plan.variant.rewrite(model, sites, plan.spec, weights, role.training)
+    params = plan.variant.rewrite(model, sites, plan.spec, weights, role.training) + head_keys
+    if role.training and plan.base_delta:
+        params += add_base_delta(model, sites)
     if role.training:
         drop_nan_guards(model.graph)
-        add_causal_lm_loss(model)
-    head_slices = plan.variant.rewrite_head(model, role.training)  # after the loss: it reads the labelled rows
-    staging.externalize(model, keep=set(trainable) if role.training else set())  # ORT reads adapter values inline
+        plan.task.add_loss(model)
+    head_slices = {}
+    if plan.task.lm_head:  # after the loss: it reads the labelled rows
+        head_slices = plan.variant.rewrite_head(model, role.training)
+    head_shapes = _head_shapes(model, head_keys, role.training)
+    staging.externalize(model, keep=set(params) if role.training else set())  # ORT reads adapter values inline
     onnx.save(model, path)
     onnx.checker.check_model(path)  # by path: external data resolves next to it, and no 2 GB proto limit
-    return PreparedGraph(model, path, sites, trainable if role.training else [], head_slices)
+    if not role.training:
+        return PreparedGraph(model, path, sites, [], [], head_slices, head_shapes)
+    trainable = [n for n in params if plan.trains(n)]
+    frozen = [n for n in params if n not in trainable]
+    return PreparedGraph(model, path, sites, trainable, frozen, head_slices, head_shapes)
 
 
 def artifacts_stage(training: PreparedGraph, plan: AdapterPlan, optimizer: str) -> dict[Path, onnx.ModelProto]:
     """ORT's training artifacts, then the backward-pass rewrites; returns the training and eval models."""
-    graphs = generate_training_artifacts(training.model, training.trainable, optimizer, training.path.parent)
+    graphs = generate_training_artifacts(
+        training.model, training.trainable, training.frozen, optimizer, training.path.parent
+    )
     backward = graphs[training.path.parent / names.TRAINING_MODEL]
     if plan.gradient_checkpointing:
         if recompute_layers(backward.graph) == 0:
@@ -204,15 +249,27 @@ def bundle_stage(
                 plan.arch.fan_in_fan_out,
                 spec.use_rslora,
                 use_dora=plan.variant.use_dora,
+                task_type=plan.task.peft_task_type,
+                modules_to_save=list(plan.head) or None,
             ),
             "adapted_modules": [s.module_path for s in training.sites],
+            **_task_fields(config, plan, training),
             "gradient_checkpointing": plan.gradient_checkpointing,
             "init_seed": config.seed,
             "init_adapter": None if config.init_adapter is None else str(config.init_adapter),
             "onnx": {"opset": opset, "ir_version": model.ir_version},
+            **({"trainable": plan.trainable} if plan.trainable != "all" else {}),  # absent: every adapter tensor
+            **({"base_delta": True} if plan.base_delta else {}),
             **plan.variant.manifest_fields(),
         },
     )
+
+
+def _task_fields(config: BuildConfig, plan: AdapterPlan, training: PreparedGraph) -> dict:
+    """An encoder bundle's labels and head tensors (a causal-LM manifest has neither)."""
+    if not plan.task.encoder:
+        return {}
+    return {"labels": list(config.labels or ()), "head_tensors": training.head_shapes}
 
 
 def _check_output(config: BuildConfig) -> None:
@@ -233,13 +290,39 @@ def _check_agree(training: PreparedGraph, inference: PreparedGraph) -> None:
     """The two exports must adapt the same layers and share the LM head's storage."""
     if [s.module_path for s in training.sites] != [s.module_path for s in inference.sites]:
         raise InternalError("the training and inference exports disagree on the adapted layers")
+    if training.head_shapes != inference.head_shapes:
+        raise InternalError("the training and inference exports disagree on the task head")
     if inference.head_slices != training.head_slices:
         raise InternalError("the training and inference exports disagree on the LM head")
 
 
+def _head_shapes(model: onnx.ModelProto, keys: list[str], training: bool) -> dict[str, list[int]]:
+    """The head tensors' shapes in PEFT layout (the graph holds them transposed)."""
+    values = model.graph.initializer if training else model.graph.input
+    shapes = {}
+    for value in values:
+        if value.name in keys:
+            dims = value.dims if training else [d.dim_value for d in value.type.tensor_type.shape.dim]
+            shapes[value.name] = list(reversed(dims))
+    return {key: shapes[key] for key in keys}
+
+
+def _task_mismatch(arch: Architecture, task: Task) -> str:
+    """Why `task` does not fit `arch`: an encoder needs an encoder task, a causal LM causal-lm."""
+    if task.encoder:
+        return f"{task.name} needs an encoder model; {arch.model_type} is a causal LM (use causal-lm)"
+    tasks = ", ".join(name for name, _ in arch.heads)
+    return f"{arch.model_type} is an encoder: build it for one of {tasks}"
+
+
+def _in_head(path: str, head: tuple[str, ...]) -> bool:
+    """Whether module `path` belongs to the task head (trained whole, so never LoRA-adapted, as in PEFT)."""
+    return any(path == m or path.startswith(m + ".") for m in head)
+
+
 def _sites(model: onnx.ModelProto, plan: AdapterPlan) -> list[LinearSite]:
-    """The Linear sites of `model` whose module path is selected."""
-    linears = find_linears(model.graph, plan.arch)
+    """The Linear sites of `model` whose module path is selected (the task head's are not)."""
+    linears = [s for s in find_linears(model.graph, plan.arch) if not _in_head(s.module_path, plan.head)]
     sites = [s for s in linears if plan.selected(s.module_path)]
     if not sites:
         found = sorted({s.module_path.rsplit(".", 1)[-1] for s in linears})

@@ -2,7 +2,8 @@
 
 A new family is one entry: the Linear module names that LoRA may target, the default
 targets, and whether its Linear layers store weights as (in, out) like GPT-2's Conv1D
-(PEFT's `fan_in_fan_out`).
+(PEFT's `fan_in_fan_out`). An encoder family also names its task heads: the modules
+that are trained whole and saved under PEFT's `modules_to_save`.
 """
 
 from dataclasses import dataclass
@@ -20,9 +21,26 @@ class Architecture:
     default_targets: tuple[str, ...]
     fan_in_fan_out: bool = False  # weights stored (in, out): GPT-2's Conv1D
     lm_head: str = "lm_head"
+    heads: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (task, head modules) of an encoder family
+
+    def head_modules(self, task: str) -> tuple[str, ...]:
+        """The task head's module names (PEFT's modules_to_save); () for a causal LM."""
+        return dict(self.heads).get(task, ())
+
+
+def _encoder(model_type: str, linears: tuple[str, ...], defaults: tuple[str, ...], classifier=("classifier",)):
+    """An encoder family: a sequence-classification head `classifier` (or the modules given),
+    a token-classification head `classifier` and a question-answering head `qa_outputs`."""
+    heads = (
+        ("text-classification", classifier),
+        ("token-classification", ("classifier",)),
+        ("question-answering", ("qa_outputs",)),
+    )
+    return Architecture(model_type, linears, defaults, heads=heads)
 
 
 _LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_BERT_LINEARS = ("query", "key", "value", "dense")  # dense: attention output, MLP in and out, pooler
 
 ARCHITECTURES = {
     a.model_type: a
@@ -32,6 +50,16 @@ ARCHITECTURES = {
         Architecture("mistral", _LLAMA_LINEARS, ("q_proj", "v_proj")),
         Architecture("phi3", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), ("qkv_proj",)),
         Architecture("gpt2", ("c_attn", "c_proj", "c_fc"), ("c_attn",), fan_in_fan_out=True),
+        _encoder("bert", _BERT_LINEARS, ("query", "value")),  # MiniLM too
+        _encoder("roberta", _BERT_LINEARS, ("query", "value")),  # classifier = dense + out_proj
+        _encoder("xlm-roberta", _BERT_LINEARS, ("query", "value")),
+        _encoder("electra", (*_BERT_LINEARS, "embeddings_project"), ("query", "value")),
+        _encoder(
+            "distilbert",
+            ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
+            ("q_lin", "v_lin"),
+            classifier=("pre_classifier", "classifier"),
+        ),
     )
 }
 

@@ -4,7 +4,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+import transformers
+from transformers import AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from edgetune.common.errors import EdgetuneError
@@ -23,21 +24,38 @@ class Source:
     weights_sha256: str  # over the source weight files
 
 
-def load_source(name: str) -> Source:
-    """Load `name` as an fp32 causal LM in eval mode, with its tokenizer."""
+@dataclass(frozen=True)
+class Loader:
+    """How to load the model: transformers' Auto class and its extra arguments (a task head's labels)."""
+
+    auto_class: str = "AutoModelForCausalLM"
+    labels: tuple[str, ...] | None = None  # the head's labels, id order
+    seed: int = 0  # a new head's random init
+
+    def load(self, folder: Path, **kwargs) -> PreTrainedModel:
+        """The fp32 model from `folder`; a head the checkpoint lacks is initialised from `seed`."""
+        if self.labels:
+            kwargs |= {"id2label": dict(enumerate(self.labels)), "label2id": {n: i for i, n in enumerate(self.labels)}}
+        if self.auto_class != "AutoModelForCausalLM":
+            torch.manual_seed(self.seed)
+        return getattr(transformers, self.auto_class).from_pretrained(folder, dtype=torch.float32, **kwargs)
+
+
+def load_source(name: str, loader: Loader = Loader()) -> Source:
+    """Load `name` as an fp32 model in eval mode (a causal LM unless `loader` says otherwise), with its tokenizer."""
     path = Path(name)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise EdgetuneError(f"{name}: no such GGUF file")
-        return _load(name, path.parent, [path], gguf_file=path.name)
+        return _load(name, path.parent, [path], loader, gguf_file=path.name)
     if path.is_dir():
         weights = [p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
         if not weights:
             raise EdgetuneError(f"{name}: no model weights in this folder")
-        return _load(name, path, weights)
+        return _load(name, path, weights, loader)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise EdgetuneError(f"{name}: not a model folder, a .gguf file, or a hub id (owner/name)")
-    return _load(name, _download(name), None)
+    return _load(name, _download(name), None, loader)
 
 
 def _download(repo_id: str) -> Path:
@@ -52,16 +70,17 @@ def _download(repo_id: str) -> Path:
         raise EdgetuneError(f"{repo_id}: could not fetch from the hub ({type(e).__name__})") from None
 
 
-def _load(name: str, folder: Path, weights: list[Path] | None, gguf_file: str | None = None) -> Source:
+def _load(name: str, folder: Path, weights: list[Path] | None, loader: Loader, gguf_file: str | None = None) -> Source:
     if weights is None:
         weights = [p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     hf_logging.set_verbosity_error()  # the GGUF progress bar and tokenizer notices are not ours to show
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
+        model = loader.load(folder, **kwargs)
     except (OSError, ValueError, KeyError) as e:
-        raise EdgetuneError(f"{name}: cannot load as a causal LM ({str(e).splitlines()[0]})") from None
+        kind = "a causal LM" if loader.auto_class == "AutoModelForCausalLM" else f"a model for {loader.auto_class[12:]}"
+        raise EdgetuneError(f"{name}: cannot load as {kind} ({str(e).splitlines()[0]})") from None
     model.hf_quantizer = None  # a GGUF load is dequantized to fp32; export treats it as a plain model
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)

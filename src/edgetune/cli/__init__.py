@@ -9,10 +9,10 @@ anything else is a bug and keeps its traceback.
 import argparse
 import sys
 
-from edgetune.cli import build, data, generate, merge, train
+from edgetune.cli import build, data, fed, generate, merge, predict, train
 from edgetune.common.errors import ConfigError, EdgetuneError
 
-COMMANDS = (build, train, generate, merge, data)  # each registers one or more subcommands, in help order
+COMMANDS = (build, train, generate, predict, merge, data, fed)  # each registers one or more subcommands, in help order
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from edgetune.cli.common import add_command, config_from_args
-from edgetune.options import BLOCK_SIZES, COMPUTES, METHODS, OPTIMIZERS, QUANT_TYPES, TASKS, BuildConfig
+from edgetune.options import BLOCK_SIZES, COMPUTES, METHODS, OPTIMIZERS, QUANT_TYPES, TASKS, TRAINABLE, BuildConfig
 
 
 def run_build(args: argparse.Namespace) -> None:
@@ -67,8 +67,17 @@ def register(sub) -> None:
         default=None,
         help="recompute each layer in the backward pass: less memory, ~25%% more time (default: on for qlora)",
     )
+    p.add_argument(
+        "--trainable", choices=TRAINABLE, default="all", help="lora_B: A stays frozen at its seeded init (FFA-LoRA)"
+    )
+    p.add_argument(
+        "--base-delta",
+        action="store_true",
+        help="adapted weights become W + a delta the device can update (FedEx-LoRA; method lora)",
+    )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p.add_argument("--task", choices=TASKS, default="causal-lm")
+    p.add_argument("--task", choices=TASKS, default="causal-lm", help="encoder tasks train a new head too")
+    p.add_argument("--labels", default=None, help="classification tasks: comma-separated label names, in id order")
     p.add_argument("--seed", type=int, default=0, help="seed of the adapter's initial A")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
 

@@ -9,6 +9,14 @@ def run_data(args: argparse.Namespace) -> None:
     """Write the train and held-out splits and say where."""
     from edgetune.tasks import dates
 
+    if args.clients:
+        per_client = args.train // args.clients
+        paths = dates.write_client_parts(args.output, args.clients, per_client, args.heldout, seed=args.seed)
+        print(
+            f"wrote {args.clients} non-IID client parts of {per_client} examples in {args.output} "
+            f"(client-00.jsonl ...) and {paths['heldout']} ({args.heldout} examples)"
+        )
+        return
     paths = dates.write_splits(args.output, args.train, args.heldout, seed=args.seed)
     print(f"wrote {paths['train']} ({args.train} examples) and {paths['heldout']} ({args.heldout} examples)")
 
@@ -21,3 +29,9 @@ def register(sub) -> None:
     p.add_argument("--train", type=positive_int, default=2000)
     p.add_argument("--heldout", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--clients",
+        type=positive_int,
+        default=None,
+        help="write --train examples as N non-IID client parts (3 of the 9 date styles each), for edgetune fed",
+    )

@@ -4,19 +4,20 @@ import argparse
 from pathlib import Path
 
 from edgetune.cli.common import add_command, config_from_args
-from edgetune.options import SCHEDULES, TrainConfig
+from edgetune.options import CLASS_WEIGHTS, SCHEDULES, TrainConfig
 
 
 def run_train(args: argparse.Namespace) -> None:
     """Train and print a one-line summary."""
+    from edgetune.runtime.metrics import eval_line
     from edgetune.runtime.train import train
 
     summary = train(config_from_args(TrainConfig, args, progress=not args.no_progress))
-    eval_part = (
-        f", eval loss {summary['final_eval_loss']:.4f} (ppl {summary['final_perplexity']:.2f})"
-        if summary.get("final_eval_loss") is not None
-        else ""
-    )
+    final = summary.get("final_eval") or {}
+    if "perplexity" in final:
+        eval_part = f", eval loss {final['eval_loss']:.4f} (ppl {final['perplexity']:.2f})"
+    else:
+        eval_part = f", {eval_line(final)}" if final else ""
     print(
         f"trained {summary['steps']} steps in {summary['train_s']:.1f} s "
         f"({summary['tokens_per_s']:.0f} tokens/s, start-up {summary['startup_s']:.2f} s): "
@@ -28,7 +29,9 @@ def register(sub) -> None:
     """Add `train`."""
     p = add_command(sub, "train", run_train, help="fine-tune the bundle's adapter on CPU (device side, torch-free)")
     p.add_argument("bundle")
-    p.add_argument("--data", required=True, help="JSONL (text | prompt/completion | messages) or .txt")
+    p.add_argument(
+        "--data", required=True, help="JSONL (text | prompt/completion | messages; encoder tasks: their format) or .txt"
+    )
     p.add_argument("--eval-data", default=None)
     p.add_argument("-o", "--output", dest="out", required=True, help="run folder (runs/NAME)")
     length = p.add_mutually_exclusive_group()
@@ -46,4 +49,10 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed data lines")
     p.add_argument("--init-adapter", default=None, help="PEFT adapter folder to start from")
+    p.add_argument(
+        "--class-weights",
+        choices=CLASS_WEIGHTS,
+        default=None,
+        help="classification: weigh each label in the loss by its inverse frequency in --data",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

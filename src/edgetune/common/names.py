@@ -24,6 +24,7 @@ STATE = "state.json"
 # adapter/ (PEFT's names)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+BASE_DELTA = "base_delta.safetensors"  # edgetune's, beside PEFT's files: deltas on the base weights (FedEx-LoRA)
 
 # graph tensor names shared by build and runtime (adapter tensor names: see common.peft)
 INPUT_IDS = "input_ids"
@@ -36,3 +37,10 @@ LOGITS = "logits"  # the exported graph's output, written by the LM head
 LABELS = "labels"  # training graphs: shifted targets, -100 where no loss is taken
 LOSS = "loss"  # training graphs' only output
 LORA_SCALING = "lora_scaling"  # scalar input of the inference graph (0: adapter off)
+# encoder tasks (Optimum's names, and the HF model's loss arguments)
+TOKEN_TYPE_IDS = "token_type_ids"
+START_LOGITS = "start_logits"  # question answering: (B, S) each
+END_LOGITS = "end_logits"
+START_POSITIONS = "start_positions"  # question answering's labels: (B,) token index each
+END_POSITIONS = "end_positions"
+CLASS_WEIGHTS = "class_weights"  # classification training graphs: (C,) weight of each label in the loss

@@ -25,12 +25,13 @@ from safetensors.numpy import load_file, save_file
 from edgetune.common.atomic import atomic_folder, write_json_atomic
 from edgetune.common.errors import AdapterError
 from edgetune.common.manifest import read_json
-from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_DELTA
 
 PEFT_PREFIX = "base_model.model."  # PEFT's key prefix in front of the HF module path
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output magnitude, PEFT's name
 BASE_SHA_KEY = "edgetune.base_weights_sha256"  # safetensors metadata; PEFT ignores it
 BRANCH_ROOT = "/lora/"  # graph node names of every LoRA branch start with this
+DELTA_SUFFIX = ".base_layer.weight_delta"  # a base-weight delta's key: PEFT's base-layer key + "_delta"
 
 SUPPORTED_PEFT_TYPES = ("LORA",)
 # Fields the graphs express, or that only describe the adapter / PEFT's defaults.
@@ -67,6 +68,16 @@ def lora_keys(module_path: str) -> tuple[str, str]:
     return f"{PEFT_PREFIX}{module_path}.lora_A.weight", f"{PEFT_PREFIX}{module_path}.lora_B.weight"
 
 
+def head_key(module_path: str, kind: str) -> str:
+    """PEFT's saved key of a task head tensor (`modules_to_save`): kind is weight or bias."""
+    return f"{PEFT_PREFIX}{module_path}.{kind}"
+
+
+def delta_key(module_path: str) -> str:
+    """The key of one module's base-weight delta (FedEx-LoRA's folded residual), (out, in) like PEFT's base weight."""
+    return f"{PEFT_PREFIX}{module_path}{DELTA_SUFFIX}"
+
+
 def magnitude_key(module_path: str) -> str:
     """PEFT's key of one module's DoRA magnitude vector."""
     return f"{PEFT_PREFIX}{module_path}.{MAGNITUDE}"
@@ -81,8 +92,14 @@ def adapter_keys(modules: list[str], dora: bool) -> list[str]:
 
 
 def bundle_adapter_keys(manifest: dict) -> list[str]:
-    """Every adapter tensor's key of a bundle, from its manifest."""
-    return adapter_keys(manifest["adapted_modules"], bool(manifest["adapter_config"].get("use_dora")))
+    """Every adapter tensor's key of a bundle, from its manifest: LoRA's, then an encoder's task head."""
+    lora = adapter_keys(manifest["adapted_modules"], bool(manifest["adapter_config"].get("use_dora")))
+    return lora + list(manifest.get("head_tensors", {}))
+
+
+def bundle_delta_keys(manifest: dict) -> list[str]:
+    """The base-delta keys of a bundle built with `base_delta` (none otherwise)."""
+    return [delta_key(path) for path in manifest["adapted_modules"]] if manifest.get("base_delta") else []
 
 
 def scaling(rank: int, alpha: float, use_rslora: bool = False) -> float:
@@ -125,14 +142,17 @@ def make_adapter_config(
     fan_in_fan_out: bool,
     use_rslora: bool = False,
     use_dora: bool = False,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
 ) -> dict:
     """The adapter_config.json fields PEFT needs to load an edgetune adapter.
 
-    `targets` is a list of module names, or a regex string as PEFT matches it.
+    `targets` is a list of module names, or a regex string as PEFT matches it;
+    `modules_to_save` an encoder's task head (trained whole, saved under its own keys).
     """
     return {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type,
         "base_model_name_or_path": base_model,
         "r": rank,
         "lora_alpha": alpha,
@@ -144,14 +164,14 @@ def make_adapter_config(
         "use_dora": use_dora,
         "init_lora_weights": True,
         "inference_mode": True,
-        "modules_to_save": None,
+        "modules_to_save": modules_to_save,
         "rank_pattern": {},
         "alpha_pattern": {},
     }
 
 
-def check_supported(config: dict, source: str) -> None:
-    """Refuse configs the graph cannot express, naming the field."""
+def check_supported(config: dict, source: str, head: list[str] | None = None) -> None:
+    """Refuse configs the graph cannot express, naming the field; `head` is the bundle's modules_to_save."""
     if config.get("peft_type") not in SUPPORTED_PEFT_TYPES:
         raise AdapterError(f"{source}: peft_type {config.get('peft_type')!r} is not supported (only LORA)")
     r = config.get("r")
@@ -168,39 +188,74 @@ def check_supported(config: dict, source: str) -> None:
             f"{source}: init_lora_weights={config['init_lora_weights']!r} changes the base "
             f"weights and is not supported (convert the adapter to plain LoRA first)"
         )
+    if head and config.get("modules_to_save") != head:
+        raise AdapterError(f"{source}: modules_to_save={config.get('modules_to_save')!r} is not this bundle's {head!r}")
     for field, value in config.items():
-        if field not in HANDLED_FIELDS and value:
+        if field not in HANDLED_FIELDS and value and not (head and field == "modules_to_save"):
             raise AdapterError(f"{source}: {field}={value!r} is not supported")
 
 
-def read_adapter_config(folder: Path) -> dict:
+def read_adapter_config(folder: Path, head: list[str] | None = None) -> dict:
     """Read an adapter folder's adapter_config.json and refuse what edgetune cannot express."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AdapterError(f"{folder}: no such adapter folder")
     config = read_json(folder / ADAPTER_CONFIG, AdapterError)
-    check_supported(config, str(folder / ADAPTER_CONFIG))
+    check_supported(config, str(folder / ADAPTER_CONFIG), head)
     return config
 
 
 # ---- adapter files ----------------------------------------------------------------------
 
 
-def save_adapter(folder: Path, weights: dict[str, np.ndarray], config: dict, base_sha256: str) -> None:
-    """Write a PEFT adapter folder atomically. `weights` in PEFT layout."""
+def save_adapter(
+    folder: Path,
+    weights: dict[str, np.ndarray],
+    config: dict,
+    base_sha256: str,
+    base_delta: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write a PEFT adapter folder atomically. `weights` in PEFT layout; `base_delta` (out, in) beside them."""
+    metadata = {"format": "pt", BASE_SHA_KEY: base_sha256}
     with atomic_folder(Path(folder), "saving") as tmp:
         save_file(
-            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
-            tmp / ADAPTER_WEIGHTS,
-            metadata={"format": "pt", BASE_SHA_KEY: base_sha256},
+            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}, tmp / ADAPTER_WEIGHTS, metadata
         )
+        if base_delta:
+            save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in base_delta.items()}, tmp / BASE_DELTA)
         write_json_atomic(tmp / ADAPTER_CONFIG, config)
+
+
+def load_base_delta(folder: Path, manifest: dict, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The base deltas (out, in) beside an adapter, checked against the bundle and the adapter's A and B.
+
+    {} if the folder has none. Any bundle of the same base can merge them; only bundles
+    built with `base_delta` can train on them.
+    """
+    path = Path(folder) / BASE_DELTA
+    if not path.is_file():
+        return {}
+    try:
+        deltas = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"{path}: not a readable safetensors file ({e})") from None
+    for path_ in manifest["adapted_modules"]:
+        key, (key_a, key_b) = delta_key(path_), lora_keys(path_)
+        expected = (weights[key_b].shape[0], weights[key_a].shape[1])  # (out, in)
+        if key not in deltas:
+            raise AdapterError(f"{path}: lacks {key}")
+        if deltas[key].shape != expected:
+            raise AdapterError(f"{path}: {key} has shape {tuple(deltas[key].shape)}, not {expected}")
+    extra = sorted(set(deltas) - {delta_key(p) for p in manifest["adapted_modules"]})  # any bundle of the base
+    if extra:
+        raise AdapterError(f"{path}: has tensors the bundle has no layer for, e.g. {extra[0]}")
+    return deltas
 
 
 def load_adapter(folder: Path, manifest: dict) -> tuple[dict[str, np.ndarray], dict]:
     """Read a PEFT adapter and check it fits the bundle; returns (weights in PEFT layout, config)."""
     folder = Path(folder)
-    config = read_adapter_config(folder)
+    config = read_adapter_config(folder, manifest["adapter_config"].get("modules_to_save"))
     weights_path = folder / ADAPTER_WEIGHTS
     if not weights_path.is_file():
         raise AdapterError(f"{weights_path}: missing")
@@ -236,7 +291,14 @@ def _check_fits(weights: dict, config: dict, manifest: dict, folder: Path) -> No
     missing = sorted(expected - set(weights))
     if missing:
         raise AdapterError(f"{folder}: adapter lacks {missing[0]} (targets {config.get('target_modules')})")
+    head = manifest.get("head_tensors", {})  # PEFT key -> shape (PEFT layout)
     for key, value in weights.items():
+        if key in head:
+            if list(value.shape) != head[key]:
+                raise AdapterError(
+                    f"{folder}: {key} has shape {tuple(value.shape)}, the bundle's head {tuple(head[key])}"
+                )
+            continue
         if key.endswith(MAGNITUDE):
             if value.ndim != 1:
                 raise AdapterError(f"{folder}: {key} has shape {tuple(value.shape)}, not (out_features,)")

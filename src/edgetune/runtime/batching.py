@@ -194,14 +194,20 @@ def make_batches(encoded: list[Encoded], batch_size: int, seed: int, epoch: int,
     batches, and the batch order is shuffled again. Only the very last batch may be
     smaller than `batch_size`. Right padding; no packing (one example per row).
     """
+    groups = batch_groups([len(e.input_ids) for e in encoded], batch_size, seed, epoch)
+    return [_pad([encoded[i] for i in group], pad_id) for group in groups]
+
+
+def batch_groups(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The indices of each batch, as `make_batches` groups rows of these `lengths` (any task's)."""
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(encoded))
+    order = rng.permutation(len(lengths))
     chunk = CHUNK_BATCHES * batch_size
     groups = []
     for c in range(0, len(order), chunk):
-        part = sorted(order[c : c + chunk], key=lambda i: -len(encoded[i].input_ids))
+        part = sorted(order[c : c + chunk], key=lambda i: -lengths[i])
         groups += [part[b : b + batch_size] for b in range(0, len(part), batch_size)]
-    return [_pad([encoded[i] for i in groups[g]], pad_id) for g in rng.permutation(len(groups))]
+    return [groups[g] for g in rng.permutation(len(groups))]
 
 
 def _pad(rows: list[Encoded], pad_id: int) -> Batch:

@@ -10,19 +10,24 @@ tokenization) can name the line in their own errors.
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from edgetune.common.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 
 
-class _BadLineError(Exception):
-    """A problem with one line; becomes a DataError or a skipped line."""
+class BadLineError(Exception):
+    """A problem with one line; becomes a DataError (FILE:LINE: message) or a skipped line."""
 
 
-def read_examples(path: str | os.PathLike, skip_bad_lines: bool = False) -> tuple[list[dict], int]:
+def read_examples(
+    path: str | os.PathLike, skip_bad_lines: bool = False, parse: Callable[[dict], dict] | None = None
+) -> tuple[list[dict], int]:
     """Read `path` into `(examples, skipped)`; a bad line raises DataError unless skipped.
+
+    `parse` turns one decoded JSON object into an example (or raises `BadLineError`); by
+    default the causal-LM shapes below. With a `parse` every file is JSONL.
 
     `.txt` files (any case) are plain text: paragraphs separated by one or more blank
     lines each become one `{"text": ...}` example (inner newlines kept, surrounding
@@ -41,7 +46,7 @@ def read_examples(path: str | os.PathLike, skip_bad_lines: bool = False) -> tupl
         raise DataError(f"{name}: cannot read ({e.strerror})") from None
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    plain = name.lower().endswith(".txt")
+    plain = parse is None and name.lower().endswith(".txt")
     if plain:
         records = _paragraphs(raw)
     else:
@@ -49,8 +54,8 @@ def read_examples(path: str | os.PathLike, skip_bad_lines: bool = False) -> tupl
     examples, skipped = [], 0
     for lineno, chunk in records:
         try:
-            example = {"text": _decode(chunk).strip()} if plain else _parse_line(_decode(chunk))
-        except _BadLineError as e:
+            example = {"text": _decode(chunk).strip()} if plain else _parse_line(_decode(chunk), parse)
+        except BadLineError as e:
             if not skip_bad_lines:
                 raise DataError(f"{name}:{lineno}: {e}") from None
             skipped += 1
@@ -82,17 +87,22 @@ def _decode(chunk: bytes) -> str:
     try:
         return chunk.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _BadLineError(f"not valid UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1})") from None
+        raise BadLineError(f"not valid UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1})") from None
 
 
-def _parse_line(line: str) -> dict:
+def _parse_line(line: str, parse: Callable[[dict], dict] | None) -> dict:
     """Parse one JSONL line into a normalised example dict; raises on a bad line."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise _BadLineError(f"malformed JSON ({e.msg} at column {e.colno})") from None
+        raise BadLineError(f"malformed JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
-        raise _BadLineError(f"expected a JSON object, got {_type(obj)}")
+        raise BadLineError(f"expected a JSON object, got {json_type(obj)}")
+    return (parse or _causal_lm_example)(obj)
+
+
+def _causal_lm_example(obj: dict) -> dict:
+    """A causal-LM example: text, prompt + completion, or messages."""
     shapes = [k for k in ("text", "prompt", "completion", "messages") if k in obj]
     if shapes == ["text"]:
         return {"text": _string(obj, "text", allow_empty=False)}
@@ -104,46 +114,46 @@ def _parse_line(line: str) -> dict:
     if shapes == ["messages"]:
         return {"messages": _messages(obj["messages"])}
     if shapes == ["prompt"]:
-        raise _BadLineError('missing field "completion"')
+        raise BadLineError('missing field "completion"')
     if shapes == ["completion"]:
-        raise _BadLineError('missing field "prompt"')
+        raise BadLineError('missing field "prompt"')
     if not shapes:
-        raise _BadLineError('unknown shape: expected "text", "prompt"+"completion" or "messages"')
-    raise _BadLineError(f"ambiguous shape: fields {', '.join(repr(s) for s in shapes)} on one line")
+        raise BadLineError('unknown shape: expected "text", "prompt"+"completion" or "messages"')
+    raise BadLineError(f"ambiguous shape: fields {', '.join(repr(s) for s in shapes)} on one line")
 
 
 def _string(obj: dict, key: str, allow_empty: bool) -> str:
     value = obj[key]
     if not isinstance(value, str):
-        raise _BadLineError(f'field "{key}" must be a string, got {_type(value)}')
+        raise BadLineError(f'field "{key}" must be a string, got {json_type(value)}')
     if not allow_empty and not value.strip():
-        raise _BadLineError(f'field "{key}" is empty')
+        raise BadLineError(f'field "{key}" is empty')
     return value
 
 
 def _messages(messages: object) -> list[dict]:
     if not isinstance(messages, list):
-        raise _BadLineError(f'field "messages" must be a list, got {_type(messages)}')
+        raise BadLineError(f'field "messages" must be a list, got {json_type(messages)}')
     if not messages:
-        raise _BadLineError('field "messages" is empty')
+        raise BadLineError('field "messages" is empty')
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise _BadLineError(f"messages[{i}] must be an object, got {_type(m)}")
+            raise BadLineError(f"messages[{i}] must be an object, got {json_type(m)}")
         for key in ("role", "content"):
             if key not in m:
-                raise _BadLineError(f'messages[{i}]: missing field "{key}"')
+                raise BadLineError(f'messages[{i}]: missing field "{key}"')
             if not isinstance(m[key], str):
-                raise _BadLineError(f'messages[{i}]: field "{key}" must be a string, got {_type(m[key])}')
+                raise BadLineError(f'messages[{i}]: field "{key}" must be a string, got {json_type(m[key])}')
         if m["role"] not in ROLES:
-            raise _BadLineError(f'messages[{i}]: unknown role "{m["role"]}" (expected system, user or assistant)')
+            raise BadLineError(f'messages[{i}]: unknown role "{m["role"]}" (expected system, user or assistant)')
         out.append({"role": m["role"], "content": m["content"]})
     if not any(m["role"] == "assistant" for m in out):
-        raise _BadLineError("messages has no assistant turn to learn from")
+        raise BadLineError("messages has no assistant turn to learn from")
     return out
 
 
-def _type(value: object) -> str:
+def json_type(value: object) -> str:
     """JSON's name for a Python value's type, for error messages."""
     names = {
         dict: "an object",

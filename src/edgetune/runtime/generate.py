@@ -102,6 +102,8 @@ class Generator:
             raise BundleError(f"{folder}: no {names.HF_CONFIG}")
         manifest = read_manifest(folder) if (folder / names.MANIFEST).is_file() else {}
         self._bundle_manifest = manifest if manifest.get("kind") == "bundle" else None
+        if manifest.get("task", "causal-lm") != "causal-lm":
+            raise BundleError(f"{folder}: a {manifest['task']} bundle does not generate text (use edgetune predict)")
         config = _read_json(folder / names.HF_CONFIG)
         generation_config = _read_json(folder / names.GENERATION_CONFIG)
         self.tokenizer, self.tokenizer_info = load_tokenizer(folder)
@@ -181,6 +183,8 @@ class Generator:
             return
         if self._bundle_manifest is None:
             raise AdapterError(f"{path}: this model takes no adapter (not a bundle: merged already?)")
+        if (Path(path) / names.BASE_DELTA).is_file():
+            raise AdapterError(f"{path}: carries base-weight deltas (FedEx-LoRA): serve it merged (edgetune merge)")
         weights, config = load_adapter(Path(path), self._bundle_manifest)
         feeds = to_graph_layout(weights)
         feeds[names.LORA_SCALING] = np.array(config_scaling(config), np.float32)

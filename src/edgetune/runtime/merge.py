@@ -17,6 +17,7 @@ from onnx import numpy_helper
 import edgetune
 from edgetune.common import names
 from edgetune.common.atomic import atomic_folder
+from edgetune.common.errors import BundleError
 from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import verify, write_manifest
 from edgetune.common.peft import (
@@ -24,7 +25,9 @@ from edgetune.common.peft import (
     base_output,
     branch_prefix,
     config_scaling,
+    delta_key,
     load_adapter,
+    load_base_delta,
     lora_keys,
     magnitude_key,
 )
@@ -38,9 +41,12 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
     """Write a standalone merged model folder to `out`; return its manifest."""
     bundle, out = Path(bundle), Path(out)
     manifest = verify(bundle)
+    if manifest["task"] != "causal-lm":  # an encoder's head lives in the adapter: serve it with `predict`
+        raise BundleError(f"{bundle}: merge supports causal-lm bundles, not {manifest['task']}")
     weights, config = load_adapter(adapter, manifest)
+    deltas = load_base_delta(adapter, manifest, weights)
     model = onnx.load(bundle / names.INFERENCE_MODEL)  # base weights come in from base_weights.bin
-    fold_adapter(model, weights, config, manifest["adapted_modules"])
+    fold_adapter(model, weights | deltas, config, manifest["adapted_modules"])
     onnx.checker.check_model(model)
 
     with atomic_folder(out, "merging") as tmp:
@@ -75,7 +81,8 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
 def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: list[str]) -> None:
     """Replace each adapter branch of the inference graph by updated base weights, in place.
 
-    LoRA: W' = W + s·Aᵀ·Bᵀ. DoRA (PEFT's merge): W' = m/‖W + s·Aᵀ·Bᵀ‖ · (W + s·Aᵀ·Bᵀ), the
+    LoRA: W' = W + s·Aᵀ·Bᵀ, plus Δᵀ where `weights` has a base delta (FedEx-LoRA).
+    DoRA (PEFT's merge): W' = m/‖W + s·Aᵀ·Bᵀ‖ · (W + s·Aᵀ·Bᵀ), the
     norm per output feature. QLoRA: W is dequantized first, so merged layers are float32;
     the layers without an adapter stay quantized.
     """
@@ -103,6 +110,8 @@ def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: l
         key_a, key_b = lora_keys(path)
         a, b = weights[key_a], weights[key_b]  # (r, in), (out, r)
         merged = w + (scale * (a.T @ b.T)).astype(np.float32)  # (in, out)
+        if delta_key(path) in weights:
+            merged += weights[delta_key(path)].T  # (out, in) -> (in, out)
         if dora:
             merged = merged * (weights[magnitude_key(path)] / np.linalg.norm(merged, axis=0))  # (out,) per column
         name = f"{base.input[1]}/merged"

@@ -42,10 +42,7 @@ class Metrics:
             self._bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
             self._bar.update(1)
         elif record["type"] == "eval" and not self._bar.disable:
-            self._bar.write(
-                f"step {record['step']}: eval loss {record['eval_loss']:.4f}, perplexity {record['perplexity']:.2f}",
-                file=sys.stderr,
-            )
+            self._bar.write(f"step {record['step']}: {eval_line(record)}", file=sys.stderr)
 
     def note(self, message: str) -> None:
         """Print a line above the progress bar (to stderr even when the bar is off)."""
@@ -55,6 +52,15 @@ class Metrics:
         """Close the bar and the file."""
         self._bar.close()
         self._file.close()
+
+
+def eval_line(record: dict) -> str:
+    """An eval record's figures in words: eval loss 0.1234, perplexity 1.13 | accuracy 0.9700, macro_f1 ..."""
+    parts = [f"eval loss {record['eval_loss']:.4f}"]
+    if "perplexity" in record:
+        parts.append(f"perplexity {record['perplexity']:.2f}")
+    parts += [f"{k} {v:.4f}" for k, v in record.items() if k not in ("type", "step", "eval_loss", "perplexity")]
+    return ", ".join(parts)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 import edgetune
 from edgetune.common.atomic import write_json_atomic
-from edgetune.common.errors import AdapterError, CheckpointError, DataError, TrainingError
+from edgetune.common.errors import AdapterError, CheckpointError, TrainingError
 from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import verify
 from edgetune.common.names import (
@@ -51,17 +51,17 @@ from edgetune.common.peft import (
     bundle_adapter_keys,
     config_scaling,
     load_adapter,
+    load_base_delta,
     save_adapter,
     to_graph_layout,
     to_peft_layout,
 )
 from edgetune.options import TrainConfig
 from edgetune.runtime import checkpoints
-from edgetune.runtime.batching import IGNORE, encode_examples, load_tokenizer, make_batches
-from edgetune.runtime.data import read_examples
 from edgetune.runtime.metrics import Metrics, peak_rss_bytes, plot_losses, process_age, truncate_metrics
 from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer, training_session_options
 from edgetune.runtime.schedule import learning_rate, warmup_steps
+from edgetune.runtime.tasks import task_for
 
 ORDER_KEYS = ("seed", "batch_size", "grad_accum", "seq_len")  # fix the data order: a resume keeps them
 CHANGEABLE_KEYS = ("lr", "warmup", "schedule", "total_steps")  # a resume may change these (logged)
@@ -123,13 +123,12 @@ class _Recipe:
         """Check all that can be checked before the run folder is touched, then open ORT."""
         o = self.o
         self.manifest = verify(o.bundle)
-        tokenizer, self.info = load_tokenizer(o.bundle)  # ~30 MB, free for ORT's use once encoded
-        self.train_set, self.data_summary, self.skipped = self._encode(tokenizer, o.data, o.skip_bad_lines)
+        self.task = task_for(o, self.manifest)  # the task's data: encoding, batches, eval metrics
+        self.train_set, self.data_summary, self.skipped = self.task.encode(o.data, o.skip_bad_lines)
         self.eval_batches = None
         if o.eval_data:  # a fixed order: the batches of epoch 0
-            eval_set = self._encode(tokenizer, o.eval_data, False)[0]
-            self.eval_batches = make_batches(eval_set, o.batch_size, o.seed, 0, self.info.pad_id)
-        del tokenizer  # before the session opens below, not when setup returns
+            self.eval_batches = self.task.batches(self.task.encode(o.eval_data, False)[0], 0, o.seed)
+        self.task.release_tokenizer()  # ~30 MB, free for ORT's use: before the session opens below
 
         batches_per_epoch = math.ceil(len(self.train_set) / o.batch_size)
         self.steps_per_epoch = math.ceil(batches_per_epoch / o.grad_accum)
@@ -165,14 +164,6 @@ class _Recipe:
                 self.metrics.note(f"resuming at step {self.start_step} with changed settings {changed}")
         self._open_session(start.checkpoint, init_weights)
 
-    def _encode(self, tokenizer, path: Path, skip_bad_lines: bool) -> tuple:
-        """Read and tokenize a data file -> (encoded examples, DataSummary, skipped lines)."""
-        examples, skipped = read_examples(path, skip_bad_lines)
-        encoded, summary = encode_examples(examples, tokenizer, self.info, self.o.seq_len)
-        if not encoded:
-            raise DataError(f"{path}: no example keeps a token to learn from at --seq-len {self.o.seq_len}")
-        return encoded, summary, skipped
-
     def _fresh_run(self) -> StartPoint:
         """A new run: `out` must not hold one already. Starts from the bundle's checkpoint."""
         out = self.o.out
@@ -196,7 +187,8 @@ class _Recipe:
         return StartPoint(folder / CHECKPOINT, state["step"], state, saved)
 
     def _init_adapter(self) -> dict:
-        """The starting adapter from a PEFT folder (PEFT layout); its r and scale must be the bundle's."""
+        """The starting adapter from a PEFT folder (PEFT layout), with its base deltas if it has any
+        (bundles built with base_delta); its r and scale must be the bundle's."""
         weights, config = load_adapter(self.o.init_adapter, self.manifest)
         ours = self.manifest["adapter_config"]
         if (config["r"], config_scaling(config)) != (ours["r"], config_scaling(ours)):
@@ -204,7 +196,13 @@ class _Recipe:
                 f"{self.o.init_adapter}: r={config['r']}, lora_alpha={config['lora_alpha']} "
                 f"differ from the bundle's r={ours['r']}, lora_alpha={ours['lora_alpha']}"
             )
-        return weights
+        deltas = load_base_delta(self.o.init_adapter, self.manifest, weights)
+        if deltas and not self.manifest.get("base_delta"):
+            raise AdapterError(
+                f"{self.o.init_adapter}: carries base-weight deltas, which this bundle cannot train on "
+                "(build it with base_delta, or merge the adapter first)"
+            )
+        return weights | deltas
 
     def _open_session(self, checkpoint: Path, init_weights: dict | None) -> None:
         """ORT Module + Optimizer on the checkpoint; `init_weights` (PEFT layout) replace the adapter."""
@@ -252,7 +250,7 @@ class _Recipe:
         o, k = self.o, self.o.grad_accum
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch != self.batches_epoch:  # deterministic in (seed, epoch)
-            self.batches = make_batches(self.train_set, o.batch_size, o.seed, epoch, self.info.pad_id)
+            self.batches = self.task.batches(self.train_set, epoch, o.seed)
             self.batches_epoch = epoch
         micro = self.batches[index * k : (index + 1) * k]
         lr = learning_rate(step, self.total_steps, o.lr, self.warmup_steps, o.schedule)
@@ -279,23 +277,19 @@ class _Recipe:
 
     def _forward_backward(self, batch, step: int) -> float:
         """One train call on a micro-batch (B, S): gradients add up in ORT until the optimizer step."""
-        loss = float(self.module(*(getattr(batch, name) for name in self.train_inputs)))
+        outputs = self.module(*(getattr(batch, name) for name in self.train_inputs))
+        loss = float(_as_list(outputs)[0])  # an encoder's graph returns its logits after the loss
         if not math.isfinite(loss):
             last = f"the checkpoint of step {self.saved_step} is kept" if self.saved_step else "no checkpoint was saved"
             raise TrainingError(f"loss is {loss} at step {step}: training stopped; {last} (try a lower --lr)")
         return loss
 
     def _evaluate(self, step: int) -> None:
-        """Eval loss over the whole eval set, weighted by loss tokens, and its perplexity."""
+        """Eval loss over the whole eval set and the task's metrics (perplexity, accuracy, F1, ...)."""
         self.module.eval()
-        total, count = 0.0, 0
-        for batch in self.eval_batches:
-            tokens = int((batch.labels != IGNORE).sum())
-            total += float(self.module(*(getattr(batch, name) for name in self.eval_inputs))) * tokens
-            count += tokens
+        run = lambda batch: _as_list(self.module(*(getattr(batch, name) for name in self.eval_inputs)))
+        self.last_eval = {"step": step, **self.task.evaluate(run, self.eval_batches)}
         self.module.train()
-        loss = total / count
-        self.last_eval = {"step": step, "eval_loss": loss, "perplexity": math.exp(min(loss, 700.0))}
         self.metrics.log({"type": "eval", **self.last_eval})
 
     def _save(self, step: int) -> None:
@@ -355,7 +349,8 @@ class _Recipe:
             "setup_s": first[0] - self.called_at if first else None,
             "final_train_loss": self.last_loss,
             "final_eval_loss": self.last_eval["eval_loss"] if self.last_eval else None,
-            "final_perplexity": self.last_eval["perplexity"] if self.last_eval else None,
+            "final_perplexity": self.last_eval.get("perplexity") if self.last_eval else None,
+            "final_eval": self.last_eval,
             "checkpoint": str(self.checkpoint.folder),
             "checkpoint_bytes": self.checkpoint.size,
             "checkpoint_save_s": self.checkpoint.save_s,
@@ -373,6 +368,11 @@ class _Recipe:
             signal.signal(signum, handler)
         if self.metrics:
             self.metrics.close()
+
+
+def _as_list(outputs) -> list:
+    """A Module call's outputs as a list (one output comes back bare)."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
 def _options_record(config: TrainConfig) -> dict:

@@ -94,3 +94,35 @@ def write_splits(out_dir: str | os.PathLike, n_train: int, n_eval: int, seed: in
     write_jsonl_atomic(paths["train"], examples[:n_train])
     write_jsonl_atomic(paths["heldout"], examples[n_train:])
     return paths
+
+
+def write_client_parts(
+    out_dir: str | os.PathLike, clients: int, per_client: int, n_eval: int, seed: int = 0, styles_per_client: int = 3
+) -> dict[str, Path]:
+    """Non-IID parts for a fleet: `client-NN.jsonl` per client, each in only `styles_per_client` of the
+    written styles (client c: styles c·k .. c·k+k-1, modulo the 9 styles), plus `heldout.jsonl` in every style.
+
+    No date appears twice across all the files. Returns {"client-00": path, ..., "heldout": path}.
+    """
+    if clients < 1 or per_client < 1 or n_eval < 1 or not 1 <= styles_per_client <= len(STYLES):
+        raise EdgetuneError(
+            f"dates: need clients, per_client, heldout >= 1 and 1..{len(STYLES)} styles per client, "
+            f"got {clients}, {per_client}, {n_eval}, {styles_per_client}"
+        )
+    total = clients * per_client + n_eval
+    if total > N_DAYS:
+        raise EdgetuneError(f"dates: {total} examples need more than the {N_DAYS} distinct dates")
+    rng = random.Random(seed)
+    days = [FIRST_DAY + dt.timedelta(days=k) for k in rng.sample(range(N_DAYS), total)]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for c in range(clients):
+        styles = [(c * styles_per_client + i) % len(STYLES) for i in range(styles_per_client)]
+        mine = days[c * per_client : (c + 1) * per_client]
+        paths[f"client-{c:02d}"] = out / f"client-{c:02d}.jsonl"
+        write_jsonl_atomic(paths[f"client-{c:02d}"], [make_example(d, rng.choice(styles)) for d in mine])
+    heldout = [make_example(d, rng.randrange(len(STYLES))) for d in days[clients * per_client :]]
+    paths["heldout"] = out / HELDOUT_FILE
+    write_jsonl_atomic(paths["heldout"], heldout)
+    return paths

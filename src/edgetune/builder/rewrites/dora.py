@@ -23,7 +23,6 @@ from onnx import TensorProto, numpy_helper
 
 from edgetune.builder.graph import LinearSite, add_initializer, add_node, initializer_map, make_input
 from edgetune.builder.rewrites.lora import add_lora
-from edgetune.common.errors import EdgetuneError
 from edgetune.common.names import LORA_SCALING
 from edgetune.common.peft import branch_prefix, lora_keys, magnitude_key
 from edgetune.options import LoraSpec
@@ -42,7 +41,7 @@ def weight_norms(
     norms = {}
     for site in sites:
         key_a, key_b = lora_keys(site.module_path)
-        w = numpy_helper.to_array(inits[site.weight]).astype(np.float32)  # (in, out)
+        w = numpy_helper.to_array(inits[site.weight]).astype(np.float32)  # (in, out): see untranspose_gemms
         w = w + np.float32(scaling) * (weights[key_a] @ weights[key_b])  # (in, r)·(r, out)
         norms[magnitude_key(site.module_path)] = np.linalg.norm(w, axis=0).astype(np.float32)  # (out,)
     return norms
@@ -83,8 +82,6 @@ def _add_dora_output(
     `base` is the layer's MatMul/Gemm (output already renamed), `x` its input after LoRA
     dropout, `xab` the scaled LoRA output (..., out).
     """
-    if any(a.name == "transB" and a.i for a in base.attribute):
-        raise EdgetuneError(f"DoRA does not support the transposed Gemm of {site.module_path}")
     key_a, key_b = lora_keys(site.module_path)
     key_m = magnitude_key(site.module_path)
     p, w = branch_prefix(site.module_path), base.input[1]
@@ -113,6 +110,26 @@ def _add_dora_output(
     lora = add_node(nodes, "Mul", [scale, xab], f"{p}/dora_lora")  # (..., out)
     extra = add_node(nodes, "Add", [rescaled, lora], f"{p}/dora_output")
     return add_node(nodes, "Add", [base_out, extra], y)
+
+
+def transposed_sites(model: onnx.ModelProto, sites: list[LinearSite]) -> list[LinearSite]:
+    """The sites whose Gemm reads W (out, in) with transB=1 (an encoder's pooler)."""
+    nodes = {n.name: n for n in model.graph.node}
+    return [s for s in sites if any(a.name == "transB" and a.i for a in nodes[s.node_name].attribute)]
+
+
+def untranspose_gemms(model: onnx.ModelProto, sites: list[LinearSite]) -> None:
+    """Store each transposed site's W as Wᵀ (in, out) and read it with transB=0, as DoRA's rewrite expects.
+
+    (A Transpose node in the graph instead makes ORT 1.19's training optimizer fail with
+    `unordered_map::at`.) The weights' values must be loaded.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    for site in transposed_sites(model, sites):
+        tensor = inits[site.weight]
+        tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(tensor).T), tensor.name))
+        next(a for a in nodes[site.node_name].attribute if a.name == "transB").i = 0
 
 
 def _detach(graph: onnx.GraphProto, nodes: list, value: str, prefix: str) -> str:

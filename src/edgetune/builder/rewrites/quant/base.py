@@ -32,6 +32,7 @@ from edgetune.builder.rewrites.quant.tensors import (
 )
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.names import LOGITS
+from edgetune.common.peft import PEFT_PREFIX
 
 
 def quantize_frozen_base(
@@ -50,7 +51,10 @@ def quantize_frozen_base(
     linears = [
         n
         for n in graph.node
-        if n.op_type in ("MatMul", "Gemm") and n.output[0] != LOGITS and is_float_matrix(inits.get(n.input[1]))
+        if n.op_type in ("MatMul", "Gemm")
+        and n.output[0] != LOGITS
+        and not n.input[1].startswith(PEFT_PREFIX)  # an encoder's task head: trained, so float
+        and is_float_matrix(inits.get(n.input[1]))
     ]
     gathers = [n for n in graph.node if embeddings and n.op_type == "Gather" and is_float_matrix(inits.get(n.input[0]))]
     if quant == "int4":

@@ -30,7 +30,7 @@ SUFFIX = "/checkpointed"
 # reads only kept tensors) is not worth recomputing: its results are a few integers, and
 # copying it doubled each copy's node count (ORT holds ~5 KB per node).
 NOT_COPIED = ("Dropout", "BitmaskDropout", "Shape")
-LAYER = re.compile(r"[/.](?:layers|h)\.(\d+)[/.]")  # the decoder-layer index in a node name
+LAYER = re.compile(r"[/.](?:layers|layer|h)\.(\d+)[/.]")  # the layer index in a node name (encoders: layer.N)
 
 
 def recompute_layers(graph: onnx.GraphProto) -> int:

@@ -1,0 +1,222 @@
+"""MiniLM on SpamAssassin: edgetune against PyTorch + PEFT, side by side, each contender in its own child.
+
+    python benchmarks/encoder.py [--steps 300] [--torch-steps N] [--seq-len 96] [--batch-size 16] [--json out.json]
+
+Both train the same LoRA (r=8, alpha=16 on query/value) plus a new classification head,
+on the same batches (edgetune's own features and batch order), with AdamW and the same
+learning-rate schedule, fp32; the PyTorch side runs with OMP_WAIT_POLICY=PASSIVE, as
+edgetune's sessions do not spin (see benchmarks/children.py). Reported per contender:
+training tokens/s (real tokens over the summed step times), CPU seconds of training,
+peak RSS of the training process, held-out test accuracy after training, and batched
+prediction throughput on the test split (emails/s, batch 32, same seq-len), each
+prediction in a process of its own. Needs artifacts/spam/data (scripts/spam_data.py) and
+builds artifacts/spam/bundle if it is missing.
+"""
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import children
+
+ROOT = children.ROOT
+DATA = ROOT / "artifacts" / "spam" / "data"
+BUNDLE = ROOT / "artifacts" / "spam" / "bundle"
+LABELS = ["ham", "spam"]
+PREDICT_BATCH = 32
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _hparams(o: dict) -> dict:
+    return dict(lr=o["lr"], warmup=10, schedule="cosine", batch_size=o["batch_size"], seq_len=o["seq_len"], seed=0)
+
+
+def edgetune_train(o: dict) -> dict:
+    """The runtime's own recipe (no eval during training)."""
+    from edgetune.options import TrainConfig
+    from edgetune.runtime.train import train
+
+    cpu = _cpu_s()
+    config = TrainConfig(BUNDLE, DATA / "train.jsonl", Path(o["out"]), steps=o["steps"], progress=False, **_hparams(o))
+    summary = train(config)
+    return {
+        "tokens_per_s": summary["tokens_per_s"],
+        "train_s": summary["train_s"],
+        "cpu_s": _cpu_s() - cpu,
+        "adapter": summary["adapter"],
+    }
+
+
+def torch_train(o: dict) -> dict:
+    """transformers + PEFT on the same batches, AdamW, the same schedule; the adapter saved by PEFT."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from edgetune.common.embedded import minilm_dir
+    from edgetune.common.manifest import read_manifest
+    from edgetune.options import TrainConfig
+    from edgetune.runtime.schedule import learning_rate, warmup_steps
+    from edgetune.runtime.tasks import task_for
+
+    cpu = _cpu_s()
+    config = TrainConfig(BUNDLE, DATA / "train.jsonl", Path(o["out"]), steps=o["steps"], progress=False, **_hparams(o))
+    task = task_for(config, read_manifest(BUNDLE))
+    features, _, _ = task.encode(config.data, False)
+    labels = {"id2label": dict(enumerate(LABELS)), "label2id": {n: i for i, n in enumerate(LABELS)}}
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), dtype=torch.float32, **labels)
+    model = get_peft_model(
+        model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"])
+    )
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, eps=1e-8, weight_decay=0.0)
+    steps_per_epoch = -(-len(features) // config.batch_size)
+    warm, tokens, step_s = warmup_steps(config.warmup, config.steps), 0, 0.0
+    for step in range(config.steps):
+        epoch, index = divmod(step, steps_per_epoch)
+        if index == 0:
+            batches = task.batches(features, epoch, config.seed)
+        batch = batches[index]
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, config.steps, config.lr, warm, config.schedule)
+        started = time.perf_counter()
+        inputs = {k: torch.from_numpy(batch.arrays[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        loss = model(**inputs, labels=torch.from_numpy(batch.labels)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        step_s += time.perf_counter() - started
+        tokens += int(batch.attention_mask.sum())
+    model.save_pretrained(o["out"] + "/adapter")
+    return {
+        "tokens_per_s": tokens / step_s,
+        "train_s": step_s,
+        "cpu_s": _cpu_s() - cpu,
+        "adapter": o["out"] + "/adapter",
+    }
+
+
+def edgetune_predict(o: dict) -> dict:
+    """Classifier over the test split: accuracy and emails/s."""
+    from edgetune.runtime.predict import Classifier
+
+    classifier = Classifier(BUNDLE, o["adapter"], seq_len=o["seq_len"], batch_size=PREDICT_BATCH)
+    started = time.perf_counter()
+    examples, _, metrics = classifier.predict_file(DATA / "test.jsonl")
+    return {"emails_per_s": len(examples) / (time.perf_counter() - started), **metrics}
+
+
+def torch_predict(o: dict) -> dict:
+    """PEFT's adapter on AutoModelForSequenceClassification, batches of the same size: accuracy and emails/s."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from edgetune.common.embedded import minilm_dir
+    from edgetune.common.manifest import read_manifest
+    from edgetune.options import TrainConfig
+    from edgetune.runtime.predictions import decode_outputs, score
+    from edgetune.runtime.task_batching import pad_features
+    from edgetune.runtime.task_data import read_task_examples
+    from edgetune.runtime.tasks import task_for
+
+    labels = {"id2label": dict(enumerate(LABELS)), "label2id": {n: i for i, n in enumerate(LABELS)}}
+    base = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), dtype=torch.float32, **labels)
+    model = PeftModel.from_pretrained(base, o["adapter"]).eval()
+    config = TrainConfig(BUNDLE, DATA / "test.jsonl", Path("unused"), seq_len=o["seq_len"], progress=False)
+    task = task_for(config, read_manifest(BUNDLE))
+    started = time.perf_counter()
+    examples, _ = read_task_examples(DATA / "test.jsonl", "text-classification", LABELS, labelled=False)
+    from edgetune.runtime.task_batching import encode_task
+
+    features = encode_task(examples, task.tokenizer, "text-classification")
+    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+    outputs = [None] * len(features)
+    with torch.inference_mode():
+        for start in range(0, len(order), PREDICT_BATCH):
+            rows = order[start : start + PREDICT_BATCH]
+            batch = pad_features([features[i] for i in rows], task.info.pad_id)
+            inputs = {k: torch.from_numpy(batch.arrays[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+            logits = model(**inputs).logits.numpy()
+            for b, i in enumerate(rows):
+                outputs[i] = (logits[b],)
+    predictions = decode_outputs("text-classification", examples, features, outputs, LABELS)
+    seconds = time.perf_counter() - started
+    return {"emails_per_s": len(examples) / seconds, **score("text-classification", examples, predictions, LABELS)}
+
+
+HANDLERS = {f.__name__: f for f in (edgetune_train, torch_train, edgetune_predict, torch_predict)}
+
+
+def _run(impl: str, options: dict, env: dict | None = None) -> dict:
+    children.log(f"{impl} ...")
+    run = children.run_child(children.child_cmd("encoder.py", {"impl": impl, **options}), timeout=7200, env=env)
+    if run["error"]:
+        raise SystemExit(f"{impl}: {run['error']}")
+    children.log(f"{impl}: {run['result']} (peak RSS {run['peak_rss_bytes'] / 2**20:.0f} MiB, load {run['loadavg']})")
+    return {
+        **run["result"],
+        "peak_rss_bytes": run["peak_rss_bytes"],
+        "child_cpu_s": run["cpu_s"],
+        "loadavg": run["loadavg"],
+    }
+
+
+def main() -> int:
+    """Train and predict with both contenders; print and optionally write the ratios."""
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        children.child_main(HANDLERS)
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seq-len", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--torch-steps", type=int, default=None, help="fewer PyTorch steps (its speed and memory, not its accuracy)"
+    )
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if not BUNDLE.is_dir():
+        from edgetune.builder.pipeline import build_bundle
+        from edgetune.common.embedded import minilm_dir
+        from edgetune.options import BuildConfig
+
+        build_bundle(BuildConfig(str(minilm_dir()), BUNDLE, task="text-classification", labels=LABELS))
+    out = children.BENCH / "encoder"
+    common = {"steps": args.steps, "seq_len": args.seq_len, "batch_size": args.batch_size, "lr": args.lr}
+    results = {}
+    for side in ("edgetune", "torch"):
+        run_dir = out / side
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        env = children.NO_SPIN if side == "torch" else None
+        steps = args.torch_steps if side == "torch" and args.torch_steps else args.steps
+        trained = _run(f"{side}_train", {**common, "steps": steps, "out": str(run_dir)}, env)
+        predicted = _run(f"{side}_predict", {"adapter": trained["adapter"], "seq_len": args.seq_len}, env)
+        results[side] = {"train": trained, "predict": predicted}
+    e, t = results["edgetune"], results["torch"]
+    ratios = {
+        "train_tokens_per_s": e["train"]["tokens_per_s"] / t["train"]["tokens_per_s"],
+        "train_peak_rss": e["train"]["peak_rss_bytes"] / t["train"]["peak_rss_bytes"],
+        "predict_emails_per_s": e["predict"]["emails_per_s"] / t["predict"]["emails_per_s"],
+    }
+    report = {"options": common, "results": results, "ratios": ratios}
+    print(json.dumps(report, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

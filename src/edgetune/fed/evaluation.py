@@ -1,0 +1,54 @@
+"""The server's view of a global adapter: held-out loss on the bundle's eval graph, and exact match.
+
+The loss is the runtime's eval graph on ONNX Runtime Training (base deltas included, for
+fedex), weighted by loss tokens as `edgetune train` weighs its eval loss. Exact match
+greedy-decodes each prompt with the runtime's Generator; an adapter with base deltas is
+merged first (the inference graph takes no delta).
+"""
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgetune.common.names import BASE_DELTA, CHECKPOINT, EVAL_MODEL, TRAINING_MODEL
+from edgetune.common.peft import to_graph_layout
+from edgetune.runtime.batching import IGNORE, encode_examples, load_tokenizer, make_batches
+from edgetune.runtime.data import read_examples
+from edgetune.runtime.evaluate import evaluate_exact_match
+from edgetune.runtime.generate import Generator
+from edgetune.runtime.merge import merge
+from edgetune.runtime.ort_training import CheckpointState, Module, training_session_options
+
+
+def heldout_loss(bundle: Path, arrays: dict[str, np.ndarray], data: Path, batch_size: int, seq_len: int) -> float:
+    """Mean loss per loss token of `data` under the adapter (and deltas) `arrays`, PEFT layout."""
+    tokenizer, info = load_tokenizer(bundle)
+    examples, _ = read_examples(data)
+    encoded, _ = encode_examples(examples, tokenizer, info, seq_len)
+    batches = make_batches(encoded, batch_size, 0, 0, info.pad_id)
+    state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
+    module = Module(
+        str(bundle / TRAINING_MODEL), state, str(bundle / EVAL_MODEL), session_options=training_session_options()
+    )
+    for key, value in to_graph_layout(arrays).items():
+        state.parameters[key] = value
+    module.eval()
+    names = module.input_names()
+    total, count = 0.0, 0
+    for batch in batches:
+        tokens = int((batch.labels != IGNORE).sum())
+        total += float(module(*(getattr(batch, n) for n in names))) * tokens
+        count += tokens
+    loss = total / count
+    return loss if math.isfinite(loss) else float("nan")
+
+
+def exact_match(bundle: Path, adapter: Path, data: Path, limit: int) -> float:
+    """Held-out exact match of the adapter folder (merged first if it carries base deltas)."""
+    if not (adapter / BASE_DELTA).is_file():
+        return evaluate_exact_match(Generator(bundle, adapter=adapter), data, limit=limit).accuracy
+    with tempfile.TemporaryDirectory(prefix="edgetune-fed-merged-") as tmp:
+        merge(bundle, adapter, Path(tmp) / "merged")
+        return evaluate_exact_match(Generator(Path(tmp) / "merged"), data, limit=limit).accuracy

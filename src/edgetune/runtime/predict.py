@@ -1,0 +1,136 @@
+"""Prediction with an encoder bundle: labels, tags or answer spans, in batches, torch-free.
+
+    c = Classifier("artifacts/spam", adapter="runs/spam/adapter")
+    c.predict(["Win a FREE cruise now!!!", "Minutes of Monday's meeting attached"])  # ['spam', 'ham']
+    Tagger("artifacts/ner", adapter=...).predict([["Alice", "meets", "Bob"]])      # [['B-PER', 'O', 'B-PER']]
+    Reader("artifacts/qa", adapter=...).predict([{"question": ..., "context": ...}])  # [{'answer': ..., 'start': ...}]
+
+The inference graph takes the adapter's tensors (LoRA and the task head) as inputs; without
+an adapter the bundle's own initial tensors are fed (LoRA's B = 0, the untrained head).
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgetune.common.errors import BundleError
+from edgetune.common.manifest import verify
+from edgetune.common.names import CHECKPOINT, INFERENCE_MODEL, LORA_SCALING
+from edgetune.common.peft import bundle_adapter_keys, config_scaling, load_adapter, to_graph_layout
+from edgetune.runtime.batching import load_tokenizer
+from edgetune.runtime.generate import default_session_options
+from edgetune.runtime.predictions import decode_outputs, score
+from edgetune.runtime.task_batching import encode_task, pad_features, prepare_tokenizer
+from edgetune.runtime.task_data import read_task_examples
+
+DEFAULT_SEQ_LEN = 256
+
+
+class EncoderPredictor:
+    """An encoder bundle's inference session with one adapter; predictions in batches."""
+
+    task = None  # a subclass's task, checked against the bundle's
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        adapter: str | os.PathLike | None = None,
+        seq_len: int = DEFAULT_SEQ_LEN,
+        batch_size: int = 32,
+        session_options: ort.SessionOptions | None = None,
+    ):
+        """Load `bundle` (hashes checked) and `adapter` (None: the bundle's untrained head)."""
+        self.bundle = Path(bundle)
+        self.manifest = verify(self.bundle)
+        if self.manifest["task"] == "causal-lm" or (self.task and self.manifest["task"] != self.task):
+            raise BundleError(f"{bundle}: a {self.manifest['task']} bundle, not {self.task or 'an encoder task'}")
+        self.task = self.manifest["task"]
+        self.labels = self.manifest.get("labels") or []
+        self.batch_size = batch_size
+        tokenizer, self.info = load_tokenizer(self.bundle)
+        self.tokenizer = prepare_tokenizer(tokenizer, seq_len, self.task)
+        self.session = ort.InferenceSession(
+            str(self.bundle / INFERENCE_MODEL),
+            providers=["CPUExecutionProvider"],
+            sess_options=session_options or default_session_options(),
+        )
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.set_adapter(adapter)
+
+    def set_adapter(self, adapter: str | os.PathLike | None) -> None:
+        """Feed another adapter's tensors (None: the bundle's initial ones)."""
+        if adapter is None:
+            weights, scale = self._initial_adapter(), config_scaling(self.manifest["adapter_config"])
+        else:
+            peft_weights, config = load_adapter(Path(adapter), self.manifest)
+            weights, scale = to_graph_layout(peft_weights), config_scaling(config)
+        self.feeds = weights | {LORA_SCALING: np.array(scale, np.float32)}
+
+    def _initial_adapter(self) -> dict[str, np.ndarray]:
+        """The bundle checkpoint's adapter tensors (graph layout)."""
+        from edgetune.runtime.ort_training import CheckpointState
+
+        state = CheckpointState.load_checkpoint(str(self.bundle / CHECKPOINT))
+        return {key: state.parameters[key].data.copy() for key in bundle_adapter_keys(self.manifest)}
+
+    def predict_examples(self, examples: list[dict]) -> list[dict]:
+        """One prediction dict per example (the task's parsed form: see `task_data`)."""
+        features = encode_task(examples, self.tokenizer, self.task)
+        order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))  # little padding
+        outputs: list = [None] * len(features)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = pad_features([features[i] for i in rows], self.info.pad_id)
+            feeds = {name: batch.arrays[name] for name in self.inputs if name in batch.arrays}
+            results = self.session.run(self.outputs, feeds | {k: v for k, v in self.feeds.items() if k in self.inputs})
+            for b, i in enumerate(rows):
+                outputs[i] = tuple(r[b] for r in results)
+        return decode_outputs(self.task, examples, features, outputs, self.labels)
+
+    def predict_file(self, path: str | os.PathLike, limit: int | None = None) -> tuple[list[dict], list[dict], dict]:
+        """Predict a JSONL file -> (examples, predictions, metrics over the lines that carry references)."""
+        examples, _ = read_task_examples(path, self.task, self.labels, labelled=False)
+        examples = examples[:limit]
+        predictions = self.predict_examples(examples)
+        return examples, predictions, score(self.task, examples, predictions, self.labels)
+
+
+class Classifier(EncoderPredictor):
+    """Text classification: `predict(texts)` -> label names; `predict_proba(texts)` -> (N, C)."""
+
+    task = "text-classification"
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[str]:
+        """The label of each text (with `pairs`: of each (text, pair))."""
+        return [p["label"] for p in self._predict(texts, pairs)]
+
+    def predict_proba(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        """Each label's probability per text, (N, C)."""
+        return np.array([p["probabilities"] for p in self._predict(texts, pairs)], np.float32)
+
+    def _predict(self, texts, pairs):
+        pairs = pairs or [None] * len(texts)
+        return self.predict_examples([{"text": t, "text_pair": p} for t, p in zip(texts, pairs)])
+
+
+class Tagger(EncoderPredictor):
+    """Token classification: `predict(sentences)` (each a list of words) -> one tag per word."""
+
+    task = "token-classification"
+
+    def predict(self, sentences: list[list[str]]) -> list[list[str]]:
+        """The tags of each sentence's words."""
+        return [p["tags"] for p in self.predict_examples([{"tokens": s} for s in sentences])]
+
+
+class Reader(EncoderPredictor):
+    """Extractive question answering: `predict([{"question", "context"}, ...])` -> {"answer", "start"} each."""
+
+    task = "question-answering"
+
+    def predict(self, questions: list[dict]) -> list[dict]:
+        """The best answer span of each question in its context."""
+        return self.predict_examples([{"question": q["question"], "context": q["context"]} for q in questions])
