@@ -36,7 +36,7 @@ def machine() -> dict:
 
 
 def hardware_peaks(threads: int = 2) -> dict:
-    """fp32 GEMM peak (best of torch and numpy, `threads` threads), int8 GEMM peak (ORT) and memory bandwidth."""
+    """fp32 GEMM peak (best of torch and numpy, `threads` threads), ORT's fp32 and int8 GEMMs, torch bf16, bandwidth."""
     import numpy as np
     import torch
 
@@ -55,8 +55,14 @@ def hardware_peaks(threads: int = 2) -> dict:
     np.copyto(dst, src)
     best_copy = min(_timed(lambda: np.copyto(dst, src)) for _ in range(5))
     int8_ops = int8_gemm_ops(n, reps=8, threads=threads)
+    ort_fp32 = ort_gemm_ops(n, reps=8, threads=threads)
+    ab, bb = a.bfloat16(), b.bfloat16()
+    torch.mm(ab, bb)
+    best_bf16 = min(_timed(lambda: torch.mm(ab, bb)) for _ in range(8))
     return {
         "int8_gemm_peak_ops": int8_ops,
+        "gemm_ort_flops": ort_fp32,  # MLAS's SGEMM, what edgetune's fp32 training runs on
+        "gemm_torch_bf16_flops": flops / best_bf16,  # what PyTorch's bf16 autocast runs on (AMX where present)
         "int8_path": int8_path(),
         "gemm_n": n,
         "gemm_torch_flops": flops / best_torch,
@@ -86,28 +92,39 @@ def int8_gemm_ops(n: int = 2048, reps: int = 3, threads: int = 2) -> float:
     The u8·s8 GEMM that int8 compute runs (MLAS; `int8_path` says which kernel). Multiply
     and add count as two operations, as in FLOP/s. ORT only: runs in the torch-free child.
     """
+    return ort_gemm_ops(n, reps, threads, int8=True)
+
+
+def ort_gemm_ops(n: int = 2048, reps: int = 3, threads: int = 2, int8: bool = False) -> float:
+    """Best OP/s of an (n, n) x constant (n, n) product in ONNX Runtime: MatMulInteger (int8) or MatMul (MLAS SGEMM)."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.integers(-127, 128, (n, n)).astype(np.int8), "w")
-    zero_point = numpy_helper.from_array(np.array(128, np.uint8), "zero_point")
+    if int8:
+        weight = numpy_helper.from_array(rng.integers(-127, 128, (n, n)).astype(np.int8), "w")
+        inits = [weight, numpy_helper.from_array(np.array(128, np.uint8), "zero_point")]
+        node = helper.make_node("MatMulInteger", ["x", "w", "zero_point"], ["y"])
+        x_type, y_type, x = TensorProto.UINT8, TensorProto.INT32, rng.integers(0, 256, (n, n)).astype(np.uint8)
+    else:
+        inits = [numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "w")]
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+        x_type, y_type, x = TensorProto.FLOAT, TensorProto.FLOAT, rng.standard_normal((n, n)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["x", "w", "zero_point"], ["y"])],
-        "int8_gemm",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, [n, n])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
-        [weight, zero_point],
+        [node],
+        "gemm",
+        [helper.make_tensor_value_info("x", x_type, [n, n])],
+        [helper.make_tensor_value_info("y", y_type, [n, n])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    x = {"x": rng.integers(0, 256, (n, n)).astype(np.uint8)}
-    session.run(None, x)
-    return 2 * n**3 / min(_timed(lambda: session.run(None, x)) for _ in range(reps))
+    session.run(None, {"x": x})
+    return 2 * n**3 / min(_timed(lambda: session.run(None, {"x": x})) for _ in range(reps))
 
 
 def int8_path() -> str:

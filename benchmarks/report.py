@@ -43,6 +43,12 @@ def machine(r: dict) -> str:
             f"memory bandwidth "
             f"{hw['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (512 MiB numpy copy, read + write)"
         )
+    if hw.get("gemm_ort_flops"):
+        lines.append(
+            f"- the same {hw['gemm_n']}² product in ONNX Runtime's fp32 MatMul (MLAS SGEMM, what edgetune's fp32 "
+            f"training runs on): {hw['gemm_ort_flops'] / 1e9:.0f} GFLOP/s; in torch bf16 (what PyTorch's autocast "
+            f"runs on): {hw['gemm_torch_bf16_flops'] / 1e9:.0f} GFLOP/s"
+        )
     return "\n".join(lines)
 
 
