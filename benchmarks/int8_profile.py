@@ -46,7 +46,7 @@ def profile(bundle: Path, batch: int, seq_len: int, steps: int) -> dict:
         optimizer = Optimizer(str(bundle / OPTIMIZER_MODEL), module)
         module.train()
         times = []
-        for i in range(1 + steps):
+        for _ in range(1 + steps):
             t = time.perf_counter()
             module(ids, mask, positions, labels)
             optimizer.step()
