@@ -99,7 +99,8 @@ def main() -> None:
             print(f"| {op} | {fp32.get(op, 0):.0f} | {int8.get(op, 0):.0f} |")
     rest = [o for o in set(fp32) | set(int8) if max(fp32.get(o, 0), int8.get(o, 0)) < 5]
     print(
-        f"| {len(rest)} other op types | {sum(fp32.get(o, 0) for o in rest):.0f} | {sum(int8.get(o, 0) for o in rest):.0f} |"
+        f"| {len(rest)} other op types | {sum(fp32.get(o, 0) for o in rest):.0f} | "
+        f"{sum(int8.get(o, 0) for o in rest):.0f} |"
     )
 
 
