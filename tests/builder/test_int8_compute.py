@@ -238,3 +238,54 @@ def test_x86_without_vnni_trains_with_exact_int8_products(machine, flags, exact)
     from edgetune.runtime.ort_training import exact_int8_needs_u8u8
 
     assert exact_int8_needs_u8u8(machine, flags) is exact
+
+
+@pytest.mark.parametrize("residual, transposed, bias", [(True, False, True), (False, True, False), (True, True, True)])
+def test_one_int8_product_matches_float64(residual, transposed, bias):
+    """x·W (+ C) and dY·Wᵀ over a random int8 weight, with an outlier channel in x and a nonzero bias.
+
+    Two passes leave the weight's rounding only (the reference uses the int8 weight). One
+    pass adds the rows' rounding: the outlier sets the row's scale, so the other channels
+    keep about 3 levels each and the output is within 5% of its largest element (2.1% here);
+    that is why forward values take two passes (gradients, one).
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgetune.builder.rewrites.int8_compute import Int8Weights
+    from edgetune.builder.rewrites.quant.formats import quantize_int8
+
+    rng = np.random.default_rng(0)
+    k, n = 48, 80
+    int8 = quantize_int8((rng.standard_normal((k, n)) * 0.05).astype(np.float32))
+    w = int8["q"].astype(np.float64) * int8["scale"]  # (k, n)
+    x = rng.standard_normal((2, 5, n if transposed else k)).astype(np.float32)
+    x[..., 3] *= 40  # an outlier channel, as real models have
+    c = rng.standard_normal(k if transposed else n).astype(np.float32)
+    inits = [numpy_helper.from_array(int8["q"], "q"), numpy_helper.from_array(int8["scale"], "s")]
+    inits.append(numpy_helper.from_array(c, "c"))
+    dequantize = helper.make_node("DequantizeLinear", ["q", "s"], ["w"], domain="com.microsoft", axis=1)
+    inputs = ["x", "w"] + (["c"] if bias else [])
+    product = helper.make_node("Gemm" if bias else "MatMul", inputs, ["y"], transB=int(transposed))
+    if not bias:
+        product = helper.make_node("FusedMatMul", inputs, ["y"], domain="com.microsoft", transB=int(transposed))
+    if bias:
+        x = x.reshape(-1, x.shape[-1])  # Gemm is 2-D
+    graph = helper.make_graph([dequantize, product], "g", [], [], inits)
+    weights = Int8Weights(graph, residual=residual)
+    assert weights.reads(product)
+    nodes: list = []
+    weights.product(nodes, product)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        list(graph.initializer),
+    )
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = x.astype(np.float64) @ (w.T if transposed else w) + (c if bias else 0)
+    error = np.abs(y - expected).max() / np.abs(expected).max()
+    assert error < (5e-4 if residual else 5e-2), error

@@ -13,8 +13,8 @@ the int8 weight W = q·s, symmetric per output channel (`quant.formats.quantize_
   dimension (dY·Wᵀ runs over W's output channels) multiplies x first instead.
 
 Forward values (x·W, in the forward pass and in a checkpointed layer's recomputation) take
-two passes: the rounding residual r = x − (x_q − 128)·a, |r| <= a/2, is quantized again
-with a/254 and multiplied too, so the activations lose nothing a loss would notice
+two passes: the rounding residual r = x/a − (x_q − 128), |r| <= 1/2, is quantized again
+with 1/254 and multiplied too, so the activations lose nothing a loss would notice
 (real models have outlier channels: one pass raised SmolLM2's loss by 8%). Gradients
 (dY·Wᵀ) take one pass, as SwitchBack's do. docs/design.md, "int8 compute", has the ops
 chosen, what each CPU runs, and the accuracy measured.
@@ -44,7 +44,6 @@ ZERO_POINT = 128
 TINY = 1e-30  # floor of a row's max |x|: an all-zero row (no gradient reaches it) gets a finite scale
 P = "/int8"  # prefix of every constant and node the rewrites add
 GRADIENT = "_Grad/"  # in the names of the nodes ORT's gradient builder adds
-_ZERO_POINT_VALUE = helper.make_tensor("value", TensorProto.UINT8, [1], [ZERO_POINT])
 
 
 def quantize_linears(model: onnx.ModelProto, training: bool) -> None:
@@ -131,7 +130,7 @@ class Int8Weights:
         x, w, y = node.input[0], node.input[1], node.output[0]
         tag = f"{P}{node.name or y}"  # the product's nodes keep its name (a gradient's has "_Grad/")
         bias = node.input[2] if len(node.input) > 2 else ""  # a Gemm's C
-        q, s, (n_in, n_out) = self.dequantized[w]
+        q, s, _ = self.dequantized[w]
         transposed = any(a.name == "transB" and a.i for a in node.attribute)
         if transposed:  # dY·Wᵀ = (dY·diag(s))·qᵀ: the scales lie along the inner dimension
             x = add_node(nodes, "Mul", [x, s], f"{tag}/scaled_input")
@@ -139,21 +138,26 @@ class Int8Weights:
             if q not in self.transposed:  # one per weight, however many readers
                 self.transposed[q] = add_node(nodes, "Transpose", [q], f"{P}{q}/transposed", perm=[1, 0])
             q = self.transposed[q]  # ORT folds it into an int8 constant when the session loads
-        inner = n_out if transposed else n_in
-        row_scale, *quantized = self.quantize_rows(nodes, x, inner)
+        row_scale, *quantized = self.quantize_rows(nodes, x)
         parts = []
         for k, (xq, a_scale) in enumerate(zip(quantized, (f"{P}/one", f"{P}/inv_residual_levels"))):
-            inputs = [xq, q, a_scale, s, f"{P}/zero_point"] + (["", bias] if bias and k == 0 else [])
+            inputs = [xq, q, a_scale, s, f"{P}/zero_point"]
             parts.append(add_node(nodes, "MatMulIntegerToFloat", inputs, f"{tag}/int8_{k}"))  # Σ(x_q − 128)·q·s
             nodes[-1].domain = CONTRIB
         if len(parts) == 2:
             parts = [add_node(nodes, "Add", parts, f"{tag}/int8_sum")]
-        add_node(nodes, "Mul", [parts[0], row_scale], y)  # (..., N)
+        if not bias:
+            add_node(nodes, "Mul", [parts[0], row_scale], y)  # (..., N)
+            return
+        scaled = add_node(nodes, "Mul", [parts[0], row_scale], f"{tag}/row_scaled")  # (..., N)
+        add_node(nodes, "Add", [scaled, bias], y)  # the bias after the row scale, not inside the product
 
-    def quantize_rows(self, nodes: list, x: str, width: int) -> list[str]:
-        """x (..., width) -> [a (..., 1), x_q uint8 (..., width), and with `residual` r_q]; once per tensor.
+    def quantize_rows(self, nodes: list, x: str) -> list[str]:
+        """x (..., K) -> [a (..., 1), x_q uint8 (..., K), and with `residual` r_q]; once per tensor.
 
-        x ≈ (x_q − 128)·a, or (x_q − 128 + (r_q − 128)/254)·a.
+        x ≈ (x_q − 128)·a, or (x_q − 128 + (r_q − 128)/254)·a. Every op broadcasts or takes a
+        scalar scale, so each runs as one vectorized pass (a per-axis QuantizeLinear or
+        DequantizeLinear over the rows made the two-pass chain 2.2× slower: docs/design.md).
         """
         if x not in self.rows:
             tag = f"{P}{x}"
@@ -161,27 +165,16 @@ class Int8Weights:
             peak = add_node(nodes, "ReduceMax", [peak, f"{P}/flat"], f"{tag}/row_max", keepdims=1)  # (..., 1)
             peak = add_node(nodes, "Max", [peak, f"{P}/tiny"], f"{tag}/row_max_floor")
             scale = add_node(nodes, "Mul", [peak, f"{P}/inv_levels"], f"{tag}/row_scale")  # a (..., 1)
-            rows = add_node(nodes, "Reshape", [x, self._rows_of(width)], f"{tag}/rows")  # (M, width)
-            flat = add_node(nodes, "Reshape", [scale, f"{P}/flat"], f"{tag}/row_scale_flat")  # (M,)
-            zero = add_node(nodes, "Shape", [flat], f"{tag}/rows_count")
-            zero = add_node(nodes, "ConstantOfShape", [zero], f"{tag}/zero_points", value=_ZERO_POINT_VALUE)  # (M,)
-            q = add_node(nodes, "QuantizeLinear", [rows, flat, zero], f"{tag}/q_rows", axis=0)  # (M, width) u8
-            shape = add_node(nodes, "Shape", [x], f"{tag}/shape")
-            self.rows[x] = [scale, add_node(nodes, "Reshape", [q, shape], f"{tag}/q")]  # (..., width)
-            if self.residual:  # r = x − (x_q − 128)·a, |r| <= a/2: quantized again with a/254
-                r = add_node(nodes, "DequantizeLinear", [q, flat, zero], f"{tag}/dequantized", axis=0)
-                r = add_node(nodes, "Sub", [rows, r], f"{tag}/residual")
-                r_scale = add_node(nodes, "Mul", [flat, f"{P}/inv_residual_levels"], f"{tag}/residual_scale")
-                r = add_node(nodes, "QuantizeLinear", [r, r_scale, zero], f"{tag}/residual_q_rows", axis=0)
-                self.rows[x].append(add_node(nodes, "Reshape", [r, shape], f"{tag}/residual_q"))
+            inverse = add_node(nodes, "Div", [f"{P}/levels", peak], f"{tag}/row_inverse_scale")  # 1/a (..., 1)
+            y = add_node(nodes, "Mul", [x, inverse], f"{tag}/scaled")  # x/a in [−127, 127] (..., K)
+            q = add_node(nodes, "QuantizeLinear", [y, f"{P}/one", f"{P}/zero_point"], f"{tag}/q")  # round + 128
+            self.rows[x] = [scale, q]
+            if self.residual:  # r = x/a − round(x/a), |r| <= 1/2: quantized again with 1/254
+                r = add_node(nodes, "Round", [y], f"{tag}/rounded")
+                r = add_node(nodes, "Sub", [y, r], f"{tag}/residual")
+                r = add_node(nodes, "QuantizeLinear", [r, f"{P}/inv_residual_levels", f"{P}/zero_point"], f"{tag}/r_q")
+                self.rows[x].append(r)
         return self.rows[x]
-
-    def _rows_of(self, width: int) -> str:
-        """The shape constant [-1, width], added once per width."""
-        name = f"{P}/rows_of_{width}"
-        if not any(t.name == name for t in self.graph.initializer):
-            add_initializer(self.graph, name, np.array([-1, width], np.int64))
-        return name
 
 
 def _constants(graph: onnx.GraphProto) -> None:
@@ -190,6 +183,7 @@ def _constants(graph: onnx.GraphProto) -> None:
     for name, value in (
         ("one", np.array(1.0, np.float32)),
         ("tiny", np.array(TINY, np.float32)),
+        ("levels", np.array(LEVELS, np.float32)),
         ("inv_levels", np.array(1.0 / LEVELS, np.float32)),
         ("inv_residual_levels", np.array(0.5 / LEVELS, np.float32)),  # a residual's scale is a/254
         ("zero_point", np.array(ZERO_POINT, np.uint8)),
