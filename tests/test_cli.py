@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from edgetune.common.names import ADAPTER_CONFIG
+from tests.tamper import reseal
 
 
 def edgetune(*args, stdin=None):
@@ -105,6 +106,7 @@ def test_chat_needs_a_chat_template(tiny_bundle, tmp_path):
     config.pop("chat_template", None)
     (bundle / "tokenizer_config.json").write_text(json.dumps(config))
     (bundle / "chat_template.jinja").unlink(missing_ok=True)
+    reseal(bundle)
     code, _, err = edgetune("generate", bundle, "--chat", "--prompt", "hi", "--max-new-tokens", "4")
     _one_line_error(code, err, "chat template")
     code, out, err = edgetune(

@@ -92,6 +92,7 @@ class BuildConfig:
     trainable: all adapter tensors, or lora_B only (A stays at its initial value, in the
     checkpoint: FFA-LoRA). base_delta: each adapted layer's weight becomes W + Δ, with Δ a
     zero-initialised frozen tensor in the checkpoint that a device can update (FedEx-LoRA).
+    sign: an Ed25519 private key file (`edgetune keygen`) to sign the bundle's manifest with.
     """
 
     model: str
@@ -113,11 +114,13 @@ class BuildConfig:
     labels: tuple[str, ...] | str | None = None  # classification tasks: names, or one comma-separated string
     trainable: str = "all"
     base_delta: bool = False
+    sign: Path | None = None
     compute: str = "fp32"
 
     def __post_init__(self):
         _as_path(self, "out")
         _as_path(self, "init_adapter")
+        _as_path(self, "sign")
         _choice("task", self.task, TASKS)
         self._check_labels()
         _choice("method", self.method, METHODS)
@@ -179,6 +182,8 @@ class TrainConfig:
     """One `edgetune train` run: the bundle, the data, the run folder and the schedule.
 
     steps or epochs (default: 1 epoch); warmup < 1 is a fraction of the steps, else a step count.
+    trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS) the bundle, and an init
+    adapter, must be signed by; sign: a private key file to sign the final adapter with.
     """
 
     bundle: Path
@@ -200,10 +205,12 @@ class TrainConfig:
     skip_bad_lines: bool = False
     init_adapter: Path | None = None
     class_weights: str | None = None  # auto: classification losses weigh each label by its inverse frequency
+    trust: Path | None = None
+    sign: Path | None = None
     progress: bool = field(default=True, compare=False)
 
     def __post_init__(self):
-        for name in ("bundle", "data", "out", "eval_data", "init_adapter"):
+        for name in ("bundle", "data", "out", "eval_data", "init_adapter", "trust", "sign"):
             _as_path(self, name)
         if self.steps is not None and self.epochs is not None:
             raise ConfigError("steps", "give steps or epochs, not both")

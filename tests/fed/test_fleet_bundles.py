@@ -95,5 +95,5 @@ def test_adapters_with_deltas_train_on_base_delta_bundles_merge_anywhere_and_are
     for name in ("with_delta", "no_delta"):
         merge(plain, tmp_path / name, tmp_path / f"merged_{name}")  # any bundle of the base merges a delta
         g = Generator(tmp_path / f"merged_{name}")
-        logits.append(g._step(np.array([g.tokenizer.encode(prompt).ids]), 0, g._empty_past)[0])
+        logits.append(g._step(np.array([g.tokenizer.encode(prompt).ids]), 0, g._empty_past, g._adapter)[0])
     np.testing.assert_allclose(logits[0], logits[1], atol=1e-4)

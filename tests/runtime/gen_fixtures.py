@@ -1,7 +1,7 @@
 """Build tiny random decoders (and the real SmolLM2) as inference folders for generation tests.
 
-A folder holds what `Generator` reads: inference.onnx (Optimum's with-past export),
-config.json, generation_config.json and the tokenizer files. The dev-box libraries
+A folder holds what `Generator` reads: model.onnx (Optimum's with-past export),
+config.json, generation_config.json, the tokenizer files and a manifest (kind "merged"). The dev-box libraries
 (torch, transformers, optimum) are fine here; the runtime under test never sees them.
 """
 
@@ -16,6 +16,8 @@ from onnx import TensorProto, helper
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config, PreTrainedTokenizerFast
 
 from edgetune.common import names
+from edgetune.common.hashing import sha256_files
+from edgetune.common.manifest import write_manifest
 from edgetune.common.peft import PEFT_PREFIX
 from tests.tiny_tokenizer import train_byte_level_bpe
 
@@ -114,10 +116,15 @@ def export_folder(hf_dir: Path, out_dir: Path) -> Path:
         main_export(
             str(hf_dir), str(out_dir), task="text-generation-with-past", no_post_process=True, do_validation=False
         )
-    (out_dir / "model.onnx").rename(out_dir / names.INFERENCE_MODEL)
+    keep = {names.MERGED_MODEL, "model.onnx_data"}
+    for path in out_dir.iterdir():  # Optimum's own copies of configs and tokenizer files
+        if path.name not in keep:
+            path.unlink()
     for name in (names.HF_CONFIG, names.GENERATION_CONFIG, *names.TOKENIZER_FILES):
         if (hf_dir / name).exists():
             shutil.copy(hf_dir / name, out_dir / name)
+    weights_sha = sha256_files(sorted(hf_dir.glob("*.safetensors")))
+    write_manifest(out_dir, {"kind": "merged", "source": {"model": str(hf_dir), "weights_sha256": weights_sha}})
     return out_dir
 
 

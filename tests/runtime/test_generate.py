@@ -1,7 +1,6 @@
 """Generator against transformers on tiny random decoders exported by Optimum (and the real SmolLM2)."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ from edgetune.runtime.generate import Generator
 from edgetune.runtime.sampling import Sampler, SamplingParams
 from edgetune.runtime.text_stream import TextStream
 from tests.runtime import gen_fixtures
+from tests.tamper import copy_bundle, reseal
 
 PROMPT = "the date of march is"
 
@@ -46,10 +46,10 @@ def hf_greedy(model, ids, n):
 
 
 def variant(folder, tmp_path, edit):
-    """A copy of the model folder with `edit(copy)` applied."""
-    copy = tmp_path / "variant"
-    shutil.copytree(folder, copy)
+    """A copy of the model folder with `edit(copy)` applied, and its manifest written anew."""
+    copy = copy_bundle(folder, tmp_path / "variant")
     edit(copy)
+    reseal(copy)
     return copy
 
 
@@ -186,7 +186,7 @@ def test_lora_inputs_default_to_off_and_match_peft(llama, tmp_path):
 
     _, folder, g = llama
     module = "model.layers.0.self_attn.q_proj"
-    lora_dir = variant(folder, tmp_path, lambda c: gen_fixtures.add_lora_inputs(c / names.INFERENCE_MODEL, module))
+    lora_dir = variant(folder, tmp_path, lambda c: gen_fixtures.add_lora_inputs(c / names.MERGED_MODEL, module))
     g_lora = Generator(lora_dir)
     a_name, b_name = (f"{PEFT_PREFIX}{module}.lora_{x}.weight" for x in "AB")
     assert g_lora._extra_feeds[a_name].shape == (1, 64) and g_lora._extra_feeds[names.LORA_SCALING] == 0

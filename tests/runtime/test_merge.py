@@ -10,7 +10,8 @@ import onnx
 import pytest
 import torch
 
-from edgetune.common.manifest import read_manifest, verify
+from edgetune.common.bundle import open_bundle
+from edgetune.common.manifest import read_manifest
 from edgetune.common.peft import config_scaling, save_adapter
 from edgetune.runtime.merge import MERGED_MODEL, merge
 from tests.parity import inference_logits, peft_model, prefill_logits, random_adapter
@@ -48,8 +49,8 @@ def test_merged_keeps_optimum_names_and_a_manifest(tiny_bundle, tmp_path):
     assert inputs == OPTIMUM_INPUTS | {f"past_key_values.{i}.{kv}" for i in range(2) for kv in ("key", "value")}
     assert outputs == ["logits"] + [f"present.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
     assert not any(n.name.startswith("/lora/") for n in graph.node)
-    manifest = verify(merged)
-    assert manifest["kind"] == "merged" and "tokenizer.json" in manifest["files"]
+    opened = open_bundle(merged)
+    assert opened.kind == "merged" and "tokenizer.json" in opened.files
 
 
 @pytest.mark.slow

@@ -40,9 +40,11 @@ from edgetune.builder.tasks import TASKS, Task
 from edgetune.builder.weights import STAGING_WEIGHTS, WeightStore, load_weights, share_base_weights
 from edgetune.common import names
 from edgetune.common.atomic import atomic_folder
+from edgetune.common.bundle import sign_manifest
 from edgetune.common.errors import ConfigError, EdgetuneError, InternalError
 from edgetune.common.manifest import write_manifest
 from edgetune.common.peft import DELTA_SUFFIX, make_adapter_config
+from edgetune.common.trust import load_private_key
 from edgetune.options import BuildConfig, LoraSpec
 
 QUANT_SCHEMES = {"int8": "symmetric, per output channel", "int4": "asymmetric, blockwise along the input dimension"}
@@ -100,6 +102,8 @@ class PreparedGraph:
 def build_bundle(config: BuildConfig) -> dict:
     """Build a bundle for `config.model` into `config.out` and return its manifest."""
     _check_output(config)
+    if config.sign is not None:
+        load_private_key(config.sign)  # a bad key fails now, not after the build
     task = TASKS[config.task]
     source = load_source(config.model, Loader(task.auto_class, config.labels, config.seed))
     plan = plan_adapter(config, get_architecture(source.model.config.model_type), task)
@@ -115,7 +119,10 @@ def build_bundle(config: BuildConfig) -> dict:
         share_base_weights(graphs, tmp, training.head_slices)  # each graph saved once, pointing into base_weights.bin
         for path in (*exported.values(), staging.path):
             path.unlink()
-        return bundle_stage(tmp, config, plan, source, training, inference)
+        manifest = bundle_stage(tmp, config, plan, source, training, inference)
+        if config.sign is not None:
+            sign_manifest(tmp, config.sign)
+        return manifest
 
 
 def plan_adapter(config: BuildConfig, arch: Architecture, task: Task) -> AdapterPlan:

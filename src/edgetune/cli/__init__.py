@@ -7,12 +7,14 @@ anything else is a bug and keeps its traceback.
 """
 
 import argparse
+import os
 import sys
 
-from edgetune.cli import build, data, fed, generate, merge, predict, train
+from edgetune.cli import build, data, fed, generate, merge, predict, train, trust
 from edgetune.common.errors import ConfigError, EdgetuneError
 
-COMMANDS = (build, train, generate, predict, merge, data, fed)  # each registers one or more subcommands, in help order
+# each registers one or more subcommands, in help order
+COMMANDS = (build, train, generate, predict, merge, data, fed, trust)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edgetune` console script."""
     args = make_parser().parse_args(argv)
     try:
+        use_trust(args.trust)
         args.func(args)
     except ConfigError as e:
         print(f"edgetune: {flag_of(args.parser, e.field)}: {e.reason}", file=sys.stderr)
@@ -41,6 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         print("edgetune: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def use_trust(path: str | None) -> None:
+    """--trust PUBFILE: check the file now, then let it replace $EDGETUNE_TRUSTED_KEYS for this process,
+    so that every bundle and adapter the command opens must be signed by one of its keys."""
+    from edgetune.common.trust import TRUSTED_KEYS_ENV, resolve_trust
+
+    if path is not None:
+        resolve_trust(path)
+        os.environ[TRUSTED_KEYS_ENV] = str(path)
+    else:
+        resolve_trust(None)  # a broken $EDGETUNE_TRUSTED_KEYS file fails here, in one line
 
 
 def flag_of(parser: argparse.ArgumentParser, field: str) -> str:

@@ -22,12 +22,13 @@ def run_build(args: argparse.Namespace) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> None:
-    """Print a bundle's manifest after checking every file's hash."""
-    from edgetune.common.manifest import verify
+    """Print a bundle's manifest after checking it as every command does (files, paths, signature)."""
+    from edgetune.common.bundle import open_bundle
 
-    manifest = verify(Path(args.bundle))
-    print(json.dumps(manifest, indent=2))
-    print(f"ok: {len(manifest['files'])} files match their sha256", file=sys.stderr)
+    bundle = open_bundle(Path(args.bundle))
+    print(json.dumps(dict(bundle.manifest), indent=2))
+    signed = f"; signed by trusted key {bundle.signed_by}" if bundle.signed_by else ""
+    print(f"ok: {len(bundle.files)} files match their sha256, every path stays inside{signed}", file=sys.stderr)
 
 
 def register(sub) -> None:
@@ -80,6 +81,7 @@ def register(sub) -> None:
     p.add_argument("--labels", default=None, help="classification tasks: comma-separated label names, in id order")
     p.add_argument("--seed", type=int, default=0, help="seed of the adapter's initial A")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--sign", default=None, metavar="KEYFILE", help="sign the manifest with this private key")
 
     p = add_command(sub, "inspect", run_inspect, help="print a bundle's manifest and verify every file's hash")
     p.add_argument("bundle")

@@ -1,4 +1,4 @@
-"""What the subcommand modules share: config construction from parsed flags."""
+"""What the subcommand modules share: the subcommand parser (with --trust), configs from parsed flags."""
 
 import argparse
 from dataclasses import fields
@@ -11,9 +11,15 @@ def config_from_args(cls, args: argparse.Namespace, **overrides):
 
 
 def add_command(sub, name: str, func, **kwargs) -> argparse.ArgumentParser:
-    """A subcommand parser that runs `func(args)`; errors name its own flags."""
+    """A subcommand parser that runs `func(args)`; errors name its own flags. Every command takes --trust."""
     parser = sub.add_parser(name, **kwargs)
     parser.set_defaults(func=func, parser=parser)
+    parser.add_argument(
+        "--trust",
+        default=None,
+        metavar="PUBFILE",
+        help="trust only bundles and adapters signed by a key in PUBFILE (default: $EDGETUNE_TRUSTED_KEYS)",
+    )
     return parser
 
 

@@ -10,7 +10,7 @@ def run_merge(args: argparse.Namespace) -> None:
     """Fold an adapter into the base weights and print where it went."""
     from edgetune.runtime.merge import merge
 
-    manifest = merge(Path(args.bundle), Path(args.adapter), Path(args.output))
+    manifest = merge(Path(args.bundle), Path(args.adapter), Path(args.output), sign=args.sign)
     size = sum(f["size"] for f in manifest["files"].values())
     print(f"merged {args.adapter} into {args.output} ({size / 1e6:.1f} MB)")
 
@@ -21,3 +21,4 @@ def register(sub) -> None:
     p.add_argument("bundle")
     p.add_argument("--adapter", required=True, help="PEFT adapter folder (runs/NAME/adapter)")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--sign", default=None, metavar="KEYFILE", help="sign the merged folder with this private key")

@@ -18,10 +18,12 @@ def run_train(args: argparse.Namespace) -> None:
         eval_part = f", eval loss {final['eval_loss']:.4f} (ppl {final['perplexity']:.2f})"
     else:
         eval_part = f", {eval_line(final)}" if final else ""
+    speed = f"{summary['tokens_per_s']:.0f} tokens/s" if summary.get("tokens_per_s") else "no step run"
+    startup = f", start-up {summary['startup_s']:.2f} s" if summary.get("startup_s") is not None else ""
+    loss = summary.get("final_train_loss")
     print(
-        f"trained {summary['steps']} steps in {summary['train_s']:.1f} s "
-        f"({summary['tokens_per_s']:.0f} tokens/s, start-up {summary['startup_s']:.2f} s): "
-        f"train loss {summary['final_train_loss']:.4f}{eval_part}; adapter in {Path(args.out) / 'adapter'}"
+        f"trained {summary['steps']} steps in {summary['train_s']:.1f} s ({speed}{startup}): "
+        f"train loss {'n/a' if loss is None else f'{loss:.4f}'}{eval_part}; adapter in {Path(args.out) / 'adapter'}"
     )
 
 
@@ -56,3 +58,4 @@ def register(sub) -> None:
         help="classification: weigh each label in the loss by its inverse frequency in --data",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--sign", default=None, metavar="KEYFILE", help="sign the final adapter with this private key")

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from edgetune.common.errors import OutputError
+
 
 def fsync_path(path: Path) -> None:
     """fsync a file or a folder (a folder's fsync makes the renames in it durable)."""
@@ -59,11 +61,15 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 def atomic_folder(out: Path, purpose: str = "writing") -> Iterator[Path]:
     """Yield a temporary sibling of `out` to fill; on success it replaces `out`, on error it is removed.
 
-    Every file in the folder is fsynced before the rename, and the parent after it.
+    Every file in the folder is fsynced before the rename, and the parent after it. An
+    OSError on the way (disk full, read-only folder) becomes a one-line OutputError.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{purpose}-"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{purpose}-"))
+    except OSError as e:
+        raise OutputError(out, e) from None
     try:
         yield tmp
         tmp.chmod(0o755)
@@ -76,6 +82,9 @@ def atomic_folder(out: Path, purpose: str = "writing") -> Iterator[Path]:
         tmp.rename(out)
         fsync_path(out.parent)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:  # a full disk, a read-only folder: bad luck or bad input, not a bug
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(out, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -40,5 +40,15 @@ class CheckpointError(EdgetuneError):
     """A checkpoint cannot be written, read, or resumed from."""
 
 
+class OutputError(EdgetuneError):
+    """An output (a bundle, a merged model, an adapter, a checkpoint) cannot be written: disk full, read-only, ..."""
+
+    def __init__(self, target, error: OSError | str):
+        filename = getattr(error, "filename", None)
+        where = f" ({filename})" if filename and str(filename) != str(target) else ""
+        self.strerror = getattr(error, "strerror", None) or str(error)
+        super().__init__(f"{target}: cannot write: {self.strerror}{where}")
+
+
 class InternalError(Exception):
     """A bug in edgetune, not bad input: it keeps its traceback (not an EdgetuneError on purpose)."""

@@ -12,6 +12,8 @@ BASE_WEIGHTS = "base_weights.bin"  # frozen weights, stored once, shared by ever
 HF_CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+SIGNATURE = "edgetune.sig"  # a signed bundle's or adapter's Ed25519 signature (common.trust)
+VERIFY_CACHE = ".edgetune-verified.json"  # (size, mtime, ctime, inode) of files already hashed (common.verify_cache)
 
 # runs/NAME/ (a training run's folder)
 ADAPTER_DIR = "adapter"  # the final adapter, PEFT format

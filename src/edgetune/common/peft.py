@@ -16,6 +16,10 @@
 """
 
 import math
+import os
+import re
+import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +27,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from edgetune.common.atomic import atomic_folder, write_json_atomic
-from edgetune.common.errors import AdapterError
+from edgetune.common.errors import AdapterError, OutputError
+from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import read_json
 from edgetune.common.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_DELTA
+from edgetune.common.trust import TrustedKeys, check_signature, resolve_trust, sign
 
 PEFT_PREFIX = "base_model.model."  # PEFT's key prefix in front of the HF module path
 MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output magnitude, PEFT's name
 BASE_SHA_KEY = "edgetune.base_weights_sha256"  # safetensors metadata; PEFT ignores it
 BRANCH_ROOT = "/lora/"  # graph node names of every LoRA branch start with this
+MAX_ADAPTER_BYTES = 8 << 30
 DELTA_SUFFIX = ".base_layer.weight_delta"  # a base-weight delta's key: PEFT's base-layer key + "_delta"
 
 SUPPORTED_PEFT_TYPES = ("LORA",)
@@ -177,8 +184,14 @@ def check_supported(config: dict, source: str, head: list[str] | None = None) ->
     r = config.get("r")
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise AdapterError(f"{source}: r={r!r} is not a positive integer")
-    if not isinstance(config.get("lora_alpha"), (int, float)):
-        raise AdapterError(f"{source}: lora_alpha={config.get('lora_alpha')!r} is not a number")
+    alpha = config.get("lora_alpha")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise AdapterError(f"{source}: lora_alpha={alpha!r} is not a finite number")
+    if not math.isfinite(config_scaling(config)):
+        raise AdapterError(f"{source}: the scaling lora_alpha/r is not finite")
+    dropout = config.get("lora_dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise AdapterError(f"{source}: lora_dropout={dropout!r} is not in [0, 1)")
     if not config.get("target_modules"):
         raise AdapterError(f"{source}: target_modules is missing (target_parameters is not supported)")
     if config.get("bias", "none") != "none":
@@ -201,6 +214,8 @@ def read_adapter_config(folder: Path, head: list[str] | None = None) -> dict:
     if not folder.is_dir():
         raise AdapterError(f"{folder}: no such adapter folder")
     config = read_json(folder / ADAPTER_CONFIG, AdapterError)
+    if not isinstance(config, dict):
+        raise AdapterError(f"{folder / ADAPTER_CONFIG}: not a JSON object")
     check_supported(config, str(folder / ADAPTER_CONFIG), head)
     return config
 
@@ -214,16 +229,37 @@ def save_adapter(
     config: dict,
     base_sha256: str,
     base_delta: dict[str, np.ndarray] | None = None,
+    *,
+    key: str | os.PathLike | None = None,
 ) -> None:
-    """Write a PEFT adapter folder atomically. `weights` in PEFT layout; `base_delta` (out, in) beside them."""
+    """Write a PEFT adapter folder atomically. `weights` in PEFT layout; `base_delta` (out, in) beside them.
+
+    The safetensors metadata records the base model's weights sha256; with `key` (an
+    Ed25519 private key file, `edgetune keygen`) the folder is also signed.
+    """
     metadata = {"format": "pt", BASE_SHA_KEY: base_sha256}
     with atomic_folder(Path(folder), "saving") as tmp:
-        save_file(
-            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}, tmp / ADAPTER_WEIGHTS, metadata
-        )
-        if base_delta:
-            save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in base_delta.items()}, tmp / BASE_DELTA)
+        try:
+            save_file(
+                {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
+                tmp / ADAPTER_WEIGHTS,
+                metadata,
+            )
+            if base_delta:
+                save_file(
+                    {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in base_delta.items()}, tmp / BASE_DELTA
+                )
+        except SafetensorError as e:  # its I/O errors (a full disk) come as this, not as OSError
+            found = re.search(r"I/O error: (.+?)(?: \(os error \d+\))?$", str(e))
+            raise OutputError(Path(folder), found.group(1) if found else str(e)) from None
         write_json_atomic(tmp / ADAPTER_CONFIG, config)
+        if key is not None:
+            sign_adapter(tmp, key)
+
+
+def sign_adapter(folder: Path, key: str | os.PathLike) -> str:
+    """Sign an adapter folder's files with the private key in `key`; returns the key's fingerprint."""
+    return sign(folder, "adapter", _adapter_payload(Path(folder)), key)
 
 
 def load_base_delta(folder: Path, manifest: dict, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -239,6 +275,9 @@ def load_base_delta(folder: Path, manifest: dict, weights: dict[str, np.ndarray]
         deltas = load_file(path)
     except (SafetensorError, OSError) as e:
         raise AdapterError(f"{path}: not a readable safetensors file ({e})") from None
+    bad = next((k for k, v in deltas.items() if not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise AdapterError(f"{path}: {bad} holds NaN or inf")
     for path_ in manifest["adapted_modules"]:
         key, (key_a, key_b) = delta_key(path_), lora_keys(path_)
         expected = (weights[key_b].shape[0], weights[key_a].shape[1])  # (out, in)
@@ -252,23 +291,58 @@ def load_base_delta(folder: Path, manifest: dict, weights: dict[str, np.ndarray]
     return deltas
 
 
-def load_adapter(folder: Path, manifest: dict) -> tuple[dict[str, np.ndarray], dict]:
-    """Read a PEFT adapter and check it fits the bundle; returns (weights in PEFT layout, config)."""
+def load_adapter(
+    folder: str | os.PathLike, manifest: Mapping, *, trust: str | os.PathLike | TrustedKeys | None = None
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a PEFT adapter folder and check that it fits a bundle; returns (weights in PEFT layout, config).
+
+    manifest: the bundle's (`open_bundle(...).manifest`). Refused with a one-line AdapterError:
+    symlinked or non-regular files, an unsupported config, unreadable safetensors, a tensor
+    that is not floating point or holds NaN/inf (named), a non-finite scaling, another base
+    model's weights sha256, keys or ranks that do not fit. trust: a trusted public keys
+    file (else $EDGETUNE_TRUSTED_KEYS); with keys, the adapter must be signed by one of them.
+    """
     folder = Path(folder)
+    payload = _adapter_payload(folder)  # confines both files first
+    check_signature(folder, "adapter", payload, resolve_trust(trust))
     config = read_adapter_config(folder, manifest["adapter_config"].get("modules_to_save"))
     weights_path = folder / ADAPTER_WEIGHTS
-    if not weights_path.is_file():
-        raise AdapterError(f"{weights_path}: missing")
     try:
         weights = {_strip_adapter_name(k): v for k, v in load_file(weights_path).items()}
         with safe_open(weights_path, "np") as f:
             base_sha = (f.metadata() or {}).get(BASE_SHA_KEY)
-    except (SafetensorError, OSError) as e:
-        raise AdapterError(f"{weights_path}: not a readable safetensors file ({e})") from None
+    except (SafetensorError, OSError, TypeError, ValueError) as e:
+        raise AdapterError(f"{weights_path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+    for key, value in weights.items():
+        if value.dtype.kind != "f":
+            raise AdapterError(f"{weights_path}: {key} is {value.dtype}, not floating point")
+        if not np.isfinite(value).all():
+            raise AdapterError(f"{weights_path}: {key} holds NaN or infinite values")
     if base_sha and base_sha != manifest["source"]["weights_sha256"]:
         raise AdapterError(f"{folder}: adapter was trained on a different base model (weights sha256 differs)")
     _check_fits(weights, config, manifest, folder)
     return weights, config
+
+
+def _adapter_payload(folder: Path) -> bytes:
+    """What an adapter signature covers: the sha256 of its config, weights and base-delta files (each regular)."""
+    if not folder.is_dir():
+        raise AdapterError(f"{folder}: no such adapter folder")
+    lines = []
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_DELTA):
+        path = folder / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if name == BASE_DELTA:  # optional: only fleet (FedEx-LoRA) adapters carry it
+                continue
+            raise AdapterError(f"{path}: missing") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise AdapterError(f"{path}: not a regular file (a symlink or a device?)")
+        if st.st_size > MAX_ADAPTER_BYTES:
+            raise AdapterError(f"{path}: larger than {MAX_ADAPTER_BYTES >> 30} GiB")
+        lines.append(f"{name} {sha256_file(path)}\n")
+    return "".join(lines).encode()
 
 
 def _strip_adapter_name(key: str) -> str:

@@ -10,8 +10,8 @@ writes the global adapter after every round and evaluates it on held-out data.
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from edgetune.common.bundle import open_bundle
 from edgetune.common.errors import ConfigError
-from edgetune.common.manifest import verify
 from edgetune.common.names import METRICS
 from edgetune.common.peft import DELTA_SUFFIX, config_scaling
 from edgetune.fed.config import FleetConfig
@@ -32,7 +32,7 @@ def run_fleet(grid: Grid, config: FleetConfig) -> dict:
     """Run `config.rounds` rounds over the nodes of `grid`; return the run's summary."""
     if (config.out / METRICS).exists():
         raise ConfigError("out", f"{config.out} already holds a fleet run (choose another output)")
-    manifest = verify(config.bundle)
+    manifest = open_bundle(config.bundle).manifest  # trusted keys: $EDGETUNE_TRUSTED_KEYS
     check_strategy_fits(config.strategy, manifest, config.bundle)
     initial = bundle_adapter(config.bundle, manifest)
     deltas = {k: v for k, v in initial.items() if k.endswith(DELTA_SUFFIX)}

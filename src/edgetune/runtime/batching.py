@@ -64,9 +64,12 @@ class DataSummary:
     loss_tokens: int
 
 
-def _token(value: str | dict | None) -> str | None:
+def _token(value: str | dict | None, field: str, folder) -> str | None:
     """A special token from tokenizer_config: a string, or an AddedToken dict with `content`."""
-    return value.get("content") if isinstance(value, dict) else value
+    token = value.get("content") if isinstance(value, dict) else value
+    if token is not None and not isinstance(token, str):
+        raise BundleError(f"{folder}: {field} is not a string (tokenizer_config.json or special_tokens_map.json)")
+    return token
 
 
 def _read(folder: str | os.PathLike, name: str) -> str | None:
@@ -74,8 +77,23 @@ def _read(folder: str | os.PathLike, name: str) -> str | None:
     path = os.path.join(folder, name)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: cannot read as UTF-8 text ({e})") from None
+
+
+def _json_object(folder: str | os.PathLike, name: str) -> dict:
+    """The JSON object in `folder/name` ({} if there is no such file), with one-line errors."""
+    text = _read(folder, name)
+    try:
+        value = json.loads(text) if text is not None else {}
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{os.path.join(folder, name)}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise BundleError(f"{os.path.join(folder, name)}: not a JSON object")
+    return value
 
 
 def load_tokenizer(folder: str | os.PathLike) -> tuple[tokenizers.Tokenizer, TokenizerInfo]:
@@ -91,16 +109,20 @@ def load_tokenizer(folder: str | os.PathLike) -> tuple[tokenizers.Tokenizer, Tok
     path = os.path.join(folder, "tokenizer.json")
     if not os.path.exists(path):
         raise BundleError(f"{folder}: no tokenizer.json")
-    tokenizer = tokenizers.Tokenizer.from_file(path)
-    config = {
-        **json.loads(_read(folder, "special_tokens_map.json") or "{}"),
-        **json.loads(_read(folder, "tokenizer_config.json") or "{}"),
-    }
+    try:
+        tokenizer = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # the Rust side raises plain Exception on malformed files
+        raise BundleError(f"{path}: not a readable tokenizer ({' '.join(str(e).split())[:200]})") from None
+    config = {**_json_object(folder, "special_tokens_map.json"), **_json_object(folder, "tokenizer_config.json")}
     template = config.get("chat_template")
     if isinstance(template, list):
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        template = next(
+            (t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None
+        )
     template = _read(folder, "chat_template.jinja") or template
-    bos, eos, pad = (_token(config.get(k)) for k in ("bos_token", "eos_token", "pad_token"))
+    if template is not None and not isinstance(template, str):
+        raise BundleError(f"{folder}: chat_template is not a string")
+    bos, eos, pad = (_token(config.get(k), k, folder) for k in ("bos_token", "eos_token", "pad_token"))
     bos_id, eos_id, pad_id = (tokenizer.token_to_id(t) if t else None for t in (bos, eos, pad))
     add_bos = config.get("add_bos_token")
     if add_bos is None:

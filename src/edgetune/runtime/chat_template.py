@@ -5,7 +5,9 @@ transformers' `apply_chat_template(tokenize=False)` compiles the template in a j
 `loopcontrols` extension, a `{% generation %}` tag, a `tojson` filter that does not escape
 HTML, and the globals `raise_exception` and `strftime_now`; it renders with
 `messages`, `tools=None`, `documents=None`, `add_generation_prompt` and the tokenizer's
-special tokens. This module reproduces that without importing transformers.
+special tokens. This module reproduces that without importing transformers, and bounds
+every render in time, output size and recursion (`template_limits`): templates come with
+the bundle.
 """
 
 import functools
@@ -16,7 +18,14 @@ from typing import ClassVar
 import jinja2
 import jinja2.ext
 import jinja2.nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from edgetune.runtime.template_limits import (
+    MAX_TEMPLATE,
+    BoundedEnvironment,
+    TemplateLimitError,
+    bounded_filter,
+    render_bounded,
+)
 
 
 class _GenerationTag(jinja2.ext.Extension):
@@ -53,11 +62,11 @@ def _strftime_now(format: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def compile_template(template: str) -> jinja2.Template:
-    """Compile a chat template string in transformers' sandboxed jinja2 environment."""
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
-    )
-    env.filters["tojson"] = _tojson
+    """Compile a chat template string in transformers' sandboxed jinja2 environment (bounded)."""
+    if len(template) > MAX_TEMPLATE:
+        raise TemplateLimitError(f"the template is longer than {MAX_TEMPLATE} characters")
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = bounded_filter("tojson", _tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env.from_string(template)
@@ -70,15 +79,14 @@ def render_chat(
     eos_token: str | None,
     add_generation_prompt: bool = False,
 ) -> str:
-    """Render `messages` to the prompt text; raises jinja2.TemplateError from the template.
+    """Render `messages` to the prompt text; raises jinja2.TemplateError from the template or its bounds.
 
     A token that is None is left undefined (as transformers leaves an unset special token
     out), so `{{ bos_token }}` renders as "" rather than "None".
     """
     tokens = {k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token)) if v is not None}
-    return compile_template(template).render(
-        messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **tokens
-    )
+    context = dict(messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt)
+    return render_bounded(compile_template(template), {**context, **tokens})
 
 
 def assistant_spans(

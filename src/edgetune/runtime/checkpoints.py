@@ -17,12 +17,20 @@ import time
 from pathlib import Path
 
 from edgetune.common.atomic import atomic_folder, write_json_atomic
-from edgetune.common.errors import CheckpointError
+from edgetune.common.errors import CheckpointError, OutputError
 from edgetune.common.hashing import sha256_file
 from edgetune.common.names import CHECKPOINT, CHECKPOINTS, MANIFEST, STATE
 from edgetune.runtime.ort_training import CheckpointState
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_FIELDS = {  # what resuming reads from state.json, and its type
+    "step": int,
+    "bundle.path": str,
+    "bundle.manifest_sha256": str,
+    "data.path": str,
+    "data.sha256": str,
+    "hparams": dict,
+}
 
 
 def bundle_identity(bundle: Path, manifest: dict) -> dict:
@@ -44,7 +52,7 @@ def save(run_dir: Path, state: CheckpointState, resume_state: dict) -> tuple[Pat
         with atomic_folder(final, "saving") as tmp:
             CheckpointState.save_checkpoint(state, tmp / CHECKPOINT, include_optimizer_state=True)
             write_json_atomic(tmp / STATE, {**resume_state, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, OutputError) as e:
         previous = latest(run_dir)
         kept = f"the checkpoint of step {read_state(previous)['step']} is kept" if previous else "no earlier checkpoint"
         raise CheckpointError(f"{root}: cannot save the checkpoint of step {step} ({_reason(e)}); {kept}") from None
@@ -83,19 +91,29 @@ def check_resumable(folder: Path, state: dict, identity: dict, hparams: dict, fi
             f"({state['data']['path']}); refusing to resume"
         )
     for key in fixed:
-        if state["hparams"][key] != hparams[key]:
+        if state["hparams"].get(key) != hparams[key]:
             raise CheckpointError(
-                f"{folder}: {key} was {state['hparams'][key]}, not {hparams[key]} "
+                f"{folder}: {key} was {state['hparams'].get(key)}, not {hparams[key]} "
                 "(it fixes the data order); refusing to resume"
             )
 
 
 def read_state(folder: Path) -> dict:
-    """The resume state stored next to a checkpoint."""
+    """The resume state stored next to a checkpoint, with every field resuming reads checked."""
+    path = Path(folder) / STATE
     try:
-        return json.loads((Path(folder) / STATE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{folder / STATE}: unreadable ({e})") from None
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({' '.join(str(e).split())})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    for field, kind in STATE_FIELDS.items():
+        value = state
+        for part in field.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise CheckpointError(f"{path}: field {field} is missing or not a {kind.__name__}")
+    return state
 
 
 def remove_partial(run_dir: Path) -> None:
@@ -106,7 +124,7 @@ def remove_partial(run_dir: Path) -> None:
 
 def _reason(error: Exception) -> str:
     """One line from an OSError or from ORT's multi-line RuntimeError ('... error:File too large errno:27')."""
-    if isinstance(error, OSError):
+    if isinstance(error, (OSError, OutputError)):
         return error.strerror or str(error)
     found = re.search(r"error:(.+?) errno:\d+", str(error))
     return found.group(1) if found else str(error).strip().splitlines()[-1]

@@ -17,9 +17,10 @@ from onnx import numpy_helper
 import edgetune
 from edgetune.common import names
 from edgetune.common.atomic import atomic_folder
-from edgetune.common.errors import BundleError
+from edgetune.common.bundle import open_bundle, sign_manifest
+from edgetune.common.errors import AdapterError, BundleError
 from edgetune.common.hashing import sha256_file
-from edgetune.common.manifest import verify, write_manifest
+from edgetune.common.manifest import write_manifest
 from edgetune.common.peft import (
     PEFT_PREFIX,
     base_output,
@@ -31,21 +32,29 @@ from edgetune.common.peft import (
     lora_keys,
     magnitude_key,
 )
+from edgetune.common.trust import resolve_trust
 
 MERGED_MODEL = names.MERGED_MODEL
 MERGED_DATA = "model.onnx_data"
 COPIED = (names.HF_CONFIG, names.GENERATION_CONFIG, *names.TOKENIZER_FILES)
 
 
-def merge(bundle: Path, adapter: Path, out: Path) -> dict:
-    """Write a standalone merged model folder to `out`; return its manifest."""
-    bundle, out = Path(bundle), Path(out)
-    manifest = verify(bundle)
+def merge(bundle: Path, adapter: Path, out: Path, *, trust=None, sign: Path | None = None) -> dict:
+    """Write a standalone merged model folder to `out`; return its manifest.
+
+    trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS) the bundle and the
+    adapter must be signed by; sign: a private key file to sign the merged folder with.
+    Only files the bundle's manifest lists are read or copied.
+    """
+    out = Path(out)
+    trusted = resolve_trust(trust)
+    opened = open_bundle(bundle, trust=trusted)
+    manifest = opened.manifest
     if manifest["task"] != "causal-lm":  # an encoder's head lives in the adapter: serve it with `predict`
-        raise BundleError(f"{bundle}: merge supports causal-lm bundles, not {manifest['task']}")
-    weights, config = load_adapter(adapter, manifest)
+        raise BundleError(f"{opened.folder}: merge supports causal-lm bundles, not {manifest['task']}")
+    weights, config = load_adapter(adapter, manifest, trust=trusted)
     deltas = load_base_delta(adapter, manifest, weights)
-    model = onnx.load(bundle / names.INFERENCE_MODEL)  # base weights come in from base_weights.bin
+    model = onnx.load(opened.path(names.INFERENCE_MODEL))  # base weights come in from base_weights.bin
     fold_adapter(model, weights | deltas, config, manifest["adapted_modules"])
     onnx.checker.check_model(model)
 
@@ -59,8 +68,8 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
             size_threshold=1024,
         )
         for name in COPIED:
-            if (bundle / name).exists():
-                shutil.copy2(bundle / name, tmp / name)
+            if opened.optional(name) is not None:
+                shutil.copyfile(opened.path(name), tmp / name)
         result = write_manifest(
             tmp,
             {
@@ -75,6 +84,8 @@ def merge(bundle: Path, adapter: Path, out: Path) -> dict:
                 },
             },
         )
+        if sign is not None:
+            sign_manifest(tmp, sign)
     return result
 
 
@@ -109,6 +120,16 @@ def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: l
             w = w.T if trans_b else w  # (in, out)
         key_a, key_b = lora_keys(path)
         a, b = weights[key_a], weights[key_b]  # (r, in), (out, r)
+        for key, got, needed in ((key_a, a.shape[1], w.shape[0]), (key_b, b.shape[0], w.shape[1])):
+            if got != needed:
+                raise AdapterError(
+                    f"{key} has shape {tuple(weights[key].shape)}, which does not fit the layer's "
+                    f"{needed} {'inputs' if key == key_a else 'outputs'} (adapter for another base model?)"
+                )
+        if dora and weights[magnitude_key(path)].shape != (w.shape[1],):
+            raise AdapterError(
+                f"{magnitude_key(path)} has shape {weights[magnitude_key(path)].shape}, not ({w.shape[1]},)"
+            )
         merged = w + (scale * (a.T @ b.T)).astype(np.float32)  # (in, out)
         if delta_key(path) in weights:
             merged += weights[delta_key(path)].T  # (out, in) -> (in, out)
@@ -161,7 +182,7 @@ def _nbits_weight(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, pro
     scale = _constant(model, node.input[2], inits, producers).reshape(n_out, -1, 1)  # (out, in/bs, 1)
     has_zero = len(node.input) > 3 and node.input[3]
     zero = _constant(model, node.input[3], inits, producers).reshape(n_out, -1, 1) if has_zero else 8.0
-    return ((q - zero) * scale).reshape(n_out, attrs["K"]).T
+    return ((q - zero) * scale).reshape(n_out, -1)[:, : attrs["K"]].T  # a padded last block's tail dropped
 
 
 def _prune(graph: onnx.GraphProto) -> None:

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from edgetune.common.errors import BundleError, CheckpointError
+from edgetune.runtime.ort_errors import ORT_ERRORS, gist
+
 
 def _training_api() -> types.ModuleType:
     """`onnxruntime.training.api`, loaded without importing torch."""
@@ -42,6 +45,30 @@ def training_session_options() -> ort.SessionOptions:
     if exact_int8_needs_u8u8(platform.machine(), cpu_flags()):
         options.add_session_config_entry("session.x64quantprecision", "1")
     return options
+
+
+def load_state(checkpoint: Path) -> "CheckpointState":
+    """An ORT checkpoint, or a one-line CheckpointError if it cannot be read."""
+    try:
+        return CheckpointState.load_checkpoint(str(checkpoint))
+    except ORT_ERRORS:
+        raise CheckpointError(f"{checkpoint}: not a readable ORT checkpoint") from None
+
+
+def open_module(training_model: Path, state, eval_model: Path | None, options: ort.SessionOptions) -> "Module":
+    """ORT's training Module, or a one-line BundleError naming the graph it cannot load."""
+    try:
+        return Module(str(training_model), state, str(eval_model) if eval_model else None, session_options=options)
+    except ORT_ERRORS as e:
+        raise BundleError(f"{training_model}: ONNX Runtime cannot train with it ({gist(e)})") from None
+
+
+def open_optimizer(optimizer_model: Path, module) -> "Optimizer":
+    """ORT's Optimizer, or a one-line BundleError naming the graph it cannot load."""
+    try:
+        return Optimizer(str(optimizer_model), module)
+    except ORT_ERRORS as e:
+        raise BundleError(f"{optimizer_model}: ONNX Runtime cannot load it ({gist(e)})") from None
 
 
 def exact_int8_needs_u8u8(machine: str, flags: set[str] | None) -> bool:

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edgetune.common.bundle import open_bundle
 from edgetune.common.errors import BundleError
-from edgetune.common.manifest import verify
 from edgetune.common.names import CHECKPOINT, INFERENCE_MODEL, LORA_SCALING
 from edgetune.common.peft import bundle_adapter_keys, config_scaling, load_adapter, to_graph_layout
+from edgetune.common.trust import resolve_trust
 from edgetune.runtime.batching import load_tokenizer
 from edgetune.runtime.generate import default_session_options
 from edgetune.runtime.predictions import decode_outputs, score
@@ -40,10 +41,18 @@ class EncoderPredictor:
         seq_len: int = DEFAULT_SEQ_LEN,
         batch_size: int = 32,
         session_options: ort.SessionOptions | None = None,
+        *,
+        trust: str | os.PathLike | None = None,
     ):
-        """Load `bundle` (hashes checked) and `adapter` (None: the bundle's untrained head)."""
-        self.bundle = Path(bundle)
-        self.manifest = verify(self.bundle)
+        """Load `bundle` (with `open_bundle`) and `adapter` (None: the bundle's untrained head).
+
+        trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS); with keys, the bundle
+        and every adapter must be signed by one of them.
+        """
+        self.trust = resolve_trust(trust)
+        self.opened = open_bundle(bundle, trust=self.trust)
+        self.bundle = self.opened.folder
+        self.manifest = self.opened.manifest
         if self.manifest["task"] == "causal-lm" or (self.task and self.manifest["task"] != self.task):
             raise BundleError(f"{bundle}: a {self.manifest['task']} bundle, not {self.task or 'an encoder task'}")
         self.task = self.manifest["task"]
@@ -52,7 +61,7 @@ class EncoderPredictor:
         tokenizer, self.info = load_tokenizer(self.bundle)
         self.tokenizer = prepare_tokenizer(tokenizer, seq_len, self.task)
         self.session = ort.InferenceSession(
-            str(self.bundle / INFERENCE_MODEL),
+            str(self.opened.path(INFERENCE_MODEL)),
             providers=["CPUExecutionProvider"],
             sess_options=session_options or default_session_options(),
         )
@@ -65,7 +74,7 @@ class EncoderPredictor:
         if adapter is None:
             weights, scale = self._initial_adapter(), config_scaling(self.manifest["adapter_config"])
         else:
-            peft_weights, config = load_adapter(Path(adapter), self.manifest)
+            peft_weights, config = load_adapter(Path(adapter), self.manifest, trust=self.trust)
             weights, scale = to_graph_layout(peft_weights), config_scaling(config)
         self.feeds = weights | {LORA_SCALING: np.array(scale, np.float32)}
 
@@ -73,7 +82,7 @@ class EncoderPredictor:
         """The bundle checkpoint's adapter tensors (graph layout)."""
         from edgetune.runtime.ort_training import CheckpointState
 
-        state = CheckpointState.load_checkpoint(str(self.bundle / CHECKPOINT))
+        state = CheckpointState.load_checkpoint(str(self.opened.path(CHECKPOINT)))
         return {key: state.parameters[key].data.copy() for key in bundle_adapter_keys(self.manifest)}
 
     def predict_examples(self, examples: list[dict]) -> list[dict]:

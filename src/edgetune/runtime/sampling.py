@@ -4,6 +4,7 @@ The order of the filters is the one transformers' `generate` applies, so the sam
 settings mean the same thing in both. numpy only.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,12 +22,14 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self):
-        if not self.temperature >= 0:  # also rejects NaN
-            raise EdgetuneError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if not _number(self.temperature) or not 0 <= self.temperature < math.inf:  # also rejects NaN
+            raise EdgetuneError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        if not _number(self.top_p) or not 0 < self.top_p <= 1:
             raise EdgetuneError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise EdgetuneError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not _whole(self.top_k) or self.top_k < 0:
+            raise EdgetuneError(f"top_k must be a whole number >= 0 (0 = off), got {self.top_k}")
+        if self.seed is not None and (not _whole(self.seed) or self.seed < 0):
+            raise EdgetuneError(f"seed must be a whole number >= 0, got {self.seed}")
 
     @property
     def greedy(self) -> bool:
@@ -46,7 +49,7 @@ class Sampler:
         p = self.params
         if p.greedy:
             return int(np.argmax(logits))
-        scores = logits.astype(np.float64) / p.temperature  # (V,)
+        scores = (logits.astype(np.float64) - logits.max()) / p.temperature  # (V,) <= 0: a tiny T cannot overflow
         if 0 < p.top_k < scores.size:
             kth = np.partition(scores, -p.top_k)[-p.top_k]
             scores = np.where(scores < kth, -np.inf, scores)
@@ -59,3 +62,11 @@ class Sampler:
             probs[dropped] = 0.0
             probs /= probs.sum()
         return int(self.rng.choice(probs.size, p=probs))
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

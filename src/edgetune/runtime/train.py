@@ -35,9 +35,15 @@ import onnxruntime as ort
 
 import edgetune
 from edgetune.common.atomic import write_json_atomic
-from edgetune.common.errors import AdapterError, CheckpointError, TrainingError
+from edgetune.common.bundle import open_bundle
+from edgetune.common.errors import (
+    AdapterError,
+    BundleError,
+    CheckpointError,
+    OutputError,
+    TrainingError,
+)
 from edgetune.common.hashing import sha256_file
-from edgetune.common.manifest import verify
 from edgetune.common.names import (
     ADAPTER_DIR,
     BASE_WEIGHTS,
@@ -56,10 +62,13 @@ from edgetune.common.peft import (
     to_graph_layout,
     to_peft_layout,
 )
+from edgetune.common.trust import resolve_trust
 from edgetune.options import TrainConfig
 from edgetune.runtime import checkpoints
 from edgetune.runtime.metrics import Metrics, peak_rss_bytes, plot_losses, process_age, truncate_metrics
-from edgetune.runtime.ort_training import CheckpointState, Module, Optimizer, training_session_options
+from edgetune.runtime.ort_errors import ORT_ERRORS, gist
+from edgetune.runtime.ort_training import load_state, open_module, open_optimizer, training_session_options
+from edgetune.runtime.run_lock import RunLock
 from edgetune.runtime.schedule import learning_rate, warmup_steps
 from edgetune.runtime.tasks import task_for
 
@@ -92,13 +101,14 @@ def train(config: TrainConfig) -> dict:
     Writes out/checkpoints/, out/metrics.jsonl, out/adapter/ (PEFT), out/summary.json and
     out/loss.png. Raises EdgetuneError with a one-line message.
     """
-    recipe = _Recipe(config)
-    try:
-        recipe.setup()
-        recipe.train()
-        return recipe.finish()
-    finally:
-        recipe.cleanup()
+    with RunLock(config.out):  # a second process on the same run folder is refused here, at once
+        recipe = _Recipe(config)
+        try:
+            recipe.setup()
+            recipe.train()
+            return recipe.finish()
+        finally:
+            recipe.cleanup()
 
 
 class _Recipe:
@@ -122,7 +132,9 @@ class _Recipe:
     def setup(self) -> None:
         """Check all that can be checked before the run folder is touched, then open ORT."""
         o = self.o
-        self.manifest = verify(o.bundle)
+        self.trust = resolve_trust(o.trust)
+        self.bundle = open_bundle(o.bundle, trust=self.trust)
+        self.manifest = self.bundle.manifest
         self.task = task_for(o, self.manifest)  # the task's data: encoding, batches, eval metrics
         self.train_set, self.data_summary, self.skipped = self.task.encode(o.data, o.skip_bad_lines)
         self.eval_batches = None
@@ -151,11 +163,15 @@ class _Recipe:
         start = self._resume_point() if o.resume else self._fresh_run()
         init_weights = self._init_adapter() if o.init_adapter else None
         self.start_step, self.checkpoint, self.saved_step = start.step, start.saved, start.step
+        self.last_loss = start.resumed.get("train_loss") if start.resumed else None
 
-        o.out.mkdir(parents=True, exist_ok=True)  # every check passed: now the run folder may change
-        checkpoints.remove_partial(o.out)
-        truncate_metrics(o.out, self.start_step)
-        self.metrics = Metrics(o.out, self.total_steps, self.start_step, o.progress)
+        try:  # every check passed: now the run folder may change
+            o.out.mkdir(parents=True, exist_ok=True)
+            checkpoints.remove_partial(o.out)
+            truncate_metrics(o.out, self.start_step)
+            self.metrics = Metrics(o.out, self.total_steps, self.start_step, o.progress)
+        except OSError as e:
+            raise TrainingError(f"{e.filename or o.out}: cannot write the run folder ({e.strerror})") from None
         if start.resumed:
             before = start.resumed["hparams"]
             changed = {k: [before.get(k), self.hparams[k]] for k in CHANGEABLE_KEYS if before.get(k) != self.hparams[k]}
@@ -171,7 +187,7 @@ class _Recipe:
             raise TrainingError(f"{out}: exists and is not a folder")
         if checkpoints.latest(out) or (out / ADAPTER_DIR).exists() or (out / SUMMARY).exists():
             raise TrainingError(f"{out}: already holds a run (continue it with --resume, or choose another output)")
-        return StartPoint(self.o.bundle / CHECKPOINT, 0, None, None)
+        return StartPoint(self.bundle.path(CHECKPOINT), 0, None, None)
 
     def _resume_point(self) -> StartPoint:
         """The run's last checkpoint, if it belongs to this bundle, data and data order."""
@@ -183,13 +199,17 @@ class _Recipe:
         checkpoints.check_resumable(folder, state, self.identity, self.hparams, ORDER_KEYS)
         if state["step"] > self.total_steps:
             raise TrainingError(f"{folder}: already at step {state['step']}, past the {self.total_steps} steps asked")
+        if state["step"] == self.total_steps and (o.out / SUMMARY).exists():
+            raise TrainingError(
+                f"{o.out}: already finished at step {state['step']} (ask for more --steps to train further)"
+            )
         saved = SavedCheckpoint(folder, checkpoints.size(folder), None)
         return StartPoint(folder / CHECKPOINT, state["step"], state, saved)
 
     def _init_adapter(self) -> dict:
         """The starting adapter from a PEFT folder (PEFT layout), with its base deltas if it has any
         (bundles built with base_delta); its r and scale must be the bundle's."""
-        weights, config = load_adapter(self.o.init_adapter, self.manifest)
+        weights, config = load_adapter(self.o.init_adapter, self.manifest, trust=self.trust)
         ours = self.manifest["adapter_config"]
         if (config["r"], config_scaling(config)) != (ours["r"], config_scaling(ours)):
             raise AdapterError(
@@ -210,15 +230,18 @@ class _Recipe:
         self.ort_seed = int(np.random.SeedSequence([o.seed, self.start_step]).generate_state(1)[0])
         ort.set_seed(self.ort_seed)  # LoRA dropout masks (not restorable: a resume draws new ones)
         options = training_session_options()
-        try:
-            self.state = CheckpointState.load_checkpoint(str(checkpoint))
-        except RuntimeError:
-            raise CheckpointError(f"{checkpoint}: not a readable ORT checkpoint") from None
-        eval_model = str(o.bundle / EVAL_MODEL) if o.eval_data else None  # a session costs ~25 MB
-        self.module = Module(str(o.bundle / TRAINING_MODEL), self.state, eval_model, session_options=options)
+        self.state = load_state(checkpoint)
+        eval_model = self.bundle.path(EVAL_MODEL) if o.eval_data else None  # a session costs ~25 MB
+        self.module = open_module(self.bundle.path(TRAINING_MODEL), self.state, eval_model, options)
         for key, value in to_graph_layout(init_weights or {}).items():  # only once a Module owns the state
+            expected = tuple(self.state.parameters[key].data.shape)
+            if value.shape != expected:  # graph layout: (in, r), (r, out)
+                raise AdapterError(
+                    f"{o.init_adapter}: {key} has shape {value.shape[::-1]}, but this bundle's layer needs "
+                    f"{expected[::-1]} (adapter for another base model?)"
+                )
             self.state.parameters[key] = value
-        self.optimizer = Optimizer(str(o.bundle / OPTIMIZER_MODEL), self.module)
+        self.optimizer = open_optimizer(self.bundle.path(OPTIMIZER_MODEL), self.module)
         self.sgd = self.manifest["optimizer"] == "sgd"
         self.train_inputs = self.module.input_names()  # names of Batch fields, in graph order
         self.eval_inputs = self.module.eval().input_names() if eval_model else []
@@ -277,7 +300,10 @@ class _Recipe:
 
     def _forward_backward(self, batch, step: int) -> float:
         """One train call on a micro-batch (B, S): gradients add up in ORT until the optimizer step."""
-        outputs = self.module(*(getattr(batch, name) for name in self.train_inputs))
+        try:
+            outputs = self.module(*(getattr(batch, name) for name in self.train_inputs))
+        except ORT_ERRORS as e:  # a training graph that loads but cannot run (a damaged bundle)
+            raise BundleError(f"{self.bundle.path(TRAINING_MODEL)}: ONNX Runtime failed ({gist(e)})") from None
         loss = float(_as_list(outputs)[0])  # an encoder's graph returns its logits after the loss
         if not math.isfinite(loss):
             last = f"the checkpoint of step {self.saved_step} is kept" if self.saved_step else "no checkpoint was saved"
@@ -325,9 +351,12 @@ class _Recipe:
             self._save(done)
         keys = bundle_adapter_keys(self.manifest)
         weights = to_peft_layout({key: self.state.parameters[key].data for key in keys})  # (r, in), (out, r)
-        save_adapter(
-            o.out / ADAPTER_DIR, weights, self.manifest["adapter_config"], self.manifest["source"]["weights_sha256"]
-        )
+        adapter_config, base_sha = self.manifest["adapter_config"], self.manifest["source"]["weights_sha256"]
+        kept = f"the checkpoint of step {done} is kept in {self.checkpoint.folder}"
+        try:
+            save_adapter(o.out / ADAPTER_DIR, weights, adapter_config, base_sha, key=o.sign)
+        except (OSError, OutputError) as e:
+            raise TrainingError(f"{o.out / ADAPTER_DIR}: cannot save the adapter ({e.strerror}); {kept}") from None
         first = self.first_step_done
         total_tokens = self.tokens + self.pad_tokens
         summary = {
@@ -354,12 +383,15 @@ class _Recipe:
             "checkpoint": str(self.checkpoint.folder),
             "checkpoint_bytes": self.checkpoint.size,
             "checkpoint_save_s": self.checkpoint.save_s,
-            "base_weights_bytes": (o.bundle / BASE_WEIGHTS).stat().st_size,
+            "base_weights_bytes": self.manifest["files"].get(BASE_WEIGHTS, {}).get("size"),
             "peak_rss_bytes": peak_rss_bytes(),
             "options": _options_record(o),
         }
-        write_json_atomic(o.out / SUMMARY, summary)
-        plot_losses(o.out)
+        try:
+            write_json_atomic(o.out / SUMMARY, summary)
+            plot_losses(o.out)
+        except OSError as e:
+            raise TrainingError(f"{e.filename or o.out}: cannot write ({e.strerror}); {kept}") from None
         return summary
 
     def cleanup(self) -> None:

@@ -17,8 +17,9 @@ two passes: the rounding residual r = x/a − (x_q − 128), |r| <= 1/2, is quan
 with 1/254 and multiplied too, so the activations lose nothing a loss would notice: real
 models have outlier channels, which set a row's scale and leave the other channels a few
 levels (a 40× outlier costs one pass 2% of the output, two passes 1e-4:
-`test_one_int8_product_matches_float64`). Gradients (dY·Wᵀ) take one pass, as SwitchBack's do. docs/design.md, "int8 compute", has the ops
-chosen, what each CPU runs, and the accuracy measured.
+`test_one_int8_product_matches_float64`). Gradients (dY·Wᵀ) take one pass, as SwitchBack's
+do. docs/design.md, "int8 compute", has the ops chosen, what each CPU runs, and the
+accuracy measured.
 
 Both rewrites run on the training model once ORT has built its gradient graph, because
 ORT has no gradient for MatMulInteger: the graph ORT differentiates computes

@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgetune.builder.graph import add_initializer, add_node, initializer_map, module_path
-from edgetune.builder.rewrites.quant.formats import quantize_int4, quantize_int8
+from edgetune.builder.rewrites.quant.formats import padded_inputs, quantize_int4, quantize_int8
 from edgetune.builder.rewrites.quant.tensors import (
     CONTRIB,
     UINT4_IR_VERSION,
@@ -30,7 +30,6 @@ from edgetune.builder.rewrites.quant.tensors import (
     quantized_tensor_names,
     use_contrib_opset,
 )
-from edgetune.common.errors import EdgetuneError
 from edgetune.common.names import LOGITS
 from edgetune.common.peft import PEFT_PREFIX
 
@@ -43,8 +42,8 @@ def quantize_frozen_base(
     The LM head is left to `quantize_lm_head`, which the training graph needs after its loss.
     embeddings=False leaves the embedding tables float (int8 compute over a LoRA base).
 
-    Fails, before changing anything, on a Linear whose input dimension the int4 block size
-    does not divide.
+    Where the int4 block size does not divide a Linear's input dimension, its last block
+    is padded (`formats.quantize_int4`) and the readers drop the padding.
     """
     graph = model.graph
     inits = initializer_map(graph)
@@ -57,14 +56,6 @@ def quantize_frozen_base(
         and is_float_matrix(inits.get(n.input[1]))
     ]
     gathers = [n for n in graph.node if embeddings and n.op_type == "Gather" and is_float_matrix(inits.get(n.input[0]))]
-    if quant == "int4":
-        for node in linears:
-            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            n_in = inits[node.input[1]].dims[1 if trans_b else 0]
-            if n_in % block_size:
-                raise EdgetuneError(
-                    f"block size {block_size} does not divide the input dimension {n_in} of {module_path(node.name)}"
-                )
     rewired: dict[int, tuple[list, list]] = {}  # id(node) -> (nodes to put before it, nodes after it)
     for node in gathers:
         table = numpy_helper.to_array(inits[node.input[0]])  # (V, H)
@@ -84,7 +75,7 @@ def quantize_frozen_base(
         else:
             tensors = add_quantized(graph, path, quantize_int4(w, block_size))
             if training or not _plain_product(node):
-                node.input[1] = _int4_weight(graph, nodes, path, tensors, w.shape)
+                node.input[1] = _int4_weight(graph, nodes, path, tensors, w.shape, block_size)
             else:
                 after = _use_matmul_nbits(graph, nodes, node, path, tensors, w.shape, block_size)
         if training:
@@ -132,14 +123,20 @@ def _int8_weight(nodes: list, path: str, names: dict, training: bool) -> str:
     return add_node(nodes, "Mul", [w, names["scale"]], f"{p}/weight")
 
 
-def _int4_weight(graph, nodes: list, path: str, names: dict, shape: tuple[int, int]) -> str:
+def _int4_weight(graph, nodes: list, path: str, names: dict, shape: tuple[int, int], block_size: int) -> str:
     """The float (in, out) weight rebuilt per use from 4-bit blocks: W = q·s + min."""
     p = f"/quant/{path}"
-    add_initializer(graph, f"{p}/transposed_shape", np.array(shape[::-1], np.int64))
-    w = add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/scaled", axis=0)  # q·s (out·in/bs, bs)
+    n_in, n_out = shape
+    padded = padded_inputs(n_in, block_size)
+    add_initializer(graph, f"{p}/transposed_shape", np.array([n_out, padded], np.int64))
+    w = add_node(nodes, "DequantizeLinear", [names["q"], names["scale"]], f"{p}/scaled", axis=0)  # q·s (out·nb, bs)
     nodes[-1].domain = CONTRIB  # 4-bit input
     w = add_node(nodes, "Add", [w, names["offset"]], f"{p}/shifted")  # + min
-    w = add_node(nodes, "Reshape", [w, f"{p}/transposed_shape"], f"{p}/weight_t")  # (out, in)
+    w = add_node(nodes, "Reshape", [w, f"{p}/transposed_shape"], f"{p}/weight_t")  # (out, nb·bs)
+    if padded != n_in:  # drop the last block's padding
+        for name, value in (("starts", 0), ("ends", n_in), ("axes", 1)):
+            add_initializer(graph, f"{p}/tail_{name}", np.array([value], np.int64))
+        w = add_node(nodes, "Slice", [w, f"{p}/tail_starts", f"{p}/tail_ends", f"{p}/tail_axes"], f"{p}/weight_t_real")
     return add_node(nodes, "Transpose", [w], f"{p}/weight", perm=[1, 0])  # (in, out)
 
 
@@ -165,7 +162,7 @@ def _use_matmul_nbits(
     """
     bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
     n_in, n_out = shape
-    n_blocks = n_in // block_size
+    n_blocks = padded_inputs(n_in, block_size) // block_size  # the last block may be padded
     q = next(t for t in graph.initializer if t.name == names["q"])
     blob = helper.make_tensor(
         f"{names['q']}/blocks", TensorProto.UINT8, [n_out, n_blocks, block_size // 2], q.raw_data, raw=True
@@ -179,11 +176,10 @@ def _use_matmul_nbits(
     node.attribute.extend(
         [helper.make_attribute(k, v) for k, v in (("K", n_in), ("N", n_out), ("bits", 4), ("block_size", block_size))]
     )
-    summer = f"/quant/block_sums/{n_in}x{block_size}"  # (in, in/bs): 1 where input i is in block b
+    summer = f"/quant/block_sums/{n_in}x{block_size}"  # (in, nb): 1 where input i is in block b
     if summer not in {t.name for t in graph.initializer}:
-        add_initializer(
-            graph, summer, np.kron(np.eye(n_blocks, dtype=np.float32), np.ones((block_size, 1), np.float32))
-        )
+        ones = np.kron(np.eye(n_blocks, dtype=np.float32), np.ones((block_size, 1), np.float32))  # (nb·bs, nb)
+        add_initializer(graph, summer, np.ascontiguousarray(ones[:n_in]))
     add_initializer(graph, f"{p}/eight", np.array(8.0, np.float32))
     add_initializer(graph, f"{p}/blocks_by_out", np.array([n_out, n_blocks], np.int64))
     offset = add_node(nodes, "Mul", [names["scale"], f"{p}/eight"], f"{p}/eight_s")  # folded at load
@@ -194,9 +190,9 @@ def _use_matmul_nbits(
         [add_node(nodes, "Reshape", [f"{p}/eight_s", f"{p}/blocks_by_out"], f"{p}/eight_s_blocks"), offset],
         f"{p}/block_offset",
     )
-    offset = add_node(nodes, "Transpose", [offset], f"{p}/block_offset_t", perm=[1, 0])  # (in/bs, out)
+    offset = add_node(nodes, "Transpose", [offset], f"{p}/block_offset_t", perm=[1, 0])  # (nb, out)
     after: list[onnx.NodeProto] = []
-    sums = add_node(after, "MatMul", [x, summer], f"{p}/block_sums")  # (..., in/bs)
+    sums = add_node(after, "MatMul", [x, summer], f"{p}/block_sums")  # (..., nb)
     share = add_node(after, "MatMul", [sums, offset], f"{p}/offset_share")  # (..., out)
     if bias:
         share = add_node(after, "Add", [share, bias], f"{p}/offset_share_and_bias")

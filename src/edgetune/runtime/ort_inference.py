@@ -1,0 +1,53 @@
+"""ONNX Runtime inference sessions for decoding: threads, options, and the graph's input types."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgetune.common.errors import BundleError
+
+DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (Linux sysfs topology), else the logical CPU count."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text(), (topo / "core_id").read_text()))
+        except OSError:
+            return len(cpus)
+    return max(1, len(cores))
+
+
+def default_session_options() -> ort.SessionOptions:
+    """One intra-op thread per physical core, no spin-waiting, sequential execution, all graph optimizations.
+
+    Spinning is faster on an idle machine but much slower on a shared one (docs/design.md,
+    "Decoding threads"), so the default is not to spin.
+    """
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = physical_cores()
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return so
+
+
+def input_dtype(spec, model_file) -> type:
+    """The numpy type of a graph input, or a one-line error for a type decoding cannot feed."""
+    dtype = DTYPES.get(spec.type)
+    if dtype is None:
+        raise BundleError(f"{model_file}: input {spec.name} has unsupported type {spec.type}")
+    return dtype
