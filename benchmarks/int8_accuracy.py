@@ -34,7 +34,8 @@ RUNS = {  # name -> build flags; each int8 run is compared with the fp32 run bef
 
 def train_and_eval(name: str, flags: list, data: Path, steps: int) -> dict:
     """Build, train and evaluate one bundle; its losses step by step and held-out exact match."""
-    bundle, run_dir = OUT / name.replace(", ", "-").replace(" ", "-"), OUT / f"{name}-run".replace(" ", "-")
+    slug = name.replace(", ", "-").replace(" ", "-")
+    bundle, run_dir = OUT / slug, OUT / f"{slug}-run"
     build_s = build_load = None
     if not (bundle / "manifest.json").is_file():  # built once; delete artifacts/int8_accuracy to build again
         log(f"{name}: build")
