@@ -108,24 +108,28 @@ def checkpoint(r: dict) -> str:
 def decode(r: dict) -> str:
     d = r.get("decode", {})
     rows = [
-        "| contender | TTFT (ms) | decode tokens/s | % of bandwidth bound | peak RSS | runs (tokens/s) |",
-        "|---|---|---|---|---|---|",
+        "| contender | decode tokens/s (batch 1) | TTFT 128 / 512 / 2048 (ms) | 8 streams tokens/s | "
+        "8 streams TTFT p50 / p95 (ms) | mixed / single adapter | peak RSS | load avg |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("edgetune", "transformers", "transformers_spin"):
+    for name in ("llama.cpp", "transformers", "edgetune-fp32", "edgetune-int8", "edgetune-int4"):
         f = d.get(name)
         if not f or "error" in f:
             if f:
-                rows.append(f"| {name} | failed: {f['error'][:120]} |||||")
+                rows.append(f"| {name} | failed: {f['error'][:120]} |||||||")
             continue
-        runs = ", ".join(f"{x:.1f}" for x in f["runs_decode_tokens_per_s"])
+        ttft = " / ".join(f"{v * 1000:.0f}" for v in f.get("ttft_by_prompt", {}).values())
+        p50, p95 = f.get("streams8_ttft_p50_s"), f.get("streams8_ttft_p95_s")
+        latency = f"{p50 * 1000:.0f} / {p95 * 1000:.0f}" if p50 else "-"
         rows.append(
-            f"| {name} | {f['ttft_s'] * 1000:.0f} | {f['decode_tokens_per_s']:.1f} | "
-            f"{_f(f.get('fraction_of_bound'), '{:.0%}')} | {f['peak_rss_bytes'] / GiB:.2f} GiB | {runs} |"
+            f"| {name} | {f['decode_tokens_per_s']:.1f} | {ttft} | {_f(f.get('streams8_tokens_per_s'), '{:.1f}')} | "
+            f"{latency} | {_f(f.get('mixed_adapters_ratio'), '{:.2f}')} | {f['peak_rss_bytes'] / GiB:.2f} GiB | "
+            f"{f['loadavg'][0]:.1f} → {f['loadavg'][1]:.1f} |"
         )
     tail = (
         f"\nBound: {d.get('weight_bytes_per_token', 0) / 1e6:.0f} MB of fp32 weights read per token → "
-        f"{_f(d.get('bound_tokens_per_s'), '{:.1f}')} tokens/s at the measured bandwidth. "
-        f"Greedy tokens identical for the first {d.get('same_prefix_tokens')} of 128."
+        f"{_f(d.get('bound_tokens_per_s'), '{:.1f}')} tokens/s at the measured bandwidth; edgetune-fp32 at "
+        f"{_f(d.get('edgetune-fp32', {}).get('fraction_of_bound'), '{:.0%}')} of it."
     )
     return "\n".join(rows) + "\n" + tail
 

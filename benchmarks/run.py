@@ -86,16 +86,18 @@ def section_train(results: dict, s: dict) -> None:
 
 def section_decode(results: dict, s: dict) -> None:
     import decode
+    from edgetune.common.embedded import smollm2_gguf
 
-    figures = decode.measure(
-        workloads.SMOLLM2_BUNDLE, workloads.SMOLLM2_HF, s["decode_rounds"], spin=s["spin_reference"]
-    )
+    bundles = {q if q != "none" else "fp32": workloads.ensure_smollm2_serving(q) for q in ("int4", "int8", "none")}
+    adapters = workloads.random_adapters(bundles["int4"])
+    points = decode.contenders(bundles, workloads.SMOLLM2_HF, smollm2_gguf(), adapters)
+    figures = decode.measure(points, s["decode_rounds"])
     bandwidth = (results.get("hardware") or {}).get("mem_bandwidth_bytes_per_s")
     weight_bytes = 4 * flops.matmul_params(workloads.read_config(workloads.SMOLLM2_HF))
     figures["weight_bytes_per_token"] = weight_bytes
     if bandwidth:
         figures["bound_tokens_per_s"] = bandwidth / weight_bytes
-        for name in ("edgetune", "transformers", "transformers_spin"):
+        for name in ("edgetune-fp32", "transformers"):
             if figures.get(name, {}).get("decode_tokens_per_s"):
                 figures[name]["fraction_of_bound"] = (
                     figures[name]["decode_tokens_per_s"] / figures["bound_tokens_per_s"]
@@ -169,9 +171,20 @@ def headline(results: dict) -> dict:
         "mfu_int8": get("train", "edgetune_int8", "mfu"),
         "mfu_int8_of_int8_peak": get("train", "edgetune_int8", "mfu_int8"),
         "decode_speed_ratio": ratio(
-            get("decode", "edgetune", "decode_tokens_per_s"), get("decode", "transformers", "decode_tokens_per_s")
+            get("decode", "edgetune-fp32", "decode_tokens_per_s"), get("decode", "transformers", "decode_tokens_per_s")
         ),
-        "ttft_ratio": ratio(get("decode", "transformers", "ttft_s"), get("decode", "edgetune", "ttft_s")),
+        "ttft_ratio": ratio(get("decode", "transformers", "ttft_s"), get("decode", "edgetune-fp32", "ttft_s")),
+        "int4_vs_llama_cpp": ratio(
+            get("decode", "edgetune-int4", "decode_tokens_per_s"), get("decode", "llama.cpp", "decode_tokens_per_s")
+        ),
+        "ttft512_llama_cpp_over_int4": ratio(
+            get("decode", "llama.cpp", "ttft_by_prompt", "512"), get("decode", "edgetune-int4", "ttft_by_prompt", "512")
+        ),
+        "streams8_over_one_int4": ratio(
+            get("decode", "edgetune-int4", "streams8_tokens_per_s"),
+            get("decode", "edgetune-int4", "decode_tokens_per_s"),
+        ),
+        "mixed_adapters_ratio_int4": get("decode", "edgetune-int4", "mixed_adapters_ratio"),
         "time_to_skill_ratio": ratio(get("skill", "torch", "wall_s"), get("skill", "edgetune", "wall_s"))
         if get("skill", "torch", "reached") and get("skill", "edgetune", "reached")
         else None,
@@ -239,12 +252,13 @@ def print_tables(r: dict) -> None:
                 f"peak RSS {gb(f['peak_rss_bytes'])}  MFU {f.get('mfu', 0):.1%}  "
                 f"ckpt {f['checkpoint_bytes'] / 1e6:.1f} MB in {f['checkpoint_save_s']:.3f} s"
             )
-    for name in ("edgetune", "transformers", "transformers_spin"):
+    for name in ("llama.cpp", "transformers", "edgetune-fp32", "edgetune-int8", "edgetune-int4"):
         f = r.get("decode", {}).get(name, {})
         if f.get("decode_tokens_per_s"):
+            ttfts = "/".join(f"{v * 1000:.0f}" for v in f.get("ttft_by_prompt", {}).values())
             print(
-                f"decode {name:12} TTFT {f['ttft_s'] * 1000:.0f} ms  {f['decode_tokens_per_s']:.1f} tok/s  "
-                f"peak RSS {gb(f['peak_rss_bytes'])}  {f.get('fraction_of_bound', 0):.0%} of bound"
+                f"decode {name:14} {f['decode_tokens_per_s']:6.1f} tok/s  TTFT 128/512/2048 {ttfts} ms  "
+                f"8 streams {f.get('streams8_tokens_per_s') or 0:6.1f} tok/s  peak RSS {gb(f['peak_rss_bytes'])}"
             )
     for key in (
         "train_speed_ratio",
@@ -257,6 +271,10 @@ def print_tables(r: dict) -> None:
         "int8_vs_bf16_checkpointing_speed_ratio",
         "int8_vs_bf16_checkpointing_rss_ratio",
         "decode_speed_ratio",
+        "int4_vs_llama_cpp",
+        "ttft512_llama_cpp_over_int4",
+        "streams8_over_one_int4",
+        "mixed_adapters_ratio_int4",
         "time_to_skill_ratio",
     ):
         value = r.get(key)

@@ -47,6 +47,41 @@ def ensure_smollm2_bundle(checkpointing: bool = False, compute: str = "fp32") ->
     return out
 
 
+def ensure_smollm2_serving(quant: str) -> Path:
+    """The SmolLM2 bundle (r=8 on q/v) built with `--serve-quant quant`, once."""
+    out = ROOT / "artifacts" / f"smollm2-{quant}"
+    if not (out / "manifest.json").is_file():
+        cmd = [sys.executable, "-m", "edgetune.cli", "build", str(smollm2_gguf()), "-o", str(out)]
+        subprocess.run([*cmd, "--targets", "q_proj,v_proj", "--serve-quant", quant, "--force"], check=True)
+    return out
+
+
+def random_adapters(bundle: Path, count: int = 2, scale: float = 0.02) -> list[str]:
+    """`count` random PEFT adapters for `bundle` (r=8, its targets), saved once under artifacts/bench/adapters."""
+    import numpy as np
+
+    from edgetune.common.manifest import read_manifest
+    from edgetune.common.peft import lora_keys, save_adapter
+    from edgetune.runtime.engine import Engine
+
+    manifest = read_manifest(bundle)
+    shapes = Engine(bundle, max_batch=1).bank.shapes
+    paths = []
+    for i in range(count):
+        folder = BENCH / "adapters" / f"a{i}"
+        if not (folder / "adapter_config.json").is_file():
+            rng = np.random.default_rng(i)
+            weights = {}
+            for module in manifest["adapted_modules"]:
+                key_a, key_b = lora_keys(module)
+                n_in, n_out = shapes[key_a][1], shapes[key_b][2]
+                weights[key_a] = (rng.standard_normal((8, n_in)) * scale).astype(np.float32)
+                weights[key_b] = (rng.standard_normal((n_out, 8)) * scale).astype(np.float32)
+            save_adapter(folder, weights, manifest["adapter_config"], manifest["source"]["weights_sha256"])
+        paths.append(str(folder))
+    return paths
+
+
 def ensure_smollm2_hf() -> Path:
     """SmolLM2-135M-Instruct from the GGUF, dequantized to fp32 and saved once as a HF folder.
 

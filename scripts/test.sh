@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-./scripts/peers.sh llama ort genai chromium node
+./scripts/peers.sh llama llama-src ort genai chromium node
 exec .venv/bin/python -m pytest -q "$@"

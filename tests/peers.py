@@ -53,3 +53,9 @@ def chromium_path() -> Path:
     """Debian's chromium, installed by scripts/peers.sh if missing."""
     ensure_peer("chromium")
     return Path("/usr/bin/chromium")
+
+
+def llama_src() -> Path:
+    """llama.cpp's converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, conversion/, gguf-py/)."""
+    ensure_peer("llama-src")
+    return ROOT / ".venvs" / "llama-src"

@@ -6,6 +6,7 @@ flags, takes its choices from the tuples below, and shows a refused field as its
 stdlib only: both sides import this module.
 """
 
+import ipaddress
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,9 +21,11 @@ METHODS = ("lora", "dora", "qlora")
 QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
 COMPUTES = ("fp32", "int8")  # the frozen Linears' arithmetic in training
+SERVE_QUANTS = ("int4", "int8", "none")  # the serving graph's base (docs/design.md, "Serving graph")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 TRAINABLE = ("all", "lora_B")  # which adapter tensors train: all, or only B (FFA-LoRA: A frozen from the seed)
+EXPORT_FORMATS = ("gguf", "onnx-adapter", "genai", "peft")  # `edgetune export --format`
 ALL_LINEAR = "all-linear"
 
 
@@ -84,6 +87,7 @@ class BuildConfig:
     method: lora | dora | qlora; quant (qlora only): int8 | int4; block_size (int4): 32 | 64 | 128.
     compute: fp32, or int8 (lora, or qlora with quant int8): the frozen Linears run as int8 GEMMs
     in training, forward x·W and backward dY·Wᵀ, on an int8 per-channel base.
+    serve_quant: the serving graph's weights (int4 | int8 | none); a qlora bundle serves its own base.
     init_adapter: a PEFT adapter folder that sets r, alpha, dropout, rsLoRA, DoRA and targets
     (leave those at their defaults; causal-lm only). gradient_checkpointing: None takes the method's default.
     task: causal-lm, or an encoder task (text-classification, token-classification,
@@ -111,6 +115,7 @@ class BuildConfig:
     force: bool = False
     init_adapter: Path | None = None
     gradient_checkpointing: bool | None = None
+    serve_quant: str = "int8"  # the serving graph's float base: int4 | int8 | none (a qlora base stays as trained)
     labels: tuple[str, ...] | str | None = None  # classification tasks: names, or one comma-separated string
     trainable: str = "all"
     base_delta: bool = False
@@ -127,6 +132,7 @@ class BuildConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("quant", self.quant, QUANT_TYPES, optional=True)
         _choice("block_size", self.block_size, BLOCK_SIZES)
+        _choice("serve_quant", self.serve_quant, SERVE_QUANTS)
         _whole("seed", self.seed, minimum=0)
         _choice("trainable", self.trainable, TRAINABLE)
         if self.trainable != "all" and self.method == "dora":
@@ -238,3 +244,72 @@ class TrainConfig:
 def field_names(cls) -> list[str]:
     """The field names of a config class (what the CLI maps its flags to)."""
     return [f.name for f in fields(cls)]
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """One `edgetune serve` process: the bundle, its adapters, the address and the limits.
+
+    adapters: (name, folder) pairs loaded at start (the operator's folders: not confined).
+    adapters_dir: the only folder requests may load adapters from, and where fine-tuned
+    adapters are written (default: state_dir/adapters). state_dir: files, jobs and their
+    runs (default: the user's state folder). job_nice: how much lower the CPU priority of
+    fine-tuning jobs is than serving's (a nice increment). A host other than loopback needs api_key.
+    trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS) the bundle and every adapter
+    must be signed by; sign: a private key file that signs the adapters fine-tuning jobs write.
+    """
+
+    bundle: Path
+    adapters: tuple = ()
+    adapters_dir: Path | None = None
+    state_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch: int = 8
+    max_queue: int = 64
+    max_tokens_limit: int = 1024
+    max_adapters: int = 8
+    model_name: str | None = None
+    drain_timeout: float = 30.0
+    job_nice: int = 10
+    max_body_bytes: int = 1 << 20
+    max_upload_bytes: int = 64 << 20
+    trust: Path | None = None
+    sign: Path | None = None
+
+    def __post_init__(self):
+        for name in ("bundle", "adapters_dir", "state_dir", "trust", "sign"):
+            _as_path(self, name)
+        for name in ("max_batch", "max_tokens_limit", "max_adapters", "max_body_bytes", "max_upload_bytes"):
+            _whole(name, getattr(self, name))
+        _whole("max_queue", self.max_queue, minimum=0)
+        _whole("job_nice", self.job_nice, minimum=0)
+        _whole("port", self.port, minimum=0)
+        if self.port > 65535:
+            raise ConfigError("port", f"must be at most 65535, got {self.port}")
+        if (
+            isinstance(self.drain_timeout, bool)
+            or not isinstance(self.drain_timeout, (int, float))
+            or not (math.isfinite(self.drain_timeout) and self.drain_timeout >= 0)
+        ):
+            raise ConfigError("drain_timeout", f"must be a number of seconds >= 0, got {self.drain_timeout}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("api_key", "must not be empty")
+        if not is_loopback(self.host) and not self.api_key:
+            raise ConfigError(
+                "host", f"{self.host} is reachable from other machines: set an API key (--api-key) to bind it"
+            )
+        names = [name for name, _ in self.adapters]
+        if len(set(names)) != len(names):
+            raise ConfigError("adapters", f"an adapter name is given twice: {names}")

@@ -11,6 +11,7 @@ from edgetune.common.peft import config_scaling, delta_key, load_adapter, lora_k
 from edgetune.fed.evaluation import heldout_loss
 from edgetune.fed.payload import bundle_adapter
 from edgetune.options import BuildConfig, TrainConfig
+from edgetune.runtime.engine import Engine
 from edgetune.runtime.generate import Generator
 from edgetune.runtime.train import train
 
@@ -88,6 +89,8 @@ def test_adapters_with_deltas_train_on_base_delta_bundles_merge_anywhere_and_are
         _train(plain, date_parts / "client-00.jsonl", tmp_path / "run2", init_adapter=tmp_path / "with_delta")
     with pytest.raises(AdapterError, match="serve it merged"):
         Generator(bundle, adapter=tmp_path / "with_delta")
+    with pytest.raises(AdapterError, match="serve it merged"):
+        Engine(bundle, max_batch=1).load_adapter("fedex", tmp_path / "with_delta")
 
     save_adapter(tmp_path / "no_delta", {k: via_adapter[k] for k in adapter}, manifest["adapter_config"], sha)
     prompt = json.loads((date_parts / "heldout.jsonl").read_text().splitlines()[0])["prompt"]

@@ -120,13 +120,16 @@ def test_a_causal_lm_bundle_refuses_class_weights(tiny_bundle, tmp_path):
         train(TrainConfig(tiny_bundle("llama"), data, tmp_path / "run", class_weights="auto", progress=False))
 
 
-def test_generate_and_merge_refuse_an_encoder_bundle(encoder_bundle, tmp_path):
+def test_generate_serve_and_merge_refuse_an_encoder_bundle(encoder_bundle, tmp_path):
     from edgetune.common.errors import BundleError
+    from edgetune.runtime.engine import Engine
     from edgetune.runtime.generate import Generator
     from edgetune.runtime.merge import merge
 
     bundle = encoder_bundle("bert", "question-answering")
-    with pytest.raises(BundleError, match="a question-answering bundle does not generate text"):
-        Generator(bundle)
+    assert not (bundle / "serve.onnx").exists() and "serving" not in json.loads((bundle / "manifest.json").read_text())
+    for open_model in (Generator, Engine):  # Engine: what edgetune serve opens
+        with pytest.raises(BundleError, match="a question-answering bundle does not generate text"):
+            open_model(bundle)
     with pytest.raises(BundleError, match="merge supports causal-lm bundles, not question-answering"):
         merge(bundle, tmp_path / "adapter", tmp_path / "merged")

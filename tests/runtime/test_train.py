@@ -42,7 +42,7 @@ from edgetune.common.errors import EdgetuneError
 from edgetune.options import TrainConfig
 from edgetune.runtime.train import train
 try:
-    print(json.dumps(train(TrainConfig(**json.loads(sys.argv[1])))))
+    print(json.dumps(train(TrainConfig(**json.loads(sys.argv[1])), catch_signals=True)))  # as the CLI
 except EdgetuneError as e:
     print(f"edgetune: {e}", file=sys.stderr)
     sys.exit(1)

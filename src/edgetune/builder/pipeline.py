@@ -16,6 +16,7 @@ end, so an interrupted build never leaves a half bundle. Components live in `bui
 """
 
 import gc
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from edgetune.builder.rewrites.head import add_head, head_initializers, source_t
 from edgetune.builder.rewrites.nan_guards import drop_nan_guards
 from edgetune.builder.rewrites.recompute.attention import recompute_attention_probs
 from edgetune.builder.rewrites.recompute.layers import recompute_layers
+from edgetune.builder.serving import prepare_serving_graph, save_serving_graph
 from edgetune.builder.source import Loader, Source, load_source
 from edgetune.builder.tasks import TASKS, Task
 from edgetune.builder.weights import STAGING_WEIGHTS, WeightStore, load_weights, share_base_weights
@@ -60,6 +62,7 @@ class GraphRole:
 
 TRAINING = GraphRole("training", training=True)
 INFERENCE = GraphRole("inference", training=False)
+SERVING = GraphRole("serving", training=False)  # built from the with-past export by `builder.serving`
 
 
 @dataclass(frozen=True)
@@ -106,17 +109,28 @@ def build_bundle(config: BuildConfig) -> dict:
         load_private_key(config.sign)  # a bad key fails now, not after the build
     task = TASKS[config.task]
     source = load_source(config.model, Loader(task.auto_class, config.labels, config.seed))
-    plan = plan_adapter(config, get_architecture(source.model.config.model_type), task)
+    hf_config = source.model.config
+    plan = plan_adapter(config, get_architecture(hf_config.model_type), task)
     with atomic_folder(config.out, "building") as tmp:
         staging = WeightStore(tmp / STAGING_WEIGHTS)
         exported = export_stage(source, tmp, staging, plan.task)
+        if not task.encoder:  # a causal LM also gets the serving graph, from the with-past export
+            exported[SERVING] = tmp / "export.serving.onnx"
+            shutil.copyfile(exported[INFERENCE], exported[SERVING])  # structure only: the weights are in staging
         training = prepare_graph(exported[TRAINING], TRAINING, plan, config.seed, source, staging)
         graphs = artifacts_stage(training, plan, config.optimizer)
         inference = prepare_graph(exported[INFERENCE], INFERENCE, plan, config.seed, source, staging)
         _check_agree(training, inference)
         graphs[tmp / names.INFERENCE_MODEL] = inference.model
+        serving = None
+        if SERVING in exported:
+            serving = prepare_serving_graph(
+                exported[SERVING], plan, hf_config, lambda model: _sites(model, plan), config.serve_quant
+            )
         staging.close()
         share_base_weights(graphs, tmp, training.head_slices)  # each graph saved once, pointing into base_weights.bin
+        if serving is not None:
+            save_serving_graph(serving, tmp, {t.name: t for t in inference.model.graph.initializer})
         for path in (*exported.values(), staging.path):
             path.unlink()
         manifest = bundle_stage(tmp, config, plan, source, training, inference)
@@ -260,6 +274,11 @@ def bundle_stage(
                 modules_to_save=list(plan.head) or None,
             ),
             "adapted_modules": [s.module_path for s in training.sites],
+            **(
+                {"serving": {"file": names.SERVE_MODEL, "quant": plan.variant.quant or config.serve_quant}}
+                if not plan.task.encoder
+                else {}
+            ),
             **_task_fields(config, plan, training),
             "gradient_checkpointing": plan.gradient_checkpointing,
             "init_seed": config.seed,

@@ -21,6 +21,9 @@ class Architecture:
     default_targets: tuple[str, ...]
     fan_in_fan_out: bool = False  # weights stored (in, out): GPT-2's Conv1D
     lm_head: str = "lm_head"
+    serve_qkv: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # one when fused
+    serve_out: str = "self_attn.o_proj"  # the attention's output projection
+    rotary: bool = True  # rotary positions (else learned position embeddings, as GPT-2)
     heads: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (task, head modules) of an encoder family
 
     def head_modules(self, task: str) -> tuple[str, ...]:
@@ -48,8 +51,21 @@ ARCHITECTURES = {
         Architecture("llama", _LLAMA_LINEARS, ("q_proj", "v_proj")),
         Architecture("qwen2", _LLAMA_LINEARS, ("q_proj", "v_proj")),
         Architecture("mistral", _LLAMA_LINEARS, ("q_proj", "v_proj")),
-        Architecture("phi3", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), ("qkv_proj",)),
-        Architecture("gpt2", ("c_attn", "c_proj", "c_fc"), ("c_attn",), fan_in_fan_out=True),
+        Architecture(
+            "phi3",
+            ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+            ("qkv_proj",),
+            serve_qkv=("self_attn.qkv_proj",),
+        ),
+        Architecture(
+            "gpt2",
+            ("c_attn", "c_proj", "c_fc"),
+            ("c_attn",),
+            fan_in_fan_out=True,
+            serve_qkv=("attn.c_attn",),
+            serve_out="attn.c_proj",
+            rotary=False,
+        ),
         _encoder("bert", _BERT_LINEARS, ("query", "value")),  # MiniLM too
         _encoder("roberta", _BERT_LINEARS, ("query", "value")),  # classifier = dense + out_proj
         _encoder("xlm-roberta", _BERT_LINEARS, ("query", "value")),

@@ -10,11 +10,11 @@ import argparse
 import os
 import sys
 
-from edgetune.cli import build, data, fed, generate, merge, predict, train, trust
+from edgetune.cli import build, data, export, fed, generate, merge, predict, serve, train, trust
 from edgetune.common.errors import ConfigError, EdgetuneError
 
 # each registers one or more subcommands, in help order
-COMMANDS = (build, train, generate, predict, merge, data, fed, trust)
+COMMANDS = (build, train, generate, predict, merge, export, serve, data, fed, trust)
 
 
 def make_parser() -> argparse.ArgumentParser:

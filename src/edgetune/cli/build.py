@@ -6,7 +6,17 @@ import sys
 from pathlib import Path
 
 from edgetune.cli.common import add_command, config_from_args
-from edgetune.options import BLOCK_SIZES, COMPUTES, METHODS, OPTIMIZERS, QUANT_TYPES, TASKS, TRAINABLE, BuildConfig
+from edgetune.options import (
+    BLOCK_SIZES,
+    COMPUTES,
+    METHODS,
+    OPTIMIZERS,
+    QUANT_TYPES,
+    SERVE_QUANTS,
+    TASKS,
+    TRAINABLE,
+    BuildConfig,
+)
 
 
 def run_build(args: argparse.Namespace) -> None:
@@ -22,9 +32,14 @@ def run_build(args: argparse.Namespace) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> None:
-    """Print a bundle's manifest after checking it as every command does (files, paths, signature)."""
+    """Print a bundle's (or genai folder's) manifest after checking it as every command does; describe an export."""
     from edgetune.common.bundle import open_bundle
 
+    if Path(args.bundle).is_file():
+        from edgetune.exporters import describe
+
+        print(json.dumps(describe(Path(args.bundle)), indent=2))
+        return
     bundle = open_bundle(Path(args.bundle))
     print(json.dumps(dict(bundle.manifest), indent=2))
     signed = f"; signed by trusted key {bundle.signed_by}" if bundle.signed_by else ""
@@ -56,6 +71,12 @@ def register(sub) -> None:
     )
     p.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=32, help="int4 block size")
     p.add_argument(
+        "--serve-quant",
+        choices=SERVE_QUANTS,
+        default="int8",
+        help="serving graph weights: int8 (default: as accurate as fp32 on the demo), int4, or none (fp32)",
+    )
+    p.add_argument(
         "--compute",
         choices=COMPUTES,
         default="fp32",
@@ -83,5 +104,10 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--sign", default=None, metavar="KEYFILE", help="sign the manifest with this private key")
 
-    p = add_command(sub, "inspect", run_inspect, help="print a bundle's manifest and verify every file's hash")
-    p.add_argument("bundle")
+    p = add_command(
+        sub,
+        "inspect",
+        run_inspect,
+        help="verify a bundle's (or exported folder's) files; describe a .gguf/.onnx_adapter",
+    )
+    p.add_argument("bundle", help="bundle, merged or genai folder; or an exported .gguf / .onnx_adapter file")

@@ -8,13 +8,59 @@ from edgetune.cli.common import add_command, positive_int
 from edgetune.common.errors import EdgetuneError
 
 
+def _decoder(bundle: str, adapter: str | None):
+    """The bundle's decode engine (`adapter` loaded as "adapter"); a Generator where there is no serve.onnx."""
+    from edgetune.common.names import SERVE_MODEL
+    from edgetune.runtime.engine import Engine
+    from edgetune.runtime.generate import Generator
+
+    if not (Path(bundle) / SERVE_MODEL).is_file():
+        return Generator(bundle, adapter=adapter)
+    engine = Engine(bundle)
+    if adapter is not None:
+        engine.load_adapter("adapter", adapter)
+    return engine
+
+
+class _EngineChat:
+    """The part of Generator's API `edgetune generate` uses, over an Engine."""
+
+    def __init__(self, engine, adapter: str | None):
+        self.engine, self.adapter = engine, adapter
+
+    def _stream_ids(self, ids, max_new_tokens, truncate=False, stop=(), **sampling):
+        from edgetune.runtime.sampling import SamplingParams
+
+        if truncate:
+            room, context = self.engine.capacity - max_new_tokens, self.engine.capacity
+            if room < 1:
+                raise EdgetuneError(
+                    f"max_new_tokens {max_new_tokens} leaves no room for the prompt in the model's context of"
+                    f" {context} (truncate needs max_new_tokens < {context})"
+                )
+            ids = ids[-room:]
+        params = SamplingParams(**sampling)
+        return self.engine.stream(ids, self.adapter, params, max_new_tokens, stop)
+
+    def stream(self, prompt, max_new_tokens, **options):
+        return self._stream_ids(self.engine.encode(prompt), max_new_tokens, **options)
+
+    def chat_prompt(self, messages):
+        return self.engine.files.chat_text(messages)
+
+    def stream_chat(self, messages, max_new_tokens, **options):
+        return self._stream_ids(self.engine.chat_prompt(messages), max_new_tokens, **options)
+
+
 def run_generate(args: argparse.Namespace) -> None:
     """Complete a prompt, or chat (one turn from --prompt, or turns from stdin)."""
-    from edgetune.runtime.generate import Generator
+    from edgetune.runtime.engine import Engine
 
     if not args.chat and args.prompt is None:
         raise EdgetuneError("give --prompt TEXT, or --chat")
-    g = Generator(args.bundle, adapter=args.adapter)
+    g = _decoder(args.bundle, args.adapter)
+    if isinstance(g, Engine):
+        g = _EngineChat(g, None if args.adapter is None else "adapter")
     options = dict(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -38,10 +84,10 @@ def run_generate(args: argparse.Namespace) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     """Greedy exact match on prompt/completion data, with a few answers shown."""
     from edgetune.runtime.evaluate import evaluate_exact_match
-    from edgetune.runtime.generate import Generator
 
-    g = Generator(args.bundle, adapter=args.adapter)
-    result = evaluate_exact_match(g, Path(args.data), max_new_tokens=args.max_new_tokens, limit=args.limit)
+    g = _decoder(args.bundle, args.adapter)
+    adapter = None if args.adapter is None else "adapter"
+    result = evaluate_exact_match(g, Path(args.data), args.max_new_tokens, args.limit, adapter=adapter)
     for prompt, prediction, reference in result.rows[: args.show]:
         print(f"  {prompt.splitlines()[0]!r:50} -> {prediction.strip()!r:16} (expected {reference.strip()!r})")
     print(f"exact match: {result.accuracy:.1%} of {len(result.rows)} in {result.seconds:.1f} s")

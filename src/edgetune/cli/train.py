@@ -4,15 +4,19 @@ import argparse
 from pathlib import Path
 
 from edgetune.cli.common import add_command, config_from_args
-from edgetune.options import CLASS_WEIGHTS, SCHEDULES, TrainConfig
+from edgetune.options import CLASS_WEIGHTS, SCHEDULES, TrainConfig, field_names
 
 
 def run_train(args: argparse.Namespace) -> None:
     """Train and print a one-line summary."""
     from edgetune.runtime.metrics import eval_line
-    from edgetune.runtime.train import train
+    from edgetune.runtime.tuner import Tuner
 
-    summary = train(config_from_args(TrainConfig, args, progress=not args.no_progress))
+    config = config_from_args(TrainConfig, args, progress=not args.no_progress)
+    options = {
+        f: getattr(config, f) for f in field_names(TrainConfig) if f not in ("bundle", "out", "data", "eval_data")
+    }
+    summary = Tuner(config.bundle, config.out).run(config.data, config.eval_data, catch_signals=True, **options)
     final = summary.get("final_eval") or {}
     if "perplexity" in final:
         eval_part = f", eval loss {final['eval_loss']:.4f} (ppl {final['perplexity']:.2f})"

@@ -58,6 +58,27 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 
 
 @contextlib.contextmanager
+def atomic_file(path: Path, mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temporary sibling path of `path` for a writer that opens files itself; rename it on success.
+
+    On error the temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        fsync_path(Path(tmp))
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_folder(out: Path, purpose: str = "writing") -> Iterator[Path]:
     """Yield a temporary sibling of `out` to fill; on success it replaces `out`, on error it is removed.
 

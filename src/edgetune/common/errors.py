@@ -36,6 +36,14 @@ class TrainingError(EdgetuneError):
     """Training cannot start or had to stop (bad options, a non-finite loss, a signal)."""
 
 
+class TrainingCancelledError(TrainingError):
+    """Training stopped when asked to (a cancel or a signal), after checkpointing its last step."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
 class CheckpointError(EdgetuneError):
     """A checkpoint cannot be written, read, or resumed from."""
 

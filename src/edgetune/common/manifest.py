@@ -28,6 +28,7 @@ REQUIRED_FILES = {  # kind -> the files it cannot work without
         TOKENIZER,
     ),
     "merged": (names.MERGED_MODEL, names.HF_CONFIG, TOKENIZER),
+    "genai": (names.MERGED_MODEL, names.GENAI_CONFIG, names.HF_CONFIG, TOKENIZER),  # `edgetune export --format genai`
 }
 
 

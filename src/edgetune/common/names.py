@@ -14,6 +14,7 @@ GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 SIGNATURE = "edgetune.sig"  # a signed bundle's or adapter's Ed25519 signature (common.trust)
 VERIFY_CACHE = ".edgetune-verified.json"  # (size, mtime, ctime, inode) of files already hashed (common.verify_cache)
+GENAI_CONFIG = "genai_config.json"  # an onnxruntime-genai folder (`edgetune export --format genai`), beside model.onnx
 
 # runs/NAME/ (a training run's folder)
 ADAPTER_DIR = "adapter"  # the final adapter, PEFT format
@@ -39,6 +40,17 @@ LOGITS = "logits"  # the exported graph's output, written by the LM head
 LABELS = "labels"  # training graphs: shifted targets, -100 where no loss is taken
 LOSS = "loss"  # training graphs' only output
 LORA_SCALING = "lora_scaling"  # scalar input of the inference graph (0: adapter off)
+
+# the serving graph (serve.onnx): GroupQueryAttention inputs and the adapter bank's row index
+SERVE_MODEL = "serve.onnx"
+SERVE_WEIGHTS = "serve_weights.bin"  # the serving graph's own tensors (quantized weights, rotary tables)
+SEQLENS_K = "seqlens_k"  # (B,) int32: each row's length after this run, minus one
+TOTAL_SEQUENCE_LENGTH = "total_sequence_length"  # () int32: the longest row's length after this run
+ADAPTER_INDEX = "adapter_index"  # (B,) int64: each row's slot in the adapter bank (0: no adapter)
+PREFIX_KEY = "prefix_key."  # (B, P, kv_heads·head_dim): a continued prompt's cached keys, per layer N
+PREFIX_VALUE = "prefix_value."  # ... and values (P = 0 when decoding or starting a prompt)
+PREFIX_QUERY = "prefix_query"  # (B, P, heads·head_dim) zeros: GQA needs as many queries as keys
+PREFIX_LENGTH = "prefix_length"  # (1,) int64: P, where the chunk's own outputs start
 # encoder tasks (Optimum's names, and the HF model's loss arguments)
 TOKEN_TYPE_IDS = "token_type_ids"
 START_LOGITS = "start_logits"  # question answering: (B, S) each

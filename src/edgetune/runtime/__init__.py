@@ -17,3 +17,7 @@ if "onnxruntime" not in sys.modules and "torch" not in sys.modules:
         import onnxruntime  # noqa: F401
     finally:
         del sys.modules["torch"]
+
+from edgetune.runtime.tuner import Tuner
+
+__all__ = ["Tuner"]

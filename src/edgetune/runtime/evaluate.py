@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgetune.common.errors import DataError
 from edgetune.runtime.data import read_examples
+from edgetune.runtime.engine import Engine
 from edgetune.runtime.generate import Generator
 
 
@@ -19,17 +20,28 @@ class ExactMatch:
 
 
 def evaluate_exact_match(
-    generator: Generator, data: Path, max_new_tokens: int = 16, limit: int | None = None
+    generator: Generator | Engine,
+    data: Path,
+    max_new_tokens: int = 16,
+    limit: int | None = None,
+    adapter: str | None = None,
 ) -> ExactMatch:
-    """Greedy-decode each prompt (stopping at a newline) and compare with its completion."""
+    """Greedy-decode each prompt (stopping at a newline) and compare with its completion.
+
+    An Engine decodes the prompts batched (`adapter`: the name of one it has loaded); a
+    Generator one at a time, with its own adapter.
+    """
     examples, _ = read_examples(data)
     examples = [e for e in examples if "prompt" in e][:limit]
     if not examples:
         raise DataError(f"{data}: exact match needs prompt/completion examples")
-    start, rows = time.perf_counter(), []
-    for example in examples:
-        prediction = generator.generate(example["prompt"], max_new_tokens=max_new_tokens, stop=["\n"])
-        rows.append((example["prompt"], prediction, example["completion"]))
+    start = time.perf_counter()
+    if isinstance(generator, Engine):
+        prompts = [generator.encode(e["prompt"]) for e in examples]
+        predictions = generator.generate_many(prompts, adapter, max_new_tokens=max_new_tokens, stop=["\n"])
+    else:
+        predictions = [generator.generate(e["prompt"], max_new_tokens=max_new_tokens, stop=["\n"]) for e in examples]
+    rows = [(e["prompt"], p, e["completion"]) for e, p in zip(examples, predictions)]
     hits = sum(exact_match(p, r) for _, p, r in rows)
     return ExactMatch(hits / len(rows), rows, time.perf_counter() - start)
 

@@ -32,6 +32,7 @@ from edgetune.common.trust import resolve_trust
 from edgetune.runtime.batching import load_tokenizer
 from edgetune.runtime.chat_template import render_chat
 from edgetune.runtime.model_config import read_model_config
+from edgetune.runtime.model_files import utf8_text
 from edgetune.runtime.ort_errors import ORT_ERRORS, gist
 from edgetune.runtime.ort_inference import default_session_options, input_dtype
 from edgetune.runtime.sampling import Sampler, SamplingParams
@@ -220,7 +221,7 @@ class Generator:
         """Token ids of a plain prompt, BOS first when the tokenizer adds one (as training does)."""
         info = self.tokenizer_info
         return ([info.bos_id] if info.add_bos else []) + self.tokenizer.encode(
-            _text(prompt), add_special_tokens=False
+            utf8_text(prompt), add_special_tokens=False
         ).ids
 
     def stream_ids(
@@ -296,7 +297,7 @@ class Generator:
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("content"), str):
                 raise EdgetuneError(f"messages[{i}]: must be an object with a string content")
-            _text(message["content"], f"messages[{i}].content")
+            utf8_text(message["content"], f"messages[{i}].content")
         try:
             return render_chat(info.chat_template, messages, info.bos_token, info.eos_token, add_generation_prompt=True)
         except jinja2.TemplateError as e:
@@ -304,20 +305,9 @@ class Generator:
 
     def stream_chat(self, messages: list[dict], max_new_tokens: int = 256, **options) -> Iterator[str]:
         """Yield the assistant's reply to `messages` in pieces; options as for `stream`."""
-        ids = self.tokenizer.encode(_text(self.chat_prompt(messages)), add_special_tokens=False).ids
+        ids = self.tokenizer.encode(utf8_text(self.chat_prompt(messages)), add_special_tokens=False).ids
         return self.stream_ids(ids, max_new_tokens, **options)
 
     def chat(self, messages: list[dict], max_new_tokens: int = 256, **options) -> str:
         """The assistant's reply to `messages`; options as for `stream`."""
         return "".join(self.stream_chat(messages, max_new_tokens, **options))
-
-
-def _text(text: str, what: str = "the prompt") -> str:
-    """`text` if it can be encoded as UTF-8 (command-line bytes that are not UTF-8 arrive as surrogates)."""
-    if not isinstance(text, str):
-        raise EdgetuneError(f"{what} must be a string, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise EdgetuneError(f"{what} is not valid UTF-8 (at character {e.start + 1})") from None
-    return text

@@ -5,8 +5,9 @@ The recipe, top to bottom (components live in data/batching/schedule/checkpoints
              check the run folder (fresh, or resume from its last checkpoint), open ORT's
              Module and Optimizer
     train    each step: set the LR -> grad_accum forward/backward calls -> optimizer step
-             -> log; eval every `eval_every`; checkpoint every `save_every`; on SIGINT or
-             SIGTERM finish the step, checkpoint, and stop with a one-line error
+             -> log; eval every `eval_every`; checkpoint every `save_every`; when asked to
+             stop (`should_stop`, or SIGINT/SIGTERM where the caller lets it catch them)
+             finish the step, checkpoint, and raise TrainingCancelledError
     finish   last checkpoint, adapter in PEFT format, summary.json, loss.png
 
 Gradient accumulation: the graph's loss is the mean over one micro-batch's loss tokens
@@ -27,6 +28,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from edgetune.common.errors import (
     BundleError,
     CheckpointError,
     OutputError,
+    TrainingCancelledError,
     TrainingError,
 )
 from edgetune.common.hashing import sha256_file
@@ -95,14 +98,22 @@ class StartPoint:
     saved: SavedCheckpoint | None
 
 
-def train(config: TrainConfig) -> dict:
+def train(
+    config: TrainConfig,
+    on_record: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    catch_signals: bool = False,
+) -> dict:
     """Train the adapter of `config.bundle` on `config.data` into run folder `config.out`; return the summary.
 
     Writes out/checkpoints/, out/metrics.jsonl, out/adapter/ (PEFT), out/summary.json and
-    out/loss.png. Raises EdgetuneError with a one-line message.
+    out/loss.png. `on_record` gets every metrics record as it is logged; when `should_stop()`
+    turns true (or, with `catch_signals` on the main thread, at SIGINT/SIGTERM) the run
+    checkpoints after the step and raises TrainingCancelledError. Raises EdgetuneError with
+    a one-line message.
     """
     with RunLock(config.out):  # a second process on the same run folder is refused here, at once
-        recipe = _Recipe(config)
+        recipe = _Recipe(config, on_record, should_stop, catch_signals)
         try:
             recipe.setup()
             recipe.train()
@@ -114,10 +125,11 @@ def train(config: TrainConfig) -> dict:
 class _Recipe:
     """One training run: `setup()`, `train()`, `finish()`, and always `cleanup()`."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, on_record=None, should_stop=None, catch_signals: bool = False):
         self.o = config
+        self.on_record, self.should_stop, self.catch_signals = on_record, should_stop, catch_signals
         self.called_at = time.perf_counter()
-        self.stop_signal: str | None = None  # set by SIGINT/SIGTERM; the loop stops after the step
+        self.stop_signal: str | None = None  # set by SIGINT/SIGTERM or should_stop; the loop stops after the step
         self.old_handlers: dict = {}
         self.metrics: Metrics | None = None
         self.checkpoint: SavedCheckpoint | None = None
@@ -175,7 +187,7 @@ class _Recipe:
         if start.resumed:
             before = start.resumed["hparams"]
             changed = {k: [before.get(k), self.hparams[k]] for k in CHANGEABLE_KEYS if before.get(k) != self.hparams[k]}
-            self.metrics.log({"type": "resume", "step": self.start_step, "changed": changed})
+            self._log({"type": "resume", "step": self.start_step, "changed": changed})
             if changed:
                 self.metrics.note(f"resuming at step {self.start_step} with changed settings {changed}")
         self._open_session(start.checkpoint, init_weights)
@@ -251,20 +263,24 @@ class _Recipe:
     def train(self) -> None:
         """The loop: optimizer steps `start_step` .. `total_steps - 1`, then stop."""
         o = self.o
-        self.old_handlers = _catch_signals(self._on_signal)
+        if self.catch_signals:
+            self.old_handlers = _catch_signals(self._on_signal)
         loop_start = time.perf_counter()
         for step in range(self.start_step, self.total_steps):
             record = self._train_step(step)
-            self.metrics.log({**record, "elapsed_s": time.perf_counter() - loop_start})
+            self._log({**record, "elapsed_s": time.perf_counter() - loop_start})
             done = step + 1
             if self.eval_batches and o.eval_every and done % o.eval_every == 0:
                 self._evaluate(done)
+            if self.should_stop and self.should_stop():
+                self.stop_signal = self.stop_signal or "a cancel request"
             if (o.save_every and done % o.save_every == 0) or self.stop_signal:
                 self._save(done)
             if self.stop_signal:
-                raise TrainingError(
+                raise TrainingCancelledError(
                     f"stopped by {self.stop_signal} after step {done}; checkpoint saved in "
-                    f"{self.checkpoint.folder} (continue with --resume)"
+                    f"{self.checkpoint.folder} (continue with --resume)",
+                    done,
                 )
         self.train_s = time.perf_counter() - loop_start
 
@@ -316,7 +332,13 @@ class _Recipe:
         run = lambda batch: _as_list(self.module(*(getattr(batch, name) for name in self.eval_inputs)))
         self.last_eval = {"step": step, **self.task.evaluate(run, self.eval_batches)}
         self.module.train()
-        self.metrics.log({"type": "eval", **self.last_eval})
+        self._log({"type": "eval", **self.last_eval})
+
+    def _log(self, record: dict) -> None:
+        """Append a record to metrics.jsonl and hand it to the caller's callback."""
+        self.metrics.log(record)
+        if self.on_record:
+            self.on_record({**record, "total_steps": self.total_steps})
 
     def _save(self, step: int) -> None:
         """Checkpoint the state after `step` optimizer steps, with the resume position."""

@@ -59,7 +59,7 @@ def quantize_frozen_base(
     rewired: dict[int, tuple[list, list]] = {}  # id(node) -> (nodes to put before it, nodes after it)
     for node in gathers:
         table = numpy_helper.to_array(inits[node.input[0]])  # (V, H)
-        rewired[id(node)] = _quantize_embedding(graph, node, table, module_path(node.name))
+        rewired[id(node)] = quantize_embedding(graph, node, table, module_path(node.name))
     for node in linears:
         path = module_path(node.name)
         w = numpy_helper.to_array(inits[node.input[1]])
@@ -93,7 +93,7 @@ def quantize_frozen_base(
     use_contrib_opset(model)
 
 
-def _quantize_embedding(graph, node: onnx.NodeProto, table: np.ndarray, path: str) -> tuple[list, list]:
+def quantize_embedding(graph, node: onnx.NodeProto, table: np.ndarray, path: str) -> tuple[list, list]:
     """Gather int8 rows and their scales instead of float rows; return the nodes to put before and after."""
     q = quantize_int8(np.ascontiguousarray(table.T))  # per row of the (V, H) table
     names = quantized_tensor_names(path)

@@ -1,0 +1,142 @@
+"""`--serve-quant`: the serving graph's frozen float weights as int4 or int8 kernels (the training graph stays fp32).
+
+    int4   every decoder Linear on MatMulNBits: 4-bit weights in blocks of 32 inputs with a
+           scale and a 4-bit zero point per block (the layout ORT's kernels read), int8
+           activations inside the kernel (accuracy_level 4: VNNI dot products)
+    int8   every decoder Linear with int8 weights per output channel, run as MatMulNBits over
+           two 4-bit planes of them (see `int8_planes`)
+    both   the LM head int8 the same way (its rounding goes straight into every logit;
+           llama.cpp's GGUF keeps it 8-bit too) and the embedding table int8 per row
+Every kernel quantizes activations per row (MatMulNBits: per block of each row), so a row's
+numbers never depend on the other rows of a batch. ORT 1.19's DynamicQuantizeMatMul
+quantizes the whole activation tensor with one scale, which made greedy output in a batch
+differ from the same request alone; and its MatMulNBits has no 8-bit kernel, hence the planes.
+Adapter bank MatMuls read graph inputs, never constants, so they stay float. ORT's own
+MatMul4BitsQuantizer needs `quantize_matmul_4bits` from the inference package's native
+module, which onnxruntime-training-cpu 1.19.2 lacks; this module writes the same layout in
+numpy. Measurements: docs/design.md, "Serving graph".
+"""
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgetune.builder.graph import add_initializer, initializer_map, module_path
+from edgetune.builder.rewrites.quant.base import quantize_embedding
+from edgetune.builder.rewrites.quant.formats import quantize_int8
+from edgetune.builder.rewrites.quant.tensors import (
+    CONTRIB,
+    drop_unused_initializers,
+    is_float_matrix,
+    use_contrib_opset,
+)
+from edgetune.common.names import LOGITS
+
+BLOCK = 32
+ACCURACY_INT8 = 4  # MatMulNBits: quantize activations to int8 inside the kernel
+
+
+def quantize_serving_weights(model: onnx.ModelProto, quant: str) -> None:
+    """Quantize every Linear over a 2-D float constant (the LM head int8) and the embeddings, in place."""
+    if quant == "none":
+        return
+    graph = model.graph
+    inits = initializer_map(graph)
+    rewired: dict[int, tuple[list, list]] = {}
+    for node in list(graph.node):
+        if node.op_type == "Gather" and is_float_matrix(inits.get(node.input[0])):
+            table = numpy_helper.to_array(inits[node.input[0]])  # (V, H)
+            rewired[id(node)] = quantize_embedding(graph, node, table, module_path(node.name))
+            continue
+        if node.op_type not in ("MatMul", "Gemm") or not is_float_matrix(inits.get(node.input[1])):
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA") or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            continue  # not a plain x·W (+ bias): left float
+        if attrs.get("transB"):
+            w = w.T
+        w = np.ascontiguousarray(w)  # (in, out)
+        is_head = LOGITS in node.output
+        if w.shape[0] % BLOCK:
+            continue  # no whole blocks: left float
+        if quant == "int4" and not is_head:
+            _to_matmul_nbits(graph, node, int4_blocks(w), w.shape[0], w.shape[1])
+        else:
+            _to_matmul_nbits(graph, node, int8_planes(w), 2 * w.shape[0], w.shape[1], twice=True)
+    new_nodes = []
+    for node in graph.node:
+        before, after = rewired.get(id(node), ([], []))
+        new_nodes += [*before, node, *after]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    drop_unused_initializers(graph)
+    use_contrib_opset(model)
+
+
+def int4_blocks(w: np.ndarray, block: int = BLOCK) -> dict[str, np.ndarray]:
+    """W (in, out) -> MatMulNBits' B (out, in/bs, bs/2) uint8, scales (out·in/bs,), zero points (out, ⌈in/bs/2⌉) uint8.
+
+    Asymmetric round-to-nearest per block over a range that includes 0, so the zero point is
+    an exact 4-bit integer: W ≈ (q - zp)·s.
+    """
+    n_in, n_out = w.shape
+    blocks = np.ascontiguousarray(w.T).reshape(n_out, n_in // block, block)  # (out, blocks, bs)
+    lo = np.minimum(blocks.min(axis=2), 0.0)
+    hi = np.maximum(blocks.max(axis=2), 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 15.0, 1.0).astype(np.float32)  # (out, blocks)
+    zero = np.clip(np.rint(-lo / scale), 0, 15).astype(np.uint8)
+    q = np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8)
+    packed = q[..., 0::2] | (q[..., 1::2] << 4)  # low nibble first
+    if zero.shape[1] % 2:
+        zero = np.concatenate([zero, np.zeros((n_out, 1), np.uint8)], axis=1)
+    zero_packed = zero[:, 0::2] | (zero[:, 1::2] << 4)
+    return {"q": packed, "scale": scale.reshape(-1), "zero": np.ascontiguousarray(zero_packed)}
+
+
+def int8_planes(w: np.ndarray, block: int = BLOCK) -> dict[str, np.ndarray]:
+    """W (in, out) int8 per output channel as MatMulNBits tensors over K = 2·in: [x, x]·[hi; lo] = x·W exactly.
+
+    q = round(W / s) in [-127, 127]; u = q + 128 = 16·hi + lo with hi, lo in [0, 15]; then
+    s·q = 16s·(hi - 8) + s·(lo - 0): the high plane's blocks get scale 16s and zero point 8,
+    the low plane's scale s and zero point 0.
+    """
+    t = quantize_int8(w)  # q (in, out), scale (out,)
+    u = (t["q"].astype(np.int16) + 128).astype(np.uint8)  # (in, out)
+    planes = np.concatenate([u >> 4, u & 15]).T  # (out, 2·in)
+    n_out, n_k = planes.shape
+    q = np.ascontiguousarray(planes.reshape(n_out, n_k // block, block))  # (out, blocks, bs)
+    half = n_k // block // 2
+    scale = np.concatenate([np.repeat(16 * t["scale"][:, None], half, 1), np.repeat(t["scale"][:, None], half, 1)], 1)
+    zero = np.concatenate([np.full((n_out, half), 8, np.uint8), np.zeros((n_out, half), np.uint8)], 1)
+    if zero.shape[1] % 2:
+        zero = np.concatenate([zero, np.zeros((n_out, 1), np.uint8)], axis=1)
+    return {
+        "q": q[..., 0::2] | (q[..., 1::2] << 4),
+        "scale": scale.astype(np.float32).reshape(-1),
+        "zero": np.ascontiguousarray(zero[:, 0::2] | (zero[:, 1::2] << 4)),
+    }
+
+
+def _to_matmul_nbits(graph, node: onnx.NodeProto, t: dict, k: int, n: int, twice: bool = False) -> None:
+    """Turn a MatMul (or a Gemm's x·W + bias) into MatMulNBits over `t`, in place; `twice`: on [x, x] (int8 planes)."""
+    p = f"/serve/{'int8' if twice else 'int4'}/{module_path(node.name) or node.name}"
+    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
+    x = node.input[0]
+    if twice:
+        x2 = f"{p}/x_twice"
+        graph.node.append(helper.make_node("Concat", [x, x], [x2], name=x2, axis=-1))
+        x = x2
+    q = add_initializer(graph, f"{p}/q", t["q"])
+    s = add_initializer(graph, f"{p}/scale", t["scale"])
+    z = add_initializer(graph, f"{p}/zero_point", t["zero"])
+    node.op_type, node.domain = "MatMulNBits", CONTRIB
+    del node.input[:]
+    node.input.extend([x, q, s, z])
+    del node.attribute[:]
+    for key, v in (("K", k), ("N", n), ("bits", 4), ("block_size", BLOCK), ("accuracy_level", ACCURACY_INT8)):
+        node.attribute.append(helper.make_attribute(key, v))
+    if bias:
+        y = node.output[0]
+        node.output[0] = f"{p}/unbiased"
+        graph.node.append(helper.make_node("Add", [node.output[0], bias], [y], name=f"{p}/bias"))

@@ -1,0 +1,85 @@
+"""The serving graph (`serve.onnx`): the with-past export rewritten for decoding, next to the training graphs.
+
+    attention      RotaryEmbedding + GroupQueryAttention over KV buffers written in place
+    base           QLoRA bundles keep their quantized base (the values training saw)
+    adapter bank   per-row adapters through `adapter_index`
+    head           logits of the last position only; QLoRA's int8 head chunks
+    quantize       --serve-quant for float bases (rewrites/serve/quantize.py)
+Its own tensors (rotary tables, quantized weights) go to `serve_weights.bin`; every tensor it
+shares with the other graphs stays in `base_weights.bin`, so the training files do not change.
+"""
+
+from pathlib import Path
+
+import onnx
+
+from edgetune.builder.export import load_exported
+from edgetune.builder.graph import LinearSite, find_linears
+from edgetune.builder.rewrites.quant.tensors import is_float_matrix
+from edgetune.builder.rewrites.serve.adapter_bank import add_adapter_bank
+from edgetune.builder.rewrites.serve.attention import (
+    attention_layers,
+    attention_shape,
+    rotary_tables,
+    use_group_query_attention,
+)
+from edgetune.builder.rewrites.serve.last_position import head_on_last_position, prune
+from edgetune.builder.rewrites.serve.quantize import quantize_serving_weights
+from edgetune.builder.weights import MIN_EXTERNAL_BYTES, WeightStore, load_weights
+from edgetune.common import names
+
+
+def prepare_serving_graph(path: Path, plan, config, sites_of, serve_quant: str) -> onnx.ModelProto:
+    """Rewrite the with-past export at `path` into the serving graph and return it (not yet saved).
+
+    `plan` is the build's AdapterPlan, `config` the HF config, `sites_of(model)` the adapted
+    sites, `serve_quant` int4 | int8 | none for a float base (a QLoRA base stays as trained).
+    """
+    model = load_exported(path)
+    arch, variant = plan.arch, plan.variant
+    linears = find_linears(model.graph, arch)
+    layers = attention_layers(linears, model.graph, arch.serve_qkv, arch.serve_out)
+    shape = attention_shape(config)
+    tables = rotary_tables(config, shape["head_dim"], shape["positions"]) if arch.rotary else None
+    use_group_query_attention(model, layers, shape, tables)
+    sites: list[LinearSite] = sites_of(model)
+    if variant.quant is not None:
+        from edgetune.builder.rewrites.quant.base import quantize_frozen_base
+
+        load_weights(model, variant.weights_read(model, sites, False), path.parent)
+        quantize_frozen_base(model, variant.quant, variant.block_size, training=False)
+    add_adapter_bank(model, sites, variant.use_dora)
+    head_on_last_position(model)
+    variant.rewrite_head(model, False)
+    if variant.quant is None and serve_quant != "none":
+        load_weights(model, {t.name for t in model.graph.initializer if is_float_matrix(t)}, path.parent)
+        quantize_serving_weights(model, serve_quant)
+    prune(model)
+    return model
+
+
+def save_serving_graph(model: onnx.ModelProto, folder: Path, shared: dict[str, onnx.TensorProto]) -> None:
+    """Save `model` as serve.onnx in `folder`.
+
+    Tensors named in `shared` (the inference graph's, in base_weights.bin) point where those
+    do; the serving graph's own go to serve_weights.bin.
+    """
+    store = WeightStore(folder / names.SERVE_WEIGHTS)
+    try:
+        for tensor in model.graph.initializer:
+            other = shared.get(tensor.name)
+            if other is not None and other.data_location == onnx.TensorProto.EXTERNAL:
+                tensor.ClearField("raw_data")
+                del tensor.external_data[:]
+                tensor.external_data.extend(other.external_data)
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+            elif tensor.data_location == onnx.TensorProto.EXTERNAL:
+                store.copy_from(tensor, folder)
+            elif len(tensor.raw_data) >= MIN_EXTERNAL_BYTES:
+                store.put(tensor, tensor.raw_data)
+    finally:
+        size = store.close()
+    if size == 0:
+        (folder / names.SERVE_WEIGHTS).unlink()
+    onnx.save(model, folder / names.SERVE_MODEL)
+    onnx.checker.check_model(folder / names.SERVE_MODEL)
