@@ -11,6 +11,7 @@ from pathlib import Path
 
 import flops
 import workloads
+from run import TRAIN_ROWS
 
 GiB = 2**30
 
@@ -29,6 +30,11 @@ def machine(r: dict) -> str:
         f"(the machine was shared with other engineers' test runs)",
         f"- run: {r['mode']}, sections {', '.join(r['sections'])}, started {r['started']}, {r['total_s'] / 60:.1f} min",
     ]
+    if hw.get("int8_gemm_peak_ops"):
+        lines.append(
+            f"- int8 GEMM (ONNX Runtime MatMulInteger, u8·s8, {hw['gemm_n']}², 2 threads, best of 8): "
+            f"{hw['int8_gemm_peak_ops'] / 1e9:.0f} GOP/s on MLAS's {hw['int8_path']} kernel"
+        )
     if hw.get("gemm_peak_flops"):
         lines.append(
             f"- measured at the start of the run: fp32 GEMM {hw['gemm_peak_flops'] / 1e9:.0f} GFLOP/s "
@@ -37,39 +43,37 @@ def machine(r: dict) -> str:
             f"memory bandwidth "
             f"{hw['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (512 MiB numpy copy, read + write)"
         )
+    if hw.get("gemm_ort_flops"):
+        lines.append(
+            f"- the same {hw['gemm_n']}² product in ONNX Runtime's fp32 MatMul (MLAS SGEMM, what edgetune's fp32 "
+            f"training runs on): {hw['gemm_ort_flops'] / 1e9:.0f} GFLOP/s; in torch bf16 (what PyTorch's autocast "
+            f"runs on): {hw['gemm_torch_bf16_flops'] / 1e9:.0f} GFLOP/s"
+        )
     return "\n".join(lines)
 
 
 def train(r: dict) -> str:
     t = r.get("train", {})
     rows = [
-        "| contender | tokens/s | step (s) | CPU s/step | peak RSS | MFU | MFU with attention | load (s) | "
-        "runs (tokens/s) | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| contender | tokens/s | step (s) | CPU s/step | peak RSS | MFU | MFU with attention | MFU of int8 peak "
+        "| load (s) | runs (tokens/s) | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     peak, seq_len = t.get("gemm_peak_flops"), t.get("seq_len") or 0
     attention = flops.attention_flops_per_token(workloads.read_config(workloads.SMOLLM2_HF), seq_len)
-    for name in (
-        "edgetune",
-        "torch_fp32",
-        "edgetune_all_labels",
-        "torch_bf16",
-        "torch_fp32_spin",
-        "edgetune_checkpointing",
-        "torch_fp32_checkpointing",
-    ):
+    for name in TRAIN_ROWS:
         f = t.get(name)
         if not f:
             continue
         if "error" in f:
-            rows.append(f"| {name} | failed: {f['error'][:120]} ||||||||")
+            rows.append(f"| {name} | failed: {f['error'][:120]} |||||||||")
             continue
         runs = ", ".join(f"{x:.1f}" for x in f["runs_tokens_per_s"])
         rows.append(
             f"| {name} | {f['tokens_per_s']:.1f} | {f['step_s']:.2f} | {_f(f.get('cpu_s_per_step'))} | "
             f"{f['peak_rss_bytes'] / GiB:.2f} GiB | {_f(f.get('mfu'), '{:.1%}')} | "
             f"{_f(peak and (f['model_flops_per_s'] + attention * f['tokens_per_s']) / peak, '{:.1%}')} | "
-            f"{f['load_s']:.1f} | "
+            f"{_f(f.get('mfu_int8'), '{:.1%}')} | {f['load_s']:.1f} | "
             f"{runs} | {_f(f.get('loadavg_1min'), '{:.1f}')} |"
         )
     tokens = (t.get("batch") or 0) * (t.get("seq_len") or 0)
@@ -79,7 +83,8 @@ def train(r: dict) -> str:
         f"{_f(t.get('labelled_tokens'), '{:.0f}')} of {tokens} positions labelled (`edgetune_all_labels`: every "
         f"position); model FLOPs = {t.get('flops_per_token', 0) / 1e6:.0f} M per labelled token, less the "
         f"LM head's 4·d·V elsewhere; MFU against the run's best fp32 GEMM sample, "
-        f"{_f(t.get('gemm_peak_flops'), '{:.0f}', 1e9)} GFLOP/s"
+        f"{_f(t.get('gemm_peak_flops'), '{:.0f}', 1e9)} GFLOP/s, and its best int8 GEMM sample, "
+        f"{_f(t.get('int8_gemm_peak_ops'), '{:.0f}', 1e9)} GOP/s"
     )
     return head + "\n\n" + "\n".join(rows)
 
@@ -210,6 +215,12 @@ def headline(r: dict) -> str:
         "train_rss_ratio",
         "mfu",
         "mfu_torch_fp32",
+        "int8_vs_bf16_speed_ratio",
+        "int8_vs_bf16_rss_ratio",
+        "int8_vs_bf16_checkpointing_speed_ratio",
+        "int8_vs_bf16_checkpointing_rss_ratio",
+        "mfu_int8",
+        "mfu_int8_of_int8_peak",
         "train_checkpointing_speed_ratio",
         "train_checkpointing_rss_ratio",
         "decode_speed_ratio",

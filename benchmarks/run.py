@@ -1,8 +1,9 @@
 """edgetune benchmarks: `python benchmarks/run.py [--quick] [--json] [--only SECTION ...]`.
 
 Sections (each contender in its own child process, contenders alternated A B A B):
-    hardware   fp32 GEMM peak (2 threads) and memory bandwidth, measured now
-    train      LoRA training tokens/s, step time, peak RSS, MFU; checkpoint size/save time
+    hardware   fp32 and int8 GEMM peaks (2 threads) and memory bandwidth, measured now
+    train      LoRA training tokens/s, step time, peak RSS, MFU (fp32 and int8 compute, beside PyTorch
+               fp32 and bf16 autocast, with and without checkpointing); checkpoint size/save time
     decode     TTFT and decode tokens/s, vs the memory-bandwidth bound
     skill      time to 90% held-out exact match on the dates task (full run only)
     build      `edgetune build` time / peak RSS / bundle size for SmolLM2 (full run only)
@@ -23,6 +24,14 @@ import workloads
 QUICK = {"batch": 1, "seq_len": 512, "steps": 2, "warmup": 1, "rounds": 2, "decode_rounds": 2, "spin_reference": False}
 FULL = {"batch": 2, "seq_len": 512, "steps": 3, "warmup": 1, "rounds": 2, "decode_rounds": 2, "spin_reference": True}
 SECTIONS = ("hardware", "train", "decode", "skill", "build", "scaling")
+MAIN_ROWS = ("edgetune", "torch_fp32", "edgetune_int8", "torch_bf16")
+CHECKPOINTING_ROWS = (
+    "edgetune_checkpointing",
+    "torch_fp32_checkpointing",
+    "edgetune_int8_checkpointing",
+    "torch_bf16_checkpointing",
+)
+TRAIN_ROWS = MAIN_ROWS + CHECKPOINTING_ROWS + ("edgetune_all_labels", "torch_fp32_spin")
 QUICK_SECTIONS = ("hardware", "train", "decode")
 
 
@@ -43,24 +52,32 @@ def section_train(results: dict, s: dict) -> None:
         s["warmup"],
         extras=True,
         checkpointed_bundle=workloads.ensure_smollm2_bundle(checkpointing=True),
+        int8_bundles=(
+            workloads.ensure_smollm2_bundle(compute="int8"),
+            workloads.ensure_smollm2_bundle(checkpointing=True, compute="int8"),
+        ),
     )
-    main = {k: points[k] for k in ("edgetune", "torch_fp32")}
-    train = train_speed.measure(main, s["rounds"])
-    checkpointing = ("edgetune_checkpointing", "torch_fp32_checkpointing")
-    train.update(train_speed.measure({k: points[k] for k in checkpointing}, s["rounds"]))
-    references = ("edgetune_all_labels", "torch_bf16") + (("torch_fp32_spin",) if s["spin_reference"] else ())
+    train = {}
+    for group in (MAIN_ROWS, CHECKPOINTING_ROWS):  # each group alternated A B C D A B C D
+        train.update(train_speed.measure({k: points[k] for k in group}, s["rounds"]))
+    references = ("edgetune_all_labels",) + (("torch_fp32_spin",) if s["spin_reference"] else ())
     children.log(f"  references (one run each): {', '.join(references)}")
     train.update(train_speed.measure({k: points[k] for k in references}, 1))
     samples = [f["gemm_flops_max"] for f in train.values() if f.get("gemm_flops_max")]
     peak = max(samples + [(results.get("hardware") or {}).get("gemm_peak_flops") or 0])
+    samples = [f["int8_gemm_ops_max"] for f in train.values() if f.get("int8_gemm_ops_max")]
+    int8_peak = max(samples + [(results.get("hardware") or {}).get("int8_gemm_peak_ops") or 0])
     for figures in train.values():
         if peak and figures.get("model_flops_per_s"):
             figures["mfu"] = figures["model_flops_per_s"] / peak
+        if int8_peak and figures.get("model_flops_per_s"):
+            figures["mfu_int8"] = figures["model_flops_per_s"] / int8_peak
     results["train"] = {
         "batch": s["batch"],
         "seq_len": s["seq_len"],
         "steps": s["steps"],
         "gemm_peak_flops": peak,
+        "int8_gemm_peak_ops": int8_peak,
         "flops_per_token": flops.train_flops_per_token(workloads.read_config(workloads.SMOLLM2_HF)),
         "labelled_tokens": (train.get("edgetune") or {}).get("labelled_tokens"),
         **train,
@@ -137,6 +154,22 @@ def headline(results: dict) -> dict:
             get("train", "torch_fp32_checkpointing", "peak_rss_bytes"),
         ),
         "mfu_torch_fp32": get("train", "torch_fp32", "mfu"),
+        "int8_vs_bf16_speed_ratio": ratio(
+            get("train", "edgetune_int8", "tokens_per_s"), get("train", "torch_bf16", "tokens_per_s")
+        ),
+        "int8_vs_bf16_rss_ratio": ratio(
+            get("train", "edgetune_int8", "peak_rss_bytes"), get("train", "torch_bf16", "peak_rss_bytes")
+        ),
+        "int8_vs_bf16_checkpointing_speed_ratio": ratio(
+            get("train", "edgetune_int8_checkpointing", "tokens_per_s"),
+            get("train", "torch_bf16_checkpointing", "tokens_per_s"),
+        ),
+        "int8_vs_bf16_checkpointing_rss_ratio": ratio(
+            get("train", "edgetune_int8_checkpointing", "peak_rss_bytes"),
+            get("train", "torch_bf16_checkpointing", "peak_rss_bytes"),
+        ),
+        "mfu_int8": get("train", "edgetune_int8", "mfu"),
+        "mfu_int8_of_int8_peak": get("train", "edgetune_int8", "mfu_int8"),
         "decode_speed_ratio": ratio(
             get("decode", "edgetune-fp32", "decode_tokens_per_s"), get("decode", "transformers", "decode_tokens_per_s")
         ),
@@ -207,17 +240,11 @@ def print_tables(r: dict) -> None:
     hw = r.get("hardware", {})
     if hw.get("gemm_peak_flops"):
         print(
-            f"fp32 GEMM peak {hw['gemm_peak_flops'] / 1e9:.0f} GFLOP/s, "
+            f"fp32 GEMM peak {hw['gemm_peak_flops'] / 1e9:.0f} GFLOP/s, int8 GEMM peak "
+            f"{hw['int8_gemm_peak_ops'] / 1e9:.0f} GOP/s ({hw['int8_path']}), "
             f"memory bandwidth {hw['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"
         )
-    for name in (
-        "edgetune",
-        "torch_fp32",
-        "torch_bf16",
-        "torch_fp32_spin",
-        "edgetune_checkpointing",
-        "torch_fp32_checkpointing",
-    ):
+    for name in TRAIN_ROWS:
         f = r.get("train", {}).get(name, {})
         if f.get("tokens_per_s"):
             print(
@@ -239,6 +266,10 @@ def print_tables(r: dict) -> None:
         "mfu",
         "train_checkpointing_speed_ratio",
         "train_checkpointing_rss_ratio",
+        "int8_vs_bf16_speed_ratio",
+        "int8_vs_bf16_rss_ratio",
+        "int8_vs_bf16_checkpointing_speed_ratio",
+        "int8_vs_bf16_checkpointing_rss_ratio",
         "decode_speed_ratio",
         "int4_vs_llama_cpp",
         "ttft512_llama_cpp_over_int4",

@@ -5,9 +5,11 @@ edgetune side: a tight loop on the same ORT training API and session options as
 graphs, `allow_spinning=0`), so the figures are the runtime's, without data loading.
 PyTorch side: transformers + PEFT LoRA (same r, alpha, targets), torch.optim.AdamW, fp32;
 and a bf16-autocast line as a reference only (it is not what the target compares with).
-The `_checkpointing` pair recomputes each layer in the backward pass on both sides: a
-bundle built with `--gradient-checkpointing` against transformers'
-`gradient_checkpointing_enable()` (non-reentrant, as PEFT's QLoRA recipe sets it).
+The `_int8` rows train a bundle built with `--compute int8` (the frozen Linears as int8
+GEMMs, forward and backward), beside PyTorch with bf16 autocast, its target. The
+`_checkpointing` rows recompute each layer in the backward pass on both sides: bundles
+built with `--gradient-checkpointing` against transformers' `gradient_checkpointing_enable()`
+(non-reentrant, as PEFT's QLoRA recipe sets it).
 Both see the same fixed (B, S) batch (`workloads.fixed_batch`: packed dates-task examples, the
 loss on completions only, as in instruction tuning) and count B*S tokens per step; the
 `all_labels` variant makes every next token a target (plain-text training).
@@ -76,7 +78,7 @@ def run_edgetune(o: dict) -> dict:
     optimizer.set_learning_rate(2e-4)
     module.train()
     load_s = time.perf_counter() - started
-    gemm = hardware.gemm_flops()
+    gemm, int8_gemm = hardware.gemm_flops(), hardware.int8_gemm_ops()
 
     def step() -> float:
         loss = module(ids, mask, positions, labels)
@@ -86,6 +88,7 @@ def run_edgetune(o: dict) -> dict:
 
     report = _steps_report(*_timed_steps(step, o["warmup"], o["steps"]), config, labels, load_s)
     report["gemm_flops"] = max(gemm, hardware.gemm_flops())
+    report["int8_gemm_ops"] = max(int8_gemm, hardware.int8_gemm_ops())
     with tempfile.TemporaryDirectory(dir=children.BENCH) as tmp:  # same disk as the bundle
         t = time.perf_counter()
         _folder, size = checkpoints.save(Path(tmp), state, {"step": len(report["losses"])})
@@ -142,13 +145,15 @@ def contenders(
     warmup: int,
     extras: bool = False,
     checkpointed_bundle: Path | None = None,
+    int8_bundles: tuple[Path, Path] | None = None,
 ) -> dict:
     """name -> child options for one (model, batch, seq_len) point.
 
     extras: also edgetune with every token labelled, PyTorch bf16 autocast, and PyTorch fp32
     with OpenMP's default spin-waiting. (PyTorch computes every position's logits whatever
     the labels, so its cost does not depend on them.) checkpointed_bundle: also the
-    gradient-checkpointing pair.
+    gradient-checkpointing pair. int8_bundles: (plain, checkpointed) bundles built with
+    `--compute int8`, with PyTorch bf16 autocast beside each.
     """
     base = {"batch": batch, "seq_len": seq_len, "steps": steps, "warmup": warmup}
     torch = {"impl": "torch", "model": str(model_dir), **base}
@@ -163,6 +168,11 @@ def contenders(
     if checkpointed_bundle is not None:
         found["edgetune_checkpointing"] = {**found["edgetune"], "bundle": str(checkpointed_bundle)}
         found["torch_fp32_checkpointing"] = {**found["torch_fp32"], "checkpointing": True}
+    if int8_bundles is not None:
+        found["edgetune_int8"] = {**found["edgetune"], "bundle": str(int8_bundles[0])}
+        found["edgetune_int8_checkpointing"] = {**found["edgetune"], "bundle": str(int8_bundles[1])}
+        found["torch_bf16"] = {**torch, "bf16": True, "env": children.NO_SPIN}
+        found["torch_bf16_checkpointing"] = {**found["torch_bf16"], "checkpointing": True}
     return found
 
 
@@ -194,6 +204,7 @@ def measure(points: dict, rounds: int, timeout: float = 1800) -> dict:
             "cpu_s_per_step": pick("cpu_s_per_step"),
             "labelled_tokens": pick("labelled_tokens"),
             "gemm_flops_max": max(r["result"]["gemm_flops"] for r in ok),
+            "int8_gemm_ops_max": max(r["result"].get("int8_gemm_ops", 0) for r in ok),
             "loadavg_1min": children.median([sum(r["loadavg"]) / 2 for r in ok]),
             "runs_tokens_per_s": [r["result"]["tokens_per_s"] for r in ok],
             "runs_peak_rss_bytes": [r["peak_rss_bytes"] for r in ok],

@@ -14,12 +14,14 @@ SMOLLM2_HF = BENCH / "smollm2-hf"  # the same weights as a plain fp32 HF folder
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
 
 
-def ensure_smollm2_bundle(checkpointing: bool = False) -> Path:
+def ensure_smollm2_bundle(checkpointing: bool = False, compute: str = "fp32") -> Path:
     """The SmolLM2 bundle every edgetune contender uses (r=8 on q/v, AdamW), built once from the GGUF.
 
-    checkpointing: the same built with --gradient-checkpointing.
+    checkpointing: the same built with --gradient-checkpointing; compute: its --compute.
     """
     out = SMOLLM2_CHECKPOINTED if checkpointing else SMOLLM2_BUNDLE
+    if compute != "fp32":
+        out = out.with_name(f"smollm2-{compute}" + ("-checkpointing" if checkpointing else ""))
     if not (out / "manifest.json").is_file():
         subprocess.run(
             [
@@ -38,6 +40,7 @@ def ensure_smollm2_bundle(checkpointing: bool = False) -> Path:
                 "16",
                 "--force",
                 *(["--gradient-checkpointing"] if checkpointing else []),
+                *(["--compute", compute] if compute != "fp32" else []),
             ],
             check=True,
         )

@@ -20,6 +20,7 @@ CLASS_WEIGHTS = ("auto",)  # inverse label frequency in the training data
 METHODS = ("lora", "dora", "qlora")
 QUANT_TYPES = ("int8", "int4")
 BLOCK_SIZES = (32, 64, 128)
+COMPUTES = ("fp32", "int8")  # the frozen Linears' arithmetic in training
 SERVE_QUANTS = ("int4", "int8", "none")  # the serving graph's base (docs/design.md, "Serving graph")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -84,6 +85,8 @@ class BuildConfig:
 
     targets: comma-separated module names, `all-linear`, or None (the architecture's default).
     method: lora | dora | qlora; quant (qlora only): int8 | int4; block_size (int4): 32 | 64 | 128.
+    compute: fp32, or int8 (lora, or qlora with quant int8): the frozen Linears run as int8 GEMMs
+    in training, forward x·W and backward dY·Wᵀ, on an int8 per-channel base.
     serve_quant: the serving graph's weights (int4 | int8 | none); a qlora bundle serves its own base.
     init_adapter: a PEFT adapter folder that sets r, alpha, dropout, rsLoRA, DoRA and targets
     (leave those at their defaults; causal-lm only). gradient_checkpointing: None takes the method's default.
@@ -117,6 +120,7 @@ class BuildConfig:
     trainable: str = "all"
     base_delta: bool = False
     sign: Path | None = None
+    compute: str = "fp32"
 
     def __post_init__(self):
         _as_path(self, "out")
@@ -139,6 +143,13 @@ class BuildConfig:
             raise ConfigError("quant", f"{self.quant} needs method qlora (method is {self.method})")
         if self.method == "qlora" and self.quant is None:
             raise ConfigError("quant", f"method qlora needs a quant type ({', '.join(QUANT_TYPES)})")
+        _choice("compute", self.compute, COMPUTES)
+        if self.compute == "int8" and not (self.method == "lora" or self.quant == "int8"):
+            shown = self.method if self.quant is None else f"{self.method} with quant {self.quant}"
+            raise ConfigError("compute", f"int8 needs method lora, or qlora with quant int8 (got {shown})")
+        if self.compute == "int8" and (self.base_delta or self.task != "causal-lm"):
+            shown = "base_delta" if self.base_delta else f"task {self.task}"
+            raise ConfigError("compute", f"int8 is for causal-lm LoRA and QLoRA-int8 bundles, not {shown}")
         spec = self.spec  # validates rank, alpha, dropout
         if self.init_adapter is not None and (self.targets is not None or spec != LoraSpec()):
             raise ConfigError(

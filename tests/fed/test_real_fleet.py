@@ -1,5 +1,7 @@
 """Real learning in a fleet: 4 simulated SmolLM2 clients on non-IID parts of the dates skill
-reach the held-out exact match of one centralised run with the same total number of steps."""
+come within 10 points of the held-out exact match of one centralised run with the same total
+number of steps. Sized for the suite (about 240 SmolLM2 steps); the full comparison of
+strategies and rounds is `benchmarks/fleet.py` (benchmarks/FLEET.md)."""
 
 import json
 
@@ -13,13 +15,13 @@ from edgetune.runtime.generate import Generator
 from edgetune.runtime.train import train
 from edgetune.tasks.dates import write_client_parts
 
-CLIENTS, ROUNDS, LOCAL_STEPS = 4, 5, 20  # 400 steps in all (at 4 x 10, fedavg sat at 80-87%: benchmarks/FLEET.md)
+CLIENTS, ROUNDS, LOCAL_STEPS, HELDOUT = 4, 3, 10, 40  # 120 steps in all (fedavg: 83-87% from round 1: FLEET.md)
 SETTINGS = dict(lr=2e-3, batch_size=8, seq_len=64)
 
 
 @pytest.mark.slow
 def test_four_non_iid_clients_match_a_centralised_run(smollm2_bundle, tmp_path):
-    parts = write_client_parts(tmp_path / "parts", CLIENTS, 250, 100, seed=0)  # 3 of the 9 date styles per client
+    parts = write_client_parts(tmp_path / "parts", CLIENTS, 250, HELDOUT, seed=0)  # 3 of the 9 date styles per client
     config = FleetConfig(
         smollm2_bundle,
         tmp_path / "fleet",
@@ -54,9 +56,9 @@ def test_four_non_iid_clients_match_a_centralised_run(smollm2_bundle, tmp_path):
     )
     records = [json.loads(line) for line in (tmp_path / "fleet" / "metrics.jsonl").read_text().splitlines()]
     print(
-        f"held-out exact match: federated {federated:.0%} (4 clients x {ROUNDS} rounds x {LOCAL_STEPS} steps), "
+        f"held-out exact match: federated {federated:.0%} ({CLIENTS} clients x {ROUNDS} rounds x {LOCAL_STEPS} steps), "
         f"centralised {central.accuracy:.0%} ({steps} steps); before {records[0]['exact_match']:.0%}"
     )
     assert records[0]["exact_match"] < 0.5  # the skill is learnt, not there before
-    assert central.accuracy >= 0.8
-    assert federated >= central.accuracy - 0.05
+    assert central.accuracy >= 0.75
+    assert federated >= central.accuracy - 0.10

@@ -8,6 +8,9 @@ reads them through `WeightFiles`, one tensor at a time.
     lora   y = x·W + s·x·Aᵀ·Bᵀ over the exported float weights
     dora   the LoRA branch plus PEFT's magnitude vector m (`rewrites.dora`)
     qlora  LoRA over a base stored int8 or int4 (`rewrites.quant`), layers checkpointed
+
+int8 compute (`rewrites.int8_compute`) is a variant of lora and of qlora-int8: the same
+adapter over an int8 per-channel base whose Linears train as int8 GEMMs.
 """
 
 from dataclasses import dataclass
@@ -17,10 +20,11 @@ import numpy as np
 import onnx
 
 from edgetune.builder.graph import LinearSite
-from edgetune.builder.rewrites import lora
+from edgetune.builder.rewrites import int8_compute, lora
 from edgetune.builder.rewrites.dora import add_dora, untranspose_gemms, weight_norms
 from edgetune.builder.rewrites.quant.base import quantize_frozen_base
 from edgetune.builder.rewrites.quant.lm_head import quantize_lm_head
+from edgetune.builder.rewrites.recompute.int8_gradients import int8_backward
 from edgetune.builder.rewrites.recompute.weights import recompute_dequantized_weights
 from edgetune.builder.weights import WeightFiles
 from edgetune.common.errors import AdapterError
@@ -35,6 +39,7 @@ class LoraVariant:
     use_dora: bool = False
     checkpointing_by_default: bool = False
     quant: str | None = None  # the base's storage: None (float), int8 or int4
+    compute: str = "fp32"  # the frozen Linears' arithmetic in training
 
     def initial_weights(
         self, graph: onnx.ModelProto, sites: list[LinearSite], spec: LoraSpec, seed: int, files: WeightFiles
@@ -60,6 +65,10 @@ class LoraVariant:
 
     def rewrite_backward(self, training_model: onnx.ModelProto) -> None:
         """Rewrite the training model once ORT has added its gradient nodes."""
+
+    def manifest_fields(self) -> dict:
+        """What the bundle's manifest says of this variant beyond method and quantization."""
+        return {}
 
 
 @dataclass(frozen=True)
@@ -104,14 +113,57 @@ class QLoraVariant(LoraVariant):
         recompute_dequantized_weights(training_model)
 
 
+class Int8Compute:
+    """The frozen Linears train as int8 GEMMs (`rewrites.int8_compute`), over the variant it is mixed into.
+
+    The rewrite stores every Linear int8 first (QLoRA-int8's already are); the training
+    model's x·W and dY·Wᵀ become int8 GEMMs once ORT has built the gradient graph, before
+    the variant's own backward rewrite (which then finds only the LM head to dequantize).
+    """
+
+    def rewrite(self, graph, sites, spec, weights, training, files):
+        """Every float Linear but the LM head stored int8 per output channel, then the variant's rewrite."""
+        int8_compute.quantize_linears(graph, training, files)
+        return super().rewrite(graph, sites, spec, weights, training, files)
+
+    def rewrite_backward(self, training_model):
+        """x·W and dY·Wᵀ of every int8 Linear as int8 GEMMs, then the variant's backward rewrite."""
+        int8_compute.int8_forward(training_model)
+        int8_backward(training_model)
+        super().rewrite_backward(training_model)
+
+    def manifest_fields(self):
+        """The compute type and its number formats."""
+        return {"compute": int8_compute.MANIFEST}
+
+
+@dataclass(frozen=True)
+class Int8LoraVariant(Int8Compute, LoraVariant):
+    """LoRA with int8 compute."""
+
+    compute: str = "int8"
+
+
+@dataclass(frozen=True)
+class Int8QLoraVariant(Int8Compute, QLoraVariant):
+    """QLoRA-int8 with int8 compute."""
+
+    compute: str = "int8"
+
+
 def variant_for(config: BuildConfig, peft_config: dict | None = None) -> LoraVariant:
     """The variant a build config asks for; an init adapter's use_dora may turn lora into dora."""
     method = config.method
     if peft_config is not None:
         method = _method_for_adapter(method, peft_config, config.init_adapter)
+    if method == "dora" and config.compute != "fp32":
+        raise AdapterError(f"{config.init_adapter}: a DoRA adapter cannot start a bundle with {config.compute} compute")
+    int8 = config.compute == "int8"
     if method == "qlora":
-        return QLoraVariant(quant=config.quant, block_size=config.block_size)
-    return DoraVariant() if method == "dora" else LoraVariant()
+        return (Int8QLoraVariant if int8 else QLoraVariant)(quant=config.quant, block_size=config.block_size)
+    if method == "dora":
+        return DoraVariant()
+    return Int8LoraVariant() if int8 else LoraVariant()
 
 
 def _method_for_adapter(method: str, peft_config: dict, folder: Path) -> str:

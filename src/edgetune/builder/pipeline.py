@@ -286,6 +286,7 @@ def bundle_stage(
             "onnx": {"opset": opset, "ir_version": model.ir_version},
             **({"trainable": plan.trainable} if plan.trainable != "all" else {}),  # absent: every adapter tensor
             **({"base_delta": True} if plan.base_delta else {}),
+            **plan.variant.manifest_fields(),
         },
     )
 

@@ -6,7 +6,17 @@ import sys
 from pathlib import Path
 
 from edgetune.cli.common import add_command, config_from_args
-from edgetune.options import BLOCK_SIZES, METHODS, OPTIMIZERS, QUANT_TYPES, SERVE_QUANTS, TASKS, TRAINABLE, BuildConfig
+from edgetune.options import (
+    BLOCK_SIZES,
+    COMPUTES,
+    METHODS,
+    OPTIMIZERS,
+    QUANT_TYPES,
+    SERVE_QUANTS,
+    TASKS,
+    TRAINABLE,
+    BuildConfig,
+)
 
 
 def run_build(args: argparse.Namespace) -> None:
@@ -65,6 +75,12 @@ def register(sub) -> None:
         choices=SERVE_QUANTS,
         default="int8",
         help="serving graph weights: int8 (default: as accurate as fp32 on the demo), int4, or none (fp32)",
+    )
+    p.add_argument(
+        "--compute",
+        choices=COMPUTES,
+        default="fp32",
+        help="int8: the frozen Linears train as int8 GEMMs, forward and backward (lora, or qlora --quant int8)",
     )
     p.add_argument("--init-adapter", default=None, help="start from an existing PEFT LoRA/DoRA adapter folder")
     p.add_argument(

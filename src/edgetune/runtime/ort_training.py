@@ -6,6 +6,7 @@ needs only ORT's C module. Unless the package is already imported (by the build 
 `api` is loaded under a bare `onnxruntime.training` package instead.
 """
 
+import platform
 import sys
 import types
 from pathlib import Path
@@ -32,14 +33,17 @@ CheckpointState, Module, Optimizer = _api.CheckpointState, _api.Module, _api.Opt
 
 
 def training_session_options() -> ort.SessionOptions:
-    """Session options for a training Module: no spin-waiting, and no buffer reuse.
+    """Session options for a training Module: no spin-waiting, no buffer reuse, exact int8 products.
 
     Spinning threads waste the few cores of a shared device. Buffer reuse ties short-lived
     forward buffers to tensors kept until the backward pass (docs/design.md, "Training memory").
+    On x86 without VNNI, int8 compute's u8·s8 products would saturate (`exact_int8_needs_u8u8`).
     """
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_mem_reuse = False
+    if exact_int8_needs_u8u8(platform.machine(), cpu_flags()):
+        options.add_session_config_entry("session.x64quantprecision", "1")
     return options
 
 
@@ -65,3 +69,28 @@ def open_optimizer(optimizer_model: Path, module) -> "Optimizer":
         return Optimizer(str(optimizer_model), module)
     except ORT_ERRORS as e:
         raise BundleError(f"{optimizer_model}: ONNX Runtime cannot load it ({gist(e)})") from None
+
+
+def exact_int8_needs_u8u8(machine: str, flags: set[str] | None) -> bool:
+    """Whether ORT must run u8·s8 products as u8·u8 here (its session.x64quantprecision).
+
+    Without VNNI or AMX, MLAS's x86 u8·s8 kernels add pairs of products in saturating 16-bit
+    arithmetic (vpmaddubsw): 255·127·2 = 64770 is clamped to 32767, so int8 compute's
+    products would be wrong. The option makes ORT store int8 weights as uint8 and use its
+    exact u8·u8 kernels, about half as fast. With VNNI or AMX it would only slow them down.
+    `flags` is None where the CPU's features cannot be read: then, on x86, be exact.
+    docs/design.md, "int8 compute".
+    """
+    if machine.lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    return flags is None or not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    line = next((line for line in text.splitlines() if line.startswith("flags")), None)
+    return set(line.split(":", 1)[1].split()) if line else None

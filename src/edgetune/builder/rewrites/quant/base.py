@@ -36,13 +36,14 @@ from edgetune.common.peft import PEFT_PREFIX
 
 
 def quantize_frozen_base(
-    model: onnx.ModelProto, quant: str, block_size: int, training: bool, files: WeightFiles
+    model: onnx.ModelProto, quant: str, block_size: int, training: bool, files: WeightFiles, embeddings: bool = True
 ) -> None:
     """Quantize every Linear (MatMul/Gemm over a 2-D float constant) and the embeddings, in place.
 
     One weight at a time: each float weight is read through `files` and its quantized
     tensors go to `files`' store before the next is read. The LM head is left to
     `quantize_lm_head`, which the training graph needs after its loss.
+    embeddings=False leaves the embedding tables float (int8 compute over a LoRA base).
 
     Where the int4 block size does not divide a Linear's input dimension, its last block
     is padded (`formats.quantize_int4`) and the readers drop the padding.
@@ -58,7 +59,7 @@ def quantize_frozen_base(
         and not n.input[1].startswith(PEFT_PREFIX)  # an encoder's task head: trained, so float
         and is_float_matrix(inits.get(n.input[1]))
     ]
-    gathers = [n for n in graph.node if n.op_type == "Gather" and is_float_matrix(inits.get(n.input[0]))]
+    gathers = [n for n in graph.node if embeddings and n.op_type == "Gather" and is_float_matrix(inits.get(n.input[0]))]
     rewired: dict[int, tuple[list, list]] = {}  # id(node) -> (nodes to put before it, nodes after it)
     for node in gathers:
         table = files.values(inits[node.input[0]])  # (V, H)

@@ -1,0 +1,133 @@
+"""int8 compute's accuracy on the demo task: losses and held-out exact match against fp32 compute.
+
+    .venv/bin/python benchmarks/int8_accuracy.py [--steps 150] [--report]
+
+Four bundles of the embedded SmolLM2-135M-Instruct with the demo's adapter (r=8 on q/v):
+LoRA and QLoRA-int8, each with `--compute fp32` and `--compute int8`. Each is trained
+through the CLI with the demo's settings (methods.py's TRAIN: 150 steps, lr 2e-3, batch 8,
+seq-len 64; the same data in the same order, so step k sees the same batch in every run)
+and evaluated on the 100 held-out examples (a bundle already under artifacts/int8_accuracy
+is reused). Prints, for each int8 run against its fp32 twin, the relative difference of
+the training losses step by step (first 10 and first 50 steps: largest and mean), and the
+exact match. Results: artifacts/int8_accuracy/results.json.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from edgetune.common.embedded import smollm2_gguf
+from methods import ADAPTER, TRAIN, du, exact_match, load, log, run
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "artifacts" / "int8_accuracy"
+RUNS = {  # name -> build flags; each int8 run is compared with the fp32 run before it
+    "LoRA": ["--method", "lora"],
+    "LoRA, int8 compute": ["--method", "lora", "--compute", "int8"],
+    "QLoRA-int8": ["--method", "qlora", "--quant", "int8"],
+    "QLoRA-int8, int8 compute": ["--method", "qlora", "--quant", "int8", "--compute", "int8"],
+}
+
+
+def train_and_eval(name: str, flags: list, data: Path, steps: int) -> dict:
+    """Build, train and evaluate one bundle; its losses step by step and held-out exact match."""
+    slug = name.replace(", ", "-").replace(" ", "-")
+    bundle, run_dir = OUT / slug, OUT / f"{slug}-run"
+    build_s = build_load = None
+    if not (bundle / "manifest.json").is_file():  # built once; delete artifacts/int8_accuracy to build again
+        log(f"{name}: build")
+        _, build_s, build_load = run(["build", smollm2_gguf(), "-o", bundle, *flags, *ADAPTER, "--force"])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log(f"{name}: train")
+    train = [*TRAIN]
+    train[train.index("--steps") + 1] = str(steps)
+    _, train_s, train_load = run(["train", bundle, "--data", data / "train.jsonl", "-o", run_dir, *train])
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if m.get("type") == "train"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    log(f"{name}: eval")
+    em, eval_load = exact_match(bundle, data / "heldout.jsonl", run_dir / "adapter")
+    return {
+        "flags": flags,
+        "bundle_bytes": du(bundle),
+        "build_s": build_s,
+        "train_s": train_s,
+        "tokens_per_s": summary["tokens_per_s"],
+        "peak_rss_bytes": summary["peak_rss_bytes"],
+        "losses": losses,
+        "exact_match": em,
+        "loads": [build_load, train_load, eval_load, load()],
+    }
+
+
+def compare(int8: dict, fp32: dict) -> dict:
+    """Relative loss differences step by step (int8 / fp32 − 1) and the exact-match gap in points."""
+    diffs = [a / b - 1 for a, b in zip(int8["losses"], fp32["losses"])]
+    return {
+        "first10_max": max(map(abs, diffs[:10])),
+        "first10_mean": sum(diffs[:10]) / len(diffs[:10]),
+        "first50_max": max(map(abs, diffs[:50])),
+        "first50_mean": sum(diffs[:50]) / len(diffs[:50]),
+        "first50_mean_abs": sum(map(abs, diffs[:50])) / len(diffs[:50]),
+        "within_2pct": sum(1 for d in diffs[:50] if abs(d) <= 0.02),
+        "em_points": (int8["exact_match"] - fp32["exact_match"]) * 100,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--report", action="store_true", help="only print the tables of the last results")
+    args = parser.parse_args()
+    if args.report:
+        print(report(json.loads((OUT / "results.json").read_text())))
+        return 0
+    OUT.mkdir(parents=True, exist_ok=True)
+    data = OUT / "data"
+    run(["data", "dates", "-o", data, "--train", "2000", "--heldout", "100", "--seed", "0"])
+    results = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": {}, "comparisons": {}}
+    names = list(RUNS)
+    for name in names:
+        results["runs"][name] = train_and_eval(name, RUNS[name], data, args.steps)
+        (OUT / "results.json").write_text(json.dumps(results, indent=1))
+    for fp32, int8 in zip(names[::2], names[1::2]):
+        results["comparisons"][int8] = compare(results["runs"][int8], results["runs"][fp32])
+    (OUT / "results.json").write_text(json.dumps(results, indent=1))
+    print(report(results))
+    return 0
+
+
+def report(results: dict) -> str:
+    """The runs and comparisons as markdown."""
+    lines = [
+        "| run | exact match | tokens/s | peak RSS | loss at steps 1, 10, 50, last | load (build/train/eval/end) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results["runs"].items():
+        losses = r["losses"]
+        shown = ", ".join(f"{losses[i]:.4f}" for i in (0, 9, min(49, len(losses) - 1), len(losses) - 1))
+        loads = "/".join("-" if x is None else f"{x:.1f}" for x in r["loads"])
+        lines.append(
+            f"| {name} | {r['exact_match']:.0%} | {r['tokens_per_s']:.0f} | {r['peak_rss_bytes'] / 1e6:.0f} MB | "
+            f"{shown} | {loads} |"
+        )
+    lines += [
+        "",
+        "| int8 run against its fp32 twin | loss Δ first 10 steps: max, mean | first 50: max, mean, mean abs "
+        "| steps within 2% (of 50) | exact match Δ |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in results["comparisons"].items():
+        lines.append(
+            f"| {name} | {c['first10_max']:.1%}, {c['first10_mean']:+.1%} | {c['first50_max']:.1%}, "
+            f"{c['first50_mean']:+.1%}, {c['first50_mean_abs']:.1%} | {c['within_2pct']} | "
+            f"{c['em_points']:+.0f} points |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
