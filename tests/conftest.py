@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edgetune.common.embedded import smollm2_gguf
-from tests.tiny_models import ARCHS, make_model_dir
+from tests.tiny_models import ALL_ARCHS, make_model_dir
 
 _cache: dict = {}
 
@@ -41,7 +41,7 @@ def tiny_bundle(tmp_path_factory, tiny_model_dir):
 
 
 def pytest_report_header(config):
-    return f"tiny architectures: {', '.join(ARCHS)}"
+    return f"tiny architectures: {', '.join(ALL_ARCHS)}"
 
 
 @pytest.fixture(scope="session")

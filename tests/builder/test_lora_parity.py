@@ -8,14 +8,14 @@ from transformers import AutoModelForCausalLM
 from edgetune.common.manifest import read_manifest
 from edgetune.common.peft import bundle_adapter_keys, config_scaling, to_peft_layout
 from tests.parity import checkpoint_adapter, inference_logits, ort_training, peft_model, random_adapter, training_step
-from tests.tiny_models import ARCHS, VOCAB
+from tests.tiny_models import ALL_ARCHS, VOCAB
 
 
 def _ids(batch=2, seq=12, seed=0):
     return np.random.default_rng(seed).integers(3, VOCAB, (batch, seq)).astype(np.int64)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_untrained_adapter_gives_base_logits(arch, tiny_model_dir, tiny_bundle):
     bundle = tiny_bundle(arch)
     manifest = read_manifest(bundle)
@@ -29,7 +29,7 @@ def test_untrained_adapter_gives_base_logits(arch, tiny_model_dir, tiny_bundle):
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_random_adapter_matches_peft(arch, tiny_model_dir, tiny_bundle):
     bundle = tiny_bundle(arch)
     manifest = read_manifest(bundle)

@@ -13,7 +13,7 @@ from edgetune.builder.rewrites.recompute.layers import SUFFIX
 from edgetune.common.manifest import read_manifest
 from edgetune.common.names import CHECKPOINT, TRAINING_MODEL
 from tests.parity import ort_training, random_adapter, training_step
-from tests.tiny_models import ARCHS
+from tests.tiny_models import ALL_ARCHS
 
 LAYERS = 2  # every tiny model
 
@@ -39,7 +39,7 @@ def _same_training_step(plain, checkpointed) -> None:
         np.testing.assert_allclose(grads_ckpt[name], grads[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_same_loss_and_gradients_as_without(arch, method_bundle):
     plain = method_bundle(arch, "lora")
     checkpointed = method_bundle(arch, "lora", gradient_checkpointing=True)

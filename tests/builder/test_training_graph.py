@@ -6,7 +6,7 @@ import pytest
 
 from edgetune.common.names import EVAL_MODEL, INFERENCE_MODEL, TRAINING_MODEL
 from tests.parity import checkpoint_adapter, ort_training
-from tests.tiny_models import ARCHS
+from tests.tiny_models import ALL_ARCHS
 
 
 def test_lm_head_reads_only_labelled_rows(tiny_bundle):
@@ -48,7 +48,7 @@ def test_only_the_training_graph_drops_the_softmax_nan_guards(tiny_bundle):
     assert all(n.output[0] in used for n in eval_graph.node if n.op_type == "Constant")  # ORT would warn
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_backward_reads_recomputed_attention_probs(arch, tiny_bundle):
     graph = onnx.load(tiny_bundle(arch) / TRAINING_MODEL, load_external_data=False).graph
     softmaxes = [n for n in graph.node if n.op_type == "Softmax"]

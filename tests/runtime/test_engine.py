@@ -11,7 +11,7 @@ from edgetune.runtime.engine import Engine
 from edgetune.runtime.generate import Generator
 from edgetune.runtime.sampling import SamplingParams
 from tests.parity import inference_logits, random_adapter
-from tests.tiny_models import ARCHS
+from tests.tiny_models import ALL_ARCHS
 
 PROMPTS = [[5, 17, 42, 8, 99, 23], [7, 7, 31], [60, 12, 250, 3, 44, 90, 101, 5, 6], [11], [200, 201, 202, 9]]
 
@@ -38,7 +38,7 @@ def _alone(engine: Engine, prompt, adapter=None, n=12) -> list[int]:
     return [t for t, _ in _run_all(engine)["alone"]]
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS if ARCHITECTURES[a].serves])
+@pytest.mark.parametrize("arch", [a for a in ALL_ARCHS if ARCHITECTURES[a].serves])
 def test_serving_graph_equals_the_with_past_graph(arch, tiny_bundle, tmp_path):
     """Prefill logits within 1e-4 of the inference graph's; greedy tokens equal the Generator's (adapter on/off)."""
     bundle = tiny_bundle(arch, serve_quant="none")

@@ -16,7 +16,7 @@ from edgetune.runtime.sampling import Sampler, SamplingParams
 from edgetune.runtime.text_stream import TextStream
 from tests.runtime import gen_fixtures
 from tests.tamper import copy_bundle, reseal
-from tests.tiny_models import ARCHS
+from tests.tiny_models import ALL_ARCHS
 
 PROMPT = "the date of march is"
 
@@ -210,7 +210,7 @@ def test_lora_inputs_default_to_off_and_match_peft(llama, tmp_path):
         g_lora._set_extra_feeds({a_name: np.zeros((4, 32))})
 
 
-@pytest.mark.parametrize("arch", ARCHS)  # every family: its KV cache, sliding windows, logit tails
+@pytest.mark.parametrize("arch", ALL_ARCHS)  # every family: its KV cache, sliding windows, logit tails
 def test_bundle_greedy_matches_transformers(arch, tiny_bundle, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
