@@ -1,5 +1,5 @@
 """Real learning in a fleet: 4 simulated SmolLM2 clients on non-IID parts of the dates skill
-come within 10 points of the held-out exact match of one centralised run with the same total
+come within 5 points of the held-out exact match of one centralised run with the same total
 number of steps. Sized for the suite (about 240 SmolLM2 steps); the full comparison of
 strategies and rounds is `benchmarks/fleet.py` (benchmarks/FLEET.md)."""
 
@@ -61,4 +61,4 @@ def test_four_non_iid_clients_match_a_centralised_run(smollm2_bundle, tmp_path):
     )
     assert records[0]["exact_match"] < 0.5  # the skill is learnt, not there before
     assert central.accuracy >= 0.75
-    assert federated >= central.accuracy - 0.10
+    assert federated >= central.accuracy - 0.05  # measured: 88% and 88% (benchmarks/FLEET.md)
