@@ -32,8 +32,7 @@ from edgetune.common.trust import resolve_trust
 from edgetune.runtime.adapter_bank import AdapterBank
 from edgetune.runtime.kv_cache import KVCache
 from edgetune.runtime.model_files import ModelFiles
-from edgetune.runtime.ort_errors import ORT_ERRORS, gist
-from edgetune.runtime.ort_inference import default_session_options
+from edgetune.runtime.ort_inference import open_session
 from edgetune.runtime.sampling import Sampler, SamplingParams
 from edgetune.runtime.text_stream import TextStream
 
@@ -111,14 +110,7 @@ class Engine:
         self.files = ModelFiles(bundle)
         self.tokenizer = self.files.tokenizer
         self.manifest = manifest
-        try:
-            self.session = ort.InferenceSession(
-                str(graph),
-                providers=["CPUExecutionProvider"],
-                sess_options=session_options or default_session_options(),
-            )
-        except ORT_ERRORS as e:
-            raise BundleError(f"{graph}: ONNX Runtime cannot load it ({gist(e)})") from None
+        self.session = open_session(graph, session_options)
         inputs = {i.name: i for i in self.session.get_inputs()}
         past = [n for n in inputs if n.startswith(names.PAST)]
         kv_heads, head_dim = inputs[past[0]].shape[1], inputs[past[0]].shape[3]

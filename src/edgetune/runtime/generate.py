@@ -34,7 +34,7 @@ from edgetune.runtime.chat_template import render_chat
 from edgetune.runtime.model_config import read_model_config
 from edgetune.runtime.model_files import utf8_text
 from edgetune.runtime.ort_errors import ORT_ERRORS, gist
-from edgetune.runtime.ort_inference import default_session_options, input_dtype
+from edgetune.runtime.ort_inference import input_dtype, open_session
 from edgetune.runtime.sampling import Sampler, SamplingParams
 from edgetune.runtime.text_stream import TextStream
 
@@ -80,14 +80,7 @@ class Generator:
         self.tokenizer.no_truncation()
         self.eos_token_ids = self.config.eos_token_ids | ({self.tokenizer_info.eos_id} - {None})
         self.max_context = self.config.max_context
-        try:
-            self.session = ort.InferenceSession(
-                str(model_file),
-                providers=["CPUExecutionProvider"],
-                sess_options=session_options or default_session_options(),
-            )
-        except ORT_ERRORS as e:
-            raise BundleError(f"{model_file}: ONNX Runtime cannot load it ({gist(e)})") from None
+        self.session = open_session(model_file, session_options)
         self._model_file = model_file
         inputs = {i.name: i for i in self.session.get_inputs()}
         if names.INPUT_IDS not in inputs or LOGITS not in {o.name for o in self.session.get_outputs()}:

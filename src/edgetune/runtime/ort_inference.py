@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgetune.common.errors import BundleError
+from edgetune.runtime.ort_errors import ORT_ERRORS, gist
 
 DTYPES = {
     "tensor(float)": np.float32,
@@ -43,6 +44,15 @@ def default_session_options() -> ort.SessionOptions:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return so
+
+
+def open_session(model_file: Path, session_options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """A CPU inference session on `model_file` (default options unless given); a graph ORT cannot load is one line."""
+    try:
+        options = session_options or default_session_options()
+        return ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"], sess_options=options)
+    except ORT_ERRORS as e:
+        raise BundleError(f"{model_file}: ONNX Runtime cannot load it ({gist(e)})") from None
 
 
 def input_dtype(spec, model_file) -> type:

@@ -21,7 +21,7 @@ from edgetune.common.names import CHECKPOINT, INFERENCE_MODEL, LORA_SCALING
 from edgetune.common.peft import bundle_adapter_keys, config_scaling, load_adapter, to_graph_layout
 from edgetune.common.trust import resolve_trust
 from edgetune.runtime.batching import load_tokenizer
-from edgetune.runtime.generate import default_session_options
+from edgetune.runtime.ort_inference import open_session
 from edgetune.runtime.predictions import decode_outputs, score
 from edgetune.runtime.task_batching import encode_task, pad_features, prepare_tokenizer
 from edgetune.runtime.task_data import read_task_examples
@@ -60,11 +60,7 @@ class EncoderPredictor:
         self.batch_size = batch_size
         tokenizer, self.info = load_tokenizer(self.bundle)
         self.tokenizer = prepare_tokenizer(tokenizer, seq_len, self.task)
-        self.session = ort.InferenceSession(
-            str(self.opened.path(INFERENCE_MODEL)),
-            providers=["CPUExecutionProvider"],
-            sess_options=session_options or default_session_options(),
-        )
+        self.session = open_session(self.opened.path(INFERENCE_MODEL), session_options)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.set_adapter(adapter)
