@@ -113,10 +113,12 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def make_model_dir(arch: str, folder: Path, seed: int = 0) -> Path:
-    """Save a random tiny `arch` model and the tokenizer as a HF folder."""
+def make_model_dir(arch: str, folder: Path, seed: int = 0, **config) -> Path:
+    """Save a random tiny `arch` model (config: fields to change) and the tokenizer as a HF folder."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(CONFIGS[arch]())
+    hf_config = CONFIGS[arch]()
+    hf_config.update(config)
+    model = AutoModelForCausalLM.from_config(hf_config)
     model.save_pretrained(folder)
     make_tokenizer().save_pretrained(folder)
     return folder

@@ -8,6 +8,7 @@ from edgetune.common.manifest import read_manifest
 from edgetune.common.peft import save_adapter
 from tests.parity import random_adapter
 from tests.serve.live import LiveServer
+from tests.tiny_models import make_model_dir
 
 ADAPTERS = ("alpha", "beta", "gamma")
 
@@ -28,6 +29,19 @@ def served(tiny_bundle, tmp_path_factory):
     for i, name in enumerate(ADAPTERS):
         make_adapter(bundle, adapters_dir / name, seed=20 + i)
     return bundle, adapters_dir
+
+
+@pytest.fixture(scope="session")
+def long_bundle(tmp_path_factory):
+    """The tiny llama with a 4096-token context: 4000 greedy tokens take about 1.6 s to decode on an
+    idle machine (the 256-token context takes 60 ms), so a client can hang up in the middle."""
+    from edgetune.builder.pipeline import build_bundle
+    from edgetune.options import BuildConfig
+
+    folder = tmp_path_factory.mktemp("long_context")
+    model = make_model_dir("llama", folder / "hf", max_position_embeddings=4096)
+    build_bundle(BuildConfig(str(model), folder / "bundle", targets="all-linear"))
+    return folder / "bundle"
 
 
 @pytest.fixture
