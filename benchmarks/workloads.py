@@ -109,7 +109,7 @@ def text_tokens(n: int) -> list:
 
     from edgetune.tasks.dates import make_examples
 
-    tok = tokenizers.Tokenizer.from_file(str(SMOLLM2_BUNDLE / "tokenizer.json"))
+    tok = tokenizers.Tokenizer.from_file(str(ensure_smollm2_bundle() / "tokenizer.json"))
     ids, k = [], 0
     while len(ids) < n:
         examples = make_examples(500, seed=k)
@@ -132,7 +132,7 @@ def fixed_batch(batch: int, seq_len: int, vocab: int, all_labels: bool = False):
     from edgetune.runtime.batching import encode_example, load_tokenizer
     from edgetune.tasks.dates import make_examples
 
-    tokenizer, info = load_tokenizer(SMOLLM2_BUNDLE)
+    tokenizer, info = load_tokenizer(ensure_smollm2_bundle())
     ids, labels, k = [], [], 0
     while len(ids) < batch * seq_len + 1:
         for example in make_examples(500, seed=k):
