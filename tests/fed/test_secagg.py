@@ -85,6 +85,25 @@ def test_secagg_rounds_follow_the_plain_run(strategy, fleet_bundle, date_parts, 
     assert difference <= ROUNDS_TOLERANCE
 
 
+def test_a_node_that_drops_out_of_a_secagg_round_leaves_the_others_average(date_parts, fleet_bundle, tmp_path):
+    """The third node has more examples than --secagg-max-examples and refuses after the key exchange: Flower
+    rebuilds its masks from the others' shares, and the round is the 2 other nodes' average."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for name in ("client-00.jsonl", "client-01.jsonl"):
+        (parts / name).write_text((date_parts / name).read_text())
+    (parts / "client-02.jsonl").write_text("".join((date_parts / f"client-0{i}.jsonl").read_text() for i in range(3)))
+    bundle = fleet_bundle("lora")
+    simulate(_config(bundle, tmp_path / "two", clients=2), parts)
+    simulate(_config(bundle, tmp_path / "secagg", secagg=True, min_clients=2), parts)
+    assert _records(tmp_path / "secagg")[1]["clients"] == 2
+    manifest = read_manifest(bundle)
+    two, secure = (load_adapter(tmp_path / name / "adapter", manifest)[0] for name in ("two", "secagg"))
+    difference = _max_difference(two, secure)
+    print(f"2 of 3 nodes, 1 round: max |plain - SecAgg+| {difference:.3g}")
+    assert difference <= error_bound(_config(None, tmp_path), EXAMPLES) + FLOAT32_SLACK
+
+
 def test_secagg_refuses_fedex_dp_and_values_beyond_its_range(fleet_bundle, date_parts, tmp_path):
     bundle = fleet_bundle("fedex")
     with pytest.raises(ConfigError, match="fedex cannot run with SecAgg"):

@@ -64,7 +64,7 @@ class SecAggFedAvg(FedAvg):
 
     def aggregate_fit(self, server_round, results, failures):
         """FedAvg of the unmasked average, or nothing (the global stays) below `min_replies`."""
-        for failure in failures:
+        for failure in dict.fromkeys(map(str, failures)):  # Flower lists a node failing the masked stage twice
             log(WARNING, "round %d: a node failed: %s", server_round, failure)
         if len(results) < self.min_replies:
             log(
