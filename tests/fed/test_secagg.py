@@ -126,7 +126,7 @@ def test_secagg_refuses_fedex_dp_and_values_beyond_its_range(fleet_bundle, date_
         Context(1, 2, {"bundle": str(lora), "data": str(date_parts / "client-00.jsonl")}, RecordDict(), {})
     )
     initial = bundle_adapter(lora, manifest)
-    with pytest.raises(EdgetuneError, match=r"beyond --secagg-clip-range 0\.01"):
+    with pytest.raises(EdgetuneError, match=r"client-00.jsonl: the adapter .* magnitude 0\.1\d*, beyond .* 0\.01$"):
         node.fit([initial[k] for k in keys], config)
     with pytest.raises(EdgetuneError, match="48 examples, more than the fleet's --secagg-max-examples 40"):
         node.fit([initial[k] for k in keys], config | {CLIP_RANGE: 1.0, MAX_EXAMPLES: 40})

@@ -3,8 +3,9 @@
 SecAgg+ runs on Flower's legacy API (`fed.secagg_server`), so this app is the legacy shape
 Flower documents for it: `ClientApp(client_fn=..., mods=[..., secaggplus_mod])` with a
 `NumPyClient` whose `fit` trains with `fed.local.train_round`, as the Message API app does.
-The mod answers the protocol's four stages; only the masked-vector stage calls `fit`, and
-only the masked, quantized vector leaves the node. A node refuses (an error reply) when its
+The mod answers the protocol's four stages; only the masked-vector stage calls `fit`, and of
+the adapter only the masked, quantized vector leaves the node (its example count and train
+loss travel in clear, as FedAvg's weights must). A node refuses (an error reply) when its
 base model or adapter layout is not the server's, or when its upload would not fit the
 round's quantization range (values beyond ±clip range, more examples than max examples),
 which Flower's quantizer would otherwise clip without a word.
@@ -55,7 +56,8 @@ def _check_fits(upload: list[np.ndarray], examples: int, clip_range: float, max_
     largest = max(float(np.abs(a).max()) for a in upload)
     if largest > clip_range:
         raise EdgetuneError(
-            f"this node's adapter has a value of magnitude {largest:.4g}, beyond --secagg-clip-range {clip_range:g}"
+            f"{data}: the adapter trained on it has a value of magnitude {largest:.4g}, "
+            f"beyond the fleet's --secagg-clip-range {clip_range:g}"
         )
 
 
