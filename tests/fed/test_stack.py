@@ -44,6 +44,7 @@ UNINSTALL = "import sys\nfor name in ('torch', 'transformers', 'optimum', 'peft'
 IMPORTS = """
 import json
 import edgetune.fed.client_app, edgetune.fed.server_app, edgetune.fed.simulation, edgetune.fed.strategies
+import edgetune.fed.secagg_client, edgetune.fed.secagg_server
 banned = ("torch", "transformers", "optimum", "peft")
 print(json.dumps(sorted(m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in banned)))
 """
@@ -56,7 +57,8 @@ def test_the_fleet_apps_import_without_torch():
 
 
 def test_secagg_plus_runs_only_on_flowers_legacy_context():
-    """Why the fleet offers no SecAgg+ (README, Fleet tuning): Flower 1.42's workflow refuses a Message API context."""
+    """Why the fleet's SecAgg+ rounds use Flower's legacy API (fed.secagg_server): 1.42's workflow refuses a Message API
+    context."""
     import pytest
     from flwr.app import Context, RecordDict
     from flwr.server.workflow import SecAggPlusWorkflow

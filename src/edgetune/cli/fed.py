@@ -51,6 +51,14 @@ def _fleet_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dp-clip", type=float, default=0.0, help="clip each client's update to this L2 norm (DP)")
     p.add_argument("--dp-noise", type=float, default=0.0, help="Gaussian noise multiplier on the average (DP)")
     p.add_argument("--dp-delta", type=float, default=1e-5, help="the δ at which ε is reported")
+    p.add_argument("--secagg", action="store_true", help="secure aggregation with Flower's SecAgg+ (fedavg, ffa)")
+    p.add_argument(
+        "--secagg-threshold", type=float, default=0.5, help="SecAgg+: fraction of a round's nodes that unmask a node"
+    )
+    p.add_argument(
+        "--secagg-clip-range", type=float, default=1.0, help="SecAgg+: quantizer range; every uploaded value in ±this"
+    )
+    p.add_argument("--secagg-max-examples", type=int, default=1000, help="SecAgg+: the most examples a node may weigh")
 
 
 def register(sub) -> None:

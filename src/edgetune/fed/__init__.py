@@ -2,5 +2,6 @@
 
 aggregation (the LoRA math) · payload (what travels) · local (one node's round) · client_app ·
 strategies · server_app · server_rounds (what the server writes) · evaluation · simulation ·
-flower_app (the app folder for `flwr run`). Needs the `fed` extra; never imports torch.
+flower_app (the app folder for `flwr run`) · secagg_server, secagg_client (SecAgg+ rounds on Flower's
+legacy API). Needs the `fed` extra; never imports torch.
 """

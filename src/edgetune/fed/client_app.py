@@ -40,7 +40,7 @@ app = ClientApp(mods=[clip_when_asked])
 def train(msg: Message, context: Context) -> Message:
     """One round on this node: train from the global arrays, reply with the update and its metrics."""
     try:
-        bundle, data = _node_paths(context.node_config)
+        bundle, data = node_paths(context.node_config)
         config: ConfigRecord = msg.content[CONFIG]
         manifest = check_base(bundle, str(config[BASE_SHA]))
         settings = {k: config[k] for k in ("local_steps", "lr", "batch_size", "seq_len")}
@@ -63,7 +63,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=msg)
 
 
-def _node_paths(node_config: dict) -> tuple[Path, Path]:
+def node_paths(node_config: dict) -> tuple[Path, Path]:
     """The node's bundle and data paths from its node config, refused by name when missing."""
     missing = [k for k in ("bundle", "data") if not node_config.get(k)]
     if missing:

@@ -27,6 +27,11 @@ class FleetConfig:
     (eval loss, and exact match on the first `eval_limit` examples; 0 skips exact match).
     dp_noise > 0 or dp_clip > 0: client-side clipping at dp_clip with Gaussian noise (Flower's
     DifferentialPrivacyClientSideFixedClipping); dp_delta is the δ at which ε is reported.
+    secagg: the rounds run Flower's SecAgg+ (fedavg and ffa only; `fed.secagg_server`): each node
+    splits its keys among every node of the round, `secagg_threshold` of those shares unmask a
+    node; each node's uploaded values must lie in ±`secagg_clip_range` and its example count be at
+    most `secagg_max_examples` (Flower's clipping_range and max_weight, which set the quantization
+    error, docs/design.md).
     """
 
     bundle: Path
@@ -47,6 +52,10 @@ class FleetConfig:
     dp_clip: float = 0.0
     dp_noise: float = 0.0
     dp_delta: float = 1e-5
+    secagg: bool = False
+    secagg_threshold: float = 0.5
+    secagg_clip_range: float = 1.0
+    secagg_max_examples: int = 1000
 
     def __post_init__(self):
         for name in ("bundle", "out", "eval_data"):
@@ -79,6 +88,32 @@ class FleetConfig:
             )
         if not 0 < self.dp_delta < 1:
             raise ConfigError("dp_delta", f"must be in (0, 1), got {self.dp_delta}")
+        if self.secagg:
+            self._check_secagg()
+
+    def _check_secagg(self) -> None:
+        """Refuse what SecAgg+ cannot run with, one line each."""
+        if self.strategy == "fedex":
+            raise ConfigError(
+                "secagg",
+                "fedex cannot run with SecAgg+: its residual needs each node's exact A and B, SecAgg+ gives their sum",
+            )
+        if self.dp:
+            raise ConfigError(
+                "secagg",
+                "cannot run with differential privacy: SecAgg+ runs on Flower's legacy strategies, "
+                "whose DP wrapper has no accountant to report ε",
+            )
+        if self.clients < 3:
+            raise ConfigError(
+                "secagg", f"needs at least 3 clients (with 2, each could subtract its own update), got {self.clients}"
+            )
+        if not 0 < self.secagg_threshold <= 1:
+            raise ConfigError("secagg_threshold", f"must be a fraction in (0, 1], got {self.secagg_threshold}")
+        if not (math.isfinite(self.secagg_clip_range) and self.secagg_clip_range > 0):
+            raise ConfigError("secagg_clip_range", f"must be a finite number > 0, got {self.secagg_clip_range}")
+        if not isinstance(self.secagg_max_examples, int) or self.secagg_max_examples < 1:
+            raise ConfigError("secagg_max_examples", f"must be a whole number >= 1, got {self.secagg_max_examples}")
 
     @property
     def dp(self) -> bool:

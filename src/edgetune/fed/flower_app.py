@@ -4,7 +4,8 @@
 the SuperLink; every SuperNode imports `edgetune.fed.client_app:app` from its own
 edgetune install (with the `fed` extra), so the folder holds no code, only the
 components and the run config. Flower's dependency install must be off on the nodes
-(FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1): devices are offline.
+(FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1): devices are offline. A SecAgg+ fleet
+names `edgetune.fed.secagg_client:app`, the ClientApp with Flower's `secaggplus_mod`.
 """
 
 from pathlib import Path
@@ -35,7 +36,7 @@ def app_pyproject(config: FleetConfig) -> dict:
                     "publisher": "edgetune",
                     "components": {
                         "serverapp": "edgetune.fed.server_app:app",
-                        "clientapp": "edgetune.fed.client_app:app",
+                        "clientapp": f"edgetune.fed.{'secagg_client' if config.secagg else 'client_app'}:app",
                     },
                     "config": config.to_run_config(),
                 }

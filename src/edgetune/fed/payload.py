@@ -9,6 +9,7 @@ Arrays use PEFT's layout (A (r, in), B (out, r), deltas (out, in)) and PEFT's ke
 Flower `ArrayRecord` holds an adapter as PEFT would save it.
 """
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,9 @@ ARRAYS = "arrays"  # the RecordDict keys Flower's strategies use
 CONFIG = "config"
 METRICS = "metrics"
 BASE_SHA = "base-sha256"  # the server's base-model hash, sent with every round's config
+KEYS_SHA = "keys-sha256"  # SecAgg+ rounds: the hash of the arrays' order (legacy Parameters carry no names)
+CLIP_RANGE = "secagg-clip-range"  # SecAgg+ rounds: the quantizer's range, checked by each node
+MAX_EXAMPLES = "secagg-max-examples"
 
 
 def bundle_adapter(bundle: Path, manifest: dict) -> dict[str, np.ndarray]:
@@ -44,6 +48,11 @@ def uploaded_keys(strategy: str, manifest: dict) -> list[str]:
 def sent_keys(strategy: str, manifest: dict) -> list[str]:
     """The keys the server sends: what the nodes upload, plus the base deltas under fedex."""
     return uploaded_keys(strategy, manifest) + (bundle_delta_keys(manifest) if strategy == "fedex" else [])
+
+
+def keys_digest(keys: list[str]) -> str:
+    """The sha256 of an ordered key list: what the server and a node must agree on."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -4,7 +4,8 @@ On Flower's Deployment Engine the run config (`[tool.flwr.app.config]` of the ap
 `edgetune fed app` writes, or `flwr run --run-config`) is a `FleetConfig`. The server
 holds the bundle too: it starts from the bundle's initial adapter (so every node's A is
 the same seeded A), sends each node's base-model hash check with the round's config,
-writes the global adapter after every round and evaluates it on held-out data.
+writes the global adapter after every round and evaluates it on held-out data. With
+`secagg` the rounds run Flower's SecAgg+ workflow instead (`fed.secagg_server`).
 """
 
 from flwr.app import ConfigRecord, Context
@@ -16,6 +17,7 @@ from edgetune.common.names import METRICS
 from edgetune.common.peft import DELTA_SUFFIX, config_scaling
 from edgetune.fed.config import FleetConfig
 from edgetune.fed.payload import BASE_SHA, bundle_adapter, check_strategy_fits, sent_keys, to_record
+from edgetune.fed.secagg_server import run_secagg_rounds
 from edgetune.fed.server_rounds import RoundRecorder
 from edgetune.fed.strategies import make_strategy
 
@@ -37,27 +39,29 @@ def run_fleet(grid: Grid, config: FleetConfig) -> dict:
     initial = bundle_adapter(config.bundle, manifest)
     deltas = {k: v for k, v in initial.items() if k.endswith(DELTA_SUFFIX)}
     recorder = RoundRecorder(config, manifest, initial)
+    train_config = {
+        "strategy": config.strategy,
+        "local_steps": config.local_steps,
+        "lr": float(config.lr),
+        "batch_size": config.batch_size,
+        "seq_len": config.seq_len,
+        "seed": config.seed,
+        BASE_SHA: manifest["source"]["weights_sha256"],
+    }
+    keys = sent_keys(config.strategy, manifest)
+    if config.secagg:
+        run_secagg_rounds(grid, config, keys, initial, recorder, train_config)
+        return recorder.finish()
     strategy = make_strategy(
         config, config.clients, config_scaling(manifest["adapter_config"]), deltas, recorder.aggregate_metrics
     )
     recorder.strategy = strategy
-    train_config = ConfigRecord(
-        {
-            "strategy": config.strategy,
-            "local_steps": config.local_steps,
-            "lr": float(config.lr),
-            "batch_size": config.batch_size,
-            "seq_len": config.seq_len,
-            "seed": config.seed,
-            BASE_SHA: manifest["source"]["weights_sha256"],
-        }
-    )
     strategy.start(
         grid,
-        to_record({k: initial[k] for k in sent_keys(config.strategy, manifest)}),
+        to_record({k: initial[k] for k in keys}),
         num_rounds=config.rounds,
         timeout=config.round_timeout,
-        train_config=train_config,
+        train_config=ConfigRecord(train_config),
         evaluate_fn=recorder.after_round,
     )
     return recorder.finish()

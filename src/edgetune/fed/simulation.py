@@ -6,7 +6,8 @@ process, one client after the other, and returns the replies. Flower's own simul
 engine needs Ray (the `flwr[simulation]` extra) and runs clients in parallel; on a
 2-core device-class machine clients in turn measure each client's training time cleanly
 and keep one ONNX Runtime session alive at a time. A real fleet runs on the Deployment
-Engine (README, "Fleet tuning").
+Engine (README, "Fleet tuning"). SecAgg+ runs (`secagg`) go through the same grid to
+`fed.secagg_client`'s ClientApp.
 """
 
 from collections.abc import Iterable
@@ -14,13 +15,17 @@ from pathlib import Path
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from edgetune.common.errors import DataError
 from edgetune.fed.client_app import app as client_app
 from edgetune.fed.config import FleetConfig
+from edgetune.fed.secagg_client import app as secagg_client_app
 from edgetune.fed.server_app import run_fleet
 from edgetune.tasks.dates import HELDOUT_FILE
 
@@ -29,15 +34,16 @@ RUN_ID = 1
 
 
 class SequentialGrid(Grid):
-    """A Grid whose nodes are ClientApp contexts in this process, served one message at a time."""
+    """A Grid whose nodes are ClientApp contexts in this process, served one message at a time by `app`."""
 
-    def __init__(self, contexts: dict[int, Context]):
+    def __init__(self, contexts: dict[int, Context], app: ClientApp = client_app):
         self.contexts = contexts
+        self.app = app
         self.replies: dict[str, Message] = {}
-        self._run = None
+        self._run = Run.create_empty(RUN_ID)  # Flower's legacy workflows read the run id
 
     def set_run(self, run) -> None:
-        """Keep the run (unused: every context already names it)."""
+        """Keep the run (every context already names it)."""
         self._run = run
 
     @property
@@ -71,12 +77,23 @@ class SequentialGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
     def _deliver(self, message: Message) -> Message:
-        """The node's ClientApp reply; an exception becomes an error reply, as a SuperNode sends it."""
+        """The node's ClientApp reply; an exception becomes an error reply, as a SuperNode sends it.
+
+        Both travel as Flower's protobuf, as over a network: the server may send one content
+        object to every node (SecAgg+'s stages do), which a node's mods must not change for the others.
+        """
+        message = _transmitted(message)
         context = self.contexts[message.metadata.dst_node_id]
         try:
-            return client_app(message, context)
+            reply = self.app(message, context)
         except Exception as e:
-            return Message(Error(code=CLIENT_CRASHED, reason=f"{type(e).__name__}: {e}"), reply_to=message)
+            reply = Message(Error(code=CLIENT_CRASHED, reason=f"{type(e).__name__}: {e}"), reply_to=message)
+        return _transmitted(reply)
+
+
+def _transmitted(message: Message) -> Message:
+    """The message as the other end receives it (serialized and parsed)."""
+    return message_from_proto(message_to_proto(message))
 
 
 def client_parts(data_dir: Path, clients: int) -> list[Path]:
@@ -95,4 +112,4 @@ def simulate(config: FleetConfig, data_dir: Path) -> dict:
         node: Context(RUN_ID, node, {"bundle": str(config.bundle), "data": str(part)}, RecordDict(), run_config)
         for node, part in enumerate(client_parts(data_dir, config.clients), start=1)
     }
-    return run_fleet(SequentialGrid(contexts), config)
+    return run_fleet(SequentialGrid(contexts, secagg_client_app if config.secagg else client_app), config)
