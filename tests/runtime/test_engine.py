@@ -58,6 +58,23 @@ def test_serving_graph_equals_the_with_past_graph(arch, tiny_bundle, tmp_path):
     assert _alone(engine, PROMPTS[2], None, 16) == generator.generate_ids(PROMPTS[2], 16)
 
 
+def test_the_score_scale_follows_query_pre_attn_scalar(tmp_path):
+    """The tiny Gemma configs have query_pre_attn_scalar = head_dim; with 32, GQA's scale must follow it
+    (measured without it: 0.068 off)."""
+    from edgetune.builder.pipeline import build_bundle
+    from edgetune.options import BuildConfig
+    from tests.tiny_models import make_model_dir
+
+    model = make_model_dir("gemma2", tmp_path / "hf", query_pre_attn_scalar=32)
+    bundle = tmp_path / "bundle"
+    build_bundle(BuildConfig(str(model), bundle, targets="all-linear", serve_quant="none"))
+    weights, scaling = _adapter(bundle, tmp_path / "a", seed=3)
+    engine = Engine(bundle)
+    engine.load_adapter("a", tmp_path / "a")
+    reference = inference_logits(bundle, np.array([LONG_PROMPT]), weights, scaling)[0, -1]
+    np.testing.assert_allclose(engine.next_token_logits(LONG_PROMPT, "a"), reference, atol=1e-4)
+
+
 def test_dora_rows_equal_the_dora_inference_graph(tiny_bundle, tmp_path):
     bundle = tiny_bundle("llama", method="dora", serve_quant="none")
     _adapter(bundle, tmp_path / "d", seed=4)
