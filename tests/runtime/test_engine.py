@@ -58,6 +58,20 @@ def test_serving_graph_equals_the_with_past_graph(arch, tiny_bundle, tmp_path):
     assert _alone(engine, PROMPTS[2], None, 16) == generator.generate_ids(PROMPTS[2], 16)
 
 
+@pytest.mark.parametrize(("arch", "quant"), [("llama", "int4"), ("qwen3", "int4"), ("gemma2", "int8")])
+def test_qlora_bundles_serve_the_base_they_trained_on(arch, quant, tiny_bundle, tmp_path):
+    """A QLoRA bundle's serving graph keeps its quantized base: logits within 1e-4 of its inference graph's.
+
+    int4's offset Add and the adapter bank's Add once shared a node name, and ORT refused the graph.
+    """
+    bundle = tiny_bundle(arch, method="qlora", quant=quant)
+    weights, scaling = _adapter(bundle, tmp_path / "a", seed=7)
+    engine = Engine(bundle)
+    engine.load_adapter("a", tmp_path / "a")
+    reference = inference_logits(bundle, np.array([LONG_PROMPT]), weights, scaling)[0, -1]
+    np.testing.assert_allclose(engine.next_token_logits(LONG_PROMPT, "a"), reference, atol=1e-4)
+
+
 def test_the_score_scale_follows_query_pre_attn_scalar(tmp_path):
     """The tiny Gemma configs have query_pre_attn_scalar = head_dim; with 32, GQA's scale must follow it
     (measured without it: 0.068 off)."""
