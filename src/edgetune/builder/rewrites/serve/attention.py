@@ -54,18 +54,7 @@ def use_group_query_attention(
     graph = model.graph
     use_contrib_opset(model)
     h, kv, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
-    if POSITION_IDS not in {i.name for i in graph.input}:  # Gemma's exports compute positions from the mask
-        graph.input.append(make_input(POSITION_IDS, TensorProto.INT64, ["batch", "sequence"]))
-    graph.input.append(make_input(SEQLENS_K, TensorProto.INT32, ["batch"]))
-    graph.input.append(make_input(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, []))
-    graph.input.append(make_input(PREFIX_QUERY, TensorProto.FLOAT, ["batch", "prefix", h * d]))
-    graph.input.append(make_input(PREFIX_LENGTH, TensorProto.INT64, [1]))
-    add_initializer(graph, "/serve/prefix/ends", np.array([np.iinfo(np.int64).max], np.int64))
-    add_initializer(graph, "/serve/prefix/axes", np.array([1], np.int64))
-    add_initializer(graph, "/serve/heads/merged", np.array([0, 0, -1], np.int64))
-    for name, (cos, sin) in (tables or {}).items():
-        add_initializer(graph, _cache_name(name, "cos"), cos)
-        add_initializer(graph, _cache_name(name, "sin"), sin)
+    _add_shared_inputs(graph, h * d, tables)
     past_inputs = {i.name: i for i in graph.input if i.name.startswith(PAST)}
     outputs = {o.name: o for o in graph.output}
     new_nodes: list[onnx.NodeProto] = []
@@ -120,6 +109,22 @@ def use_group_query_attention(
     for name, value in outputs.items():
         if name.startswith(PRESENT):
             value.type.tensor_type.shape.dim[2].dim_param = "capacity"
+
+
+def _add_shared_inputs(graph: onnx.GraphProto, query_width: int, tables: dict | None) -> None:
+    """The inputs and constants every layer's core reads: positions, GQA's lengths, the prefix, rotary tables."""
+    if POSITION_IDS not in {i.name for i in graph.input}:  # Gemma's exports take none (they compute positions)
+        graph.input.append(make_input(POSITION_IDS, TensorProto.INT64, ["batch", "sequence"]))
+    graph.input.append(make_input(SEQLENS_K, TensorProto.INT32, ["batch"]))
+    graph.input.append(make_input(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, []))
+    graph.input.append(make_input(PREFIX_QUERY, TensorProto.FLOAT, ["batch", "prefix", query_width]))
+    graph.input.append(make_input(PREFIX_LENGTH, TensorProto.INT64, [1]))
+    add_initializer(graph, "/serve/prefix/ends", np.array([np.iinfo(np.int64).max], np.int64))
+    add_initializer(graph, "/serve/prefix/axes", np.array([1], np.int64))
+    add_initializer(graph, "/serve/heads/merged", np.array([0, 0, -1], np.int64))
+    for name, (cos, sin) in (tables or {}).items():
+        add_initializer(graph, _cache_name(name, "cos"), cos)
+        add_initializer(graph, _cache_name(name, "sin"), sin)
 
 
 def _after_prefix(graph, nodes: list, n: int, q: str, k: str, v: str, kv_width: int, p: str) -> tuple[str, str, str]:
