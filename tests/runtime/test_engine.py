@@ -14,6 +14,8 @@ from tests.parity import inference_logits, random_adapter
 from tests.tiny_models import ALL_ARCHS
 
 PROMPTS = [[5, 17, 42, 8, 99, 23], [7, 7, 31], [60, 12, 250, 3, 44, 90, 101, 5, 6], [11], [200, 201, 202, 9]]
+LONG_PROMPT = PROMPTS[2] + PROMPTS[0]  # 15 tokens: past the tiny Gemma 2/3 sliding window (8)
+NEWER_SERVING = ("qwen3", "granite", "gemma", "gemma2", "gemma3_text")  # q/k norms, scales, windows, local rope
 
 
 def _adapter(bundle, folder, seed, base_sha=None):
@@ -40,19 +42,51 @@ def _alone(engine: Engine, prompt, adapter=None, n=12) -> list[int]:
 
 @pytest.mark.parametrize("arch", [a for a in ALL_ARCHS if ARCHITECTURES[a].serves])
 def test_serving_graph_equals_the_with_past_graph(arch, tiny_bundle, tmp_path):
-    """Prefill logits within 1e-4 of the inference graph's; greedy tokens equal the Generator's (adapter on/off)."""
+    """Prefill logits within 1e-4 of the inference graph's (a prompt shorter and one longer than a sliding
+    window); greedy tokens equal the Generator's (adapter on/off)."""
     bundle = tiny_bundle(arch, serve_quant="none")
     weights, scaling = _adapter(bundle, tmp_path / "a", seed=3)
     engine = Engine(bundle, max_batch=4)
     engine.load_adapter("a", tmp_path / "a")
-    prompt = np.array([PROMPTS[0]])
-    for name, adapter, scale in (("a", weights, scaling), (None, weights, 0.0)):
-        reference = inference_logits(bundle, prompt, adapter, scale)[0, -1]
-        np.testing.assert_allclose(engine.next_token_logits(PROMPTS[0], name), reference, atol=1e-4)
+    for prompt in (PROMPTS[0], LONG_PROMPT):
+        for name, adapter, scale in (("a", weights, scaling), (None, weights, 0.0)):
+            reference = inference_logits(bundle, np.array([prompt]), adapter, scale)[0, -1]
+            np.testing.assert_allclose(engine.next_token_logits(prompt, name), reference, atol=1e-4)
     generator = Generator(bundle, adapter=tmp_path / "a")
     assert _alone(engine, PROMPTS[0], "a", 16) == generator.generate_ids(PROMPTS[0], 16)
     generator.set_adapter(None)
     assert _alone(engine, PROMPTS[2], None, 16) == generator.generate_ids(PROMPTS[2], 16)
+
+
+@pytest.mark.parametrize(("arch", "quant"), [("llama", "int4"), ("qwen3", "int4"), ("gemma2", "int8")])
+def test_qlora_bundles_serve_the_base_they_trained_on(arch, quant, tiny_bundle, tmp_path):
+    """A QLoRA bundle's serving graph keeps its quantized base: logits within 1e-4 of its inference graph's.
+
+    int4's offset Add and the adapter bank's Add once shared a node name, and ORT refused the graph.
+    """
+    bundle = tiny_bundle(arch, method="qlora", quant=quant)
+    weights, scaling = _adapter(bundle, tmp_path / "a", seed=7)
+    engine = Engine(bundle)
+    engine.load_adapter("a", tmp_path / "a")
+    reference = inference_logits(bundle, np.array([LONG_PROMPT]), weights, scaling)[0, -1]
+    np.testing.assert_allclose(engine.next_token_logits(LONG_PROMPT, "a"), reference, atol=1e-4)
+
+
+def test_the_score_scale_follows_query_pre_attn_scalar(tmp_path):
+    """The tiny Gemma configs have query_pre_attn_scalar = head_dim; with 32, GQA's scale must follow it
+    (measured without it: 0.068 off)."""
+    from edgetune.builder.pipeline import build_bundle
+    from edgetune.options import BuildConfig
+    from tests.tiny_models import make_model_dir
+
+    model = make_model_dir("gemma2", tmp_path / "hf", query_pre_attn_scalar=32)
+    bundle = tmp_path / "bundle"
+    build_bundle(BuildConfig(str(model), bundle, targets="all-linear", serve_quant="none"))
+    weights, scaling = _adapter(bundle, tmp_path / "a", seed=3)
+    engine = Engine(bundle)
+    engine.load_adapter("a", tmp_path / "a")
+    reference = inference_logits(bundle, np.array([LONG_PROMPT]), weights, scaling)[0, -1]
+    np.testing.assert_allclose(engine.next_token_logits(LONG_PROMPT, "a"), reference, atol=1e-4)
 
 
 def test_dora_rows_equal_the_dora_inference_graph(tiny_bundle, tmp_path):
@@ -79,7 +113,7 @@ def test_quantized_serving_stays_within_measured_bounds(arch, quant, tiny_bundle
         assert np.abs(engine.next_token_logits(prompt, "a") - reference).max() < bound
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", *NEWER_SERVING])
 def test_batched_greedy_equals_alone_over_three_adapters(arch, tiny_bundle, tmp_path):
     """8 concurrent requests over the base and two adapters, some joining mid-way: each as it is alone."""
     bundle = tiny_bundle(arch)
@@ -185,7 +219,7 @@ def test_sampling_is_reproducible_per_request(tiny_bundle):
     assert out["x"] == out["y"]
 
 
-@pytest.mark.parametrize("arch", ["llama", "phi3"])
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma3_text"])  # gemma3_text: windows and local rope too
 def test_chunked_prefill_equals_one_shot(arch, tiny_bundle, tmp_path):
     """Prompts prefilled 4 tokens a step, while other rows decode, give the one-shot tokens and logits."""
     bundle = tiny_bundle(arch, serve_quant="none")

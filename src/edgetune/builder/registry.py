@@ -23,6 +23,7 @@ class Architecture:
     lm_head: str = "lm_head"
     serve_qkv: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # one when fused
     serve_out: str = "self_attn.o_proj"  # the attention's output projection
+    serve_qk_norms: tuple[str, ...] = ()  # norms on q and k before rotary (Qwen3, Gemma 3)
     rotary: bool = True  # rotary positions (else learned position embeddings, as GPT-2)
     serves: bool = (
         True  # builder/serving.py's rewrite handles its attention (else no serve.onnx: inference.onnx serves)
@@ -46,6 +47,7 @@ def _encoder(model_type: str, linears: tuple[str, ...], defaults: tuple[str, ...
 
 
 _LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_QK_NORMS = ("self_attn.q_norm", "self_attn.k_norm")
 _BERT_LINEARS = ("query", "key", "value", "dense")  # dense: attention output, MLP in and out, pooler
 
 ARCHITECTURES = {
@@ -69,13 +71,13 @@ ARCHITECTURES = {
             serve_out="attn.c_proj",
             rotary=False,
         ),
-        Architecture("gemma", _LLAMA_LINEARS, ("q_proj", "v_proj"), serves=False),
-        Architecture("gemma2", _LLAMA_LINEARS, ("q_proj", "v_proj"), serves=False),
-        Architecture(
-            "gemma3_text", _LLAMA_LINEARS, ("q_proj", "v_proj"), serves=False
-        ),  # Gemma 3's text models (270M, 1B)
-        Architecture("qwen3", _LLAMA_LINEARS, ("q_proj", "v_proj"), serves=False),
-        Architecture("granite", _LLAMA_LINEARS, ("q_proj", "v_proj"), serves=False),
+        Architecture("gemma", _LLAMA_LINEARS, ("q_proj", "v_proj")),
+        Architecture("gemma2", _LLAMA_LINEARS, ("q_proj", "v_proj")),
+        Architecture(  # Gemma 3's text models (270M, 1B)
+            "gemma3_text", _LLAMA_LINEARS, ("q_proj", "v_proj"), serve_qk_norms=_QK_NORMS
+        ),
+        Architecture("qwen3", _LLAMA_LINEARS, ("q_proj", "v_proj"), serve_qk_norms=_QK_NORMS),
+        Architecture("granite", _LLAMA_LINEARS, ("q_proj", "v_proj")),
         Architecture("olmo", _LLAMA_LINEARS, ("q_proj", "v_proj")),
         Architecture("stablelm", _LLAMA_LINEARS, ("q_proj", "v_proj")),
         _encoder("bert", _BERT_LINEARS, ("query", "value")),  # MiniLM too

@@ -17,12 +17,8 @@ from edgetune.builder.export import load_exported
 from edgetune.builder.graph import LinearSite, find_linears
 from edgetune.builder.rewrites.quant.tensors import is_float_matrix
 from edgetune.builder.rewrites.serve.adapter_bank import add_adapter_bank
-from edgetune.builder.rewrites.serve.attention import (
-    attention_layers,
-    attention_shape,
-    rotary_tables,
-    use_group_query_attention,
-)
+from edgetune.builder.rewrites.serve.attention import attention_layers, use_group_query_attention
+from edgetune.builder.rewrites.serve.attention_config import attention_shape, rotary_tables
 from edgetune.builder.rewrites.serve.last_position import head_on_last_position, prune
 from edgetune.builder.rewrites.serve.quantize import quantize_serving_weights
 from edgetune.builder.weights import MIN_EXTERNAL_BYTES, WeightFiles, WeightStore, load_weights
@@ -38,9 +34,9 @@ def prepare_serving_graph(path: Path, plan, config, sites_of, serve_quant: str) 
     model = load_exported(path)
     arch, variant = plan.arch, plan.variant
     linears = find_linears(model.graph, arch)
-    layers = attention_layers(linears, model.graph, arch.serve_qkv, arch.serve_out)
+    layers = attention_layers(linears, model.graph, arch.serve_qkv, arch.serve_out, arch.serve_qk_norms)
     shape = attention_shape(config)
-    tables = rotary_tables(config, shape["head_dim"], shape["positions"]) if arch.rotary else None
+    tables = rotary_tables(config, shape["positions"]) if arch.rotary else None
     use_group_query_attention(model, layers, shape, tables)
     sites: list[LinearSite] = sites_of(model)
     files = WeightFiles(path.parent, None)  # weights read from the export as needed; what is added stays inline

@@ -50,6 +50,8 @@ def add_adapter_bank(model: onnx.ModelProto, sites: list[LinearSite], dora: bool
         xab = add_node(branch, "MatMul", [xa, b], f"{p}/xAB")  # (B, S, out)
         base = base_output(site.module_path)
         last.output[list(last.output).index(y)] = base
+        if last.name == y:  # int4's offset Add is named after its output, which the branch's Add now writes
+            last.name = base
         out, rows = base, y
         if flat:  # the branch works on (B, S, out) rows; the Gemm's (B·S, out) output is reshaped to them and back
             out = add_node(branch, "Reshape", [base, add_node(branch, "Shape", [xab], f"{p}/row_shape")], f"{p}/rows")

@@ -15,15 +15,18 @@ different positions (continuous batching). A run with S > 1 is a prompt: ORT 1.1
 writes its keys from position 0 and attends only among them, so a prompt continued in
 chunks feeds the row's cached keys and values back as a prefix (`prefix_key.N`, ...):
 docs/design.md, "Serving graph".
-The rotary tables are HF's own (transformers' rope init for the config), per position.
+The rotary tables are HF's own (transformers' rope init for the config), per position; the
+score scale, sliding windows and per-layer tables come from the config (`attention_config`).
+q/k norms between the projections and rotary (Qwen3, Gemma 3) stay: the core starts after them.
 """
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
-from edgetune.builder.graph import LinearSite, add_initializer, add_node, make_input
+from edgetune.builder.graph import LinearSite, add_initializer, add_node, make_input, module_path
 from edgetune.builder.rewrites.quant.tensors import CONTRIB, use_contrib_opset
+from edgetune.builder.rewrites.serve.attention_config import GLOBAL_TABLES
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.names import (
     PAST,
@@ -37,55 +40,21 @@ from edgetune.common.names import (
     TOTAL_SEQUENCE_LENGTH,
 )
 
-COS_CACHE, SIN_CACHE = "/serve/rotary/cos", "/serve/rotary/sin"
-
-
-def attention_shape(config) -> dict:
-    """Heads, kv heads, head dim, positions and sliding window of a HF config."""
-    heads = getattr(config, "num_attention_heads", None) or config.n_head
-    hidden = getattr(config, "hidden_size", None) or config.n_embd
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    positions = getattr(config, "max_position_embeddings", None) or config.n_positions
-    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
-    return {"heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "positions": positions, "window": window}
-
-
-def rotary_tables(config, head_dim: int, positions: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin) of shape (positions, rotary_dim / 2), computed as transformers' rotary embedding does."""
-    import torch
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    scaling = getattr(config, "rope_scaling", None) or {}
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type not in ("default", "linear", "llama3", "yarn"):
-        raise EdgetuneError(f"rope_scaling type {rope_type!r} is not supported by the serving graph")
-    init = ROPE_INIT_FUNCTIONS[rope_type]
-    inv_freq, attention_scaling = init(config, "cpu")
-    freqs = torch.arange(positions, dtype=torch.float32)[:, None] * inv_freq.float()[None]  # (P, rotary/2)
-    return (freqs.cos() * attention_scaling).numpy(), (freqs.sin() * attention_scaling).numpy()
-
 
 def use_group_query_attention(
-    model: onnx.ModelProto, layers: list[dict], shape: dict, tables: tuple[np.ndarray, np.ndarray] | None
+    model: onnx.ModelProto, layers: list[dict], shape: dict, tables: dict[str, tuple] | None
 ) -> None:
     """Replace each layer's attention core in place; `layers` gives per layer its q/k/v tensors and o input.
 
-    Each entry: {"index": N, "qkv": [q, k, v] or [fused], "out": tensor the output projection reads}.
-    tables: HF's (cos, sin) for rotary families, None for learned positions (GPT-2).
+    Each entry: {"index": N, "qkv": [q, k, v] or [fused], "out": tensor the output projection reads,
+    "heads": None, or the layout of q and k after q/k norms: "BSHD" (B, S, heads, head_dim) or "BHSD"}.
+    `shape`: attention_shape(config).
+    tables: name -> HF's (cos, sin) for rotary families, None for learned positions (GPT-2).
     """
     graph = model.graph
     use_contrib_opset(model)
     h, kv, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
-    graph.input.append(make_input(SEQLENS_K, TensorProto.INT32, ["batch"]))
-    graph.input.append(make_input(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, []))
-    graph.input.append(make_input(PREFIX_QUERY, TensorProto.FLOAT, ["batch", "prefix", h * d]))
-    graph.input.append(make_input(PREFIX_LENGTH, TensorProto.INT64, [1]))
-    add_initializer(graph, "/serve/prefix/ends", np.array([np.iinfo(np.int64).max], np.int64))
-    add_initializer(graph, "/serve/prefix/axes", np.array([1], np.int64))
-    if tables is not None:
-        add_initializer(graph, COS_CACHE, tables[0])
-        add_initializer(graph, SIN_CACHE, tables[1])
+    _add_shared_inputs(graph, h * d, tables)
     past_inputs = {i.name: i for i in graph.input if i.name.startswith(PAST)}
     outputs = {o.name: o for o in graph.output}
     new_nodes: list[onnx.NodeProto] = []
@@ -100,17 +69,22 @@ def use_group_query_attention(
             new_nodes.append(split)
             qkv = [f"{p}/q", f"{p}/k", f"{p}/v"]
         q, k, v = qkv
+        if layer["heads"] is not None:  # q and k after the q/k norms -> (B, S, heads·head_dim)
+            q, k = (_merge_heads(new_nodes, x, f"{p}/{name}", layer["heads"]) for x, name in ((q, "q"), (k, "k")))
         if tables is not None:
-            q = _rotary(new_nodes, q, f"{p}/q_rot", h, d, tables)
-            k = _rotary(new_nodes, k, f"{p}/k_rot", kv, d, tables)
+            cache = shape["tables"][n]
+            q = _rotary(new_nodes, q, f"{p}/q_rot", h, d, cache, tables[cache])
+            k = _rotary(new_nodes, k, f"{p}/k_rot", kv, d, cache, tables[cache])
         q, k, v = _after_prefix(graph, new_nodes, n, q, k, v, kv * d, p)
         past_k, past_v = f"{PAST}{n}.key", f"{PAST}{n}.value"
         present_k, present_v = f"{PRESENT}{n}.key", f"{PRESENT}{n}.value"
         if past_k not in past_inputs or present_k not in outputs:
             raise EdgetuneError(f"the with-past export has no {past_k} / {present_k} for layer {n}")
         attrs = {"num_heads": h, "kv_num_heads": kv}
-        if shape["window"]:
-            attrs["local_window_size"] = int(shape["window"])
+        if shape["windows"][n] >= 0:
+            attrs["local_window_size"] = shape["windows"][n]
+        if shape["scale"] is not None:
+            attrs["scale"] = shape["scale"]
         gqa = onnx.helper.make_node(
             "GroupQueryAttention",
             [q, k, v, past_k, past_v, SEQLENS_K, TOTAL_SEQUENCE_LENGTH],
@@ -137,6 +111,22 @@ def use_group_query_attention(
             value.type.tensor_type.shape.dim[2].dim_param = "capacity"
 
 
+def _add_shared_inputs(graph: onnx.GraphProto, query_width: int, tables: dict | None) -> None:
+    """The inputs and constants every layer's core reads: positions, GQA's lengths, the prefix, rotary tables."""
+    if POSITION_IDS not in {i.name for i in graph.input}:  # Gemma's exports take none (they compute positions)
+        graph.input.append(make_input(POSITION_IDS, TensorProto.INT64, ["batch", "sequence"]))
+    graph.input.append(make_input(SEQLENS_K, TensorProto.INT32, ["batch"]))
+    graph.input.append(make_input(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, []))
+    graph.input.append(make_input(PREFIX_QUERY, TensorProto.FLOAT, ["batch", "prefix", query_width]))
+    graph.input.append(make_input(PREFIX_LENGTH, TensorProto.INT64, [1]))
+    add_initializer(graph, "/serve/prefix/ends", np.array([np.iinfo(np.int64).max], np.int64))
+    add_initializer(graph, "/serve/prefix/axes", np.array([1], np.int64))
+    add_initializer(graph, "/serve/heads/merged", np.array([0, 0, -1], np.int64))
+    for name, (cos, sin) in (tables or {}).items():
+        add_initializer(graph, _cache_name(name, "cos"), cos)
+        add_initializer(graph, _cache_name(name, "sin"), sin)
+
+
 def _after_prefix(graph, nodes: list, n: int, q: str, k: str, v: str, kv_width: int, p: str) -> tuple[str, str, str]:
     """q, k, v after the prefix of a continued prompt: Concat(prefix, x) along the sequence.
 
@@ -152,20 +142,30 @@ def _after_prefix(graph, nodes: list, n: int, q: str, k: str, v: str, kv_width: 
     return q, k, v
 
 
-def _rotary(nodes: list, x: str, out: str, heads: int, head_dim: int, tables) -> str:
+def _cache_name(tables: str, part: str) -> str:
+    """The initializer holding one rotary table: /serve/rotary/cos, /serve/rotary_local/sin, ..."""
+    return f"/serve/rotary/{part}" if tables == GLOBAL_TABLES else f"/serve/rotary_{tables}/{part}"
+
+
+def _rotary(nodes: list, x: str, out: str, heads: int, head_dim: int, name: str, tables) -> str:
     """RotaryEmbedding of a (B, S, heads·head_dim) tensor at `position_ids` (HF's rotate-half form)."""
     rotary_dim = 2 * tables[0].shape[1]
     attrs = {} if rotary_dim == head_dim else {"num_heads": heads, "rotary_embedding_dim": rotary_dim}
-    add_node(nodes, "RotaryEmbedding", [x, POSITION_IDS, COS_CACHE, SIN_CACHE], out, interleaved=0, **attrs)
+    caches = [_cache_name(name, "cos"), _cache_name(name, "sin")]
+    add_node(nodes, "RotaryEmbedding", [x, POSITION_IDS, *caches], out, interleaved=0, **attrs)
     nodes[-1].domain = CONTRIB
     return out
 
 
-def attention_layers(sites: list[LinearSite], graph: onnx.GraphProto, qkv_names: tuple, out_name: str) -> list[dict]:
+def attention_layers(
+    sites: list[LinearSite], graph: onnx.GraphProto, qkv_names: tuple, out_name: str, qk_norms: tuple = ()
+) -> list[dict]:
     """Per decoder layer: the tensors holding q, k, v (after any bias) and the tensor the output projection reads.
 
     `qkv_names` are the module-path suffixes of the projections (one when fused), `out_name`
-    the output projection's. Reshapes around a Gemm (GPT-2's 2-D Linear) are looked through.
+    the output projection's, `qk_norms` those of norms on q and k between the projections
+    and rotary (then q and k are the norms' 4-D outputs, their layout in "heads"). Reshapes
+    around a Gemm (GPT-2's 2-D Linear) are looked through.
     """
     producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list] = {}
@@ -179,11 +179,15 @@ def attention_layers(sites: list[LinearSite], graph: onnx.GraphProto, qkv_names:
     layer_paths = {p[: -len(out_name) - 1] for p in by_path if p.endswith(f".{out_name}")}
     for path in sorted(layer_paths, key=_layer_index):
         qkv = [_projected(nodes[by_path[f"{path}.{name}"].node_name], consumers, inits) for name in qkv_names]
+        heads = None
+        if qk_norms:
+            (q, heads), (k, _) = (_module_output(graph, f"{path}.{name}", producers, consumers) for name in qk_norms)
+            qkv = [q, k, qkv[2]]
         out_node = nodes[by_path[f"{path}.{out_name}"].node_name]
         x = out_node.input[0]
         if out_node.op_type == "Gemm" and x in producers and producers[x].op_type == "Reshape":
             x = producers[x].input[0]  # the 3-D (B, S, H·D) tensor before the flatten
-        layers.append({"index": _layer_index(path), "qkv": qkv, "out": x, "gemm_out": out_node.op_type == "Gemm"})
+        layers.append({"index": _layer_index(path), "qkv": qkv, "out": x, "heads": heads})
     if not layers:
         raise EdgetuneError(f"no attention layer found (no Linear named {out_name})")
     return layers
@@ -203,6 +207,26 @@ def _projected(node: onnx.NodeProto, consumers: dict, inits: set) -> str:
             return reader.output[0]
         else:
             return y
+
+
+def _module_output(graph: onnx.GraphProto, path: str, producers: dict, consumers: dict) -> tuple[str, str]:
+    """The one tensor that the nodes of a per-head norm `path` (model.layers.0.self_attn.q_norm) pass on, and
+    its layout: "BHSD" when the norm reads the heads transposed (Gemma 3), else "BSHD" (Qwen3)."""
+    inside = [n for n in graph.node if module_path(n.name) == path]
+    names = {n.name for n in inside}
+    leaving = {o for n in inside for o in n.output if any(c.name not in names for c in consumers.get(o, []))}
+    if len(leaving) != 1:
+        raise EdgetuneError(f"module {path}: expected one output in the with-past export, found {len(leaving)}")
+    entering = {x for n in inside for x in n.input if x in producers and producers[x].name not in names}
+    transposed = any(producers[x].op_type == "Transpose" for x in entering)
+    return leaving.pop(), "BHSD" if transposed else "BSHD"
+
+
+def _merge_heads(nodes: list, x: str, p: str, layout: str) -> str:
+    """(B, S, heads, head_dim) or (B, heads, S, head_dim) -> (B, S, heads·head_dim)."""
+    if layout == "BHSD":
+        x = add_node(nodes, "Transpose", [x], f"{p}_by_position", perm=[0, 2, 1, 3])
+    return add_node(nodes, "Reshape", [x, "/serve/heads/merged"], f"{p}_merged")
 
 
 def _layer_index(path: str) -> int:

@@ -8,15 +8,15 @@ as a fifth of the prefill) and an (S, vocab) output.
 import numpy as np
 import onnx
 
-from edgetune.builder.graph import add_initializer, ancestors, topological
+from edgetune.builder.graph import add_initializer, ancestors, lm_head_chain, topological
 from edgetune.common.errors import EdgetuneError
 from edgetune.common.names import LOGITS
 
 
 def head_on_last_position(model: onnx.ModelProto) -> None:
-    """Feed the LM head (the MatMul writing `logits`) the hidden state of the last position: (B, 1, H)."""
+    """Feed the LM head (the MatMul writing `logits`, or its elementwise tail) the last position's state: (B, 1, H)."""
     graph = model.graph
-    head = next((n for n in graph.node if LOGITS in n.output), None)
+    head, _ = lm_head_chain(graph, LOGITS)  # a tail: Granite's logits / scale, Gemma 2's soft-capping
     if head is None or head.op_type not in ("MatMul", "Gemm"):
         raise EdgetuneError(f"the graph's '{LOGITS}' do not come from an LM head MatMul")
     p = "/serve/last_position"

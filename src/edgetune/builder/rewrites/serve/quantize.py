@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgetune.builder.graph import add_initializer, initializer_map, module_path
+from edgetune.builder.graph import add_initializer, initializer_map, lm_head_chain, module_path
 from edgetune.builder.rewrites.quant.base import quantize_embedding
 from edgetune.builder.rewrites.quant.formats import quantize_int8
 from edgetune.builder.rewrites.quant.tensors import (
@@ -43,6 +43,8 @@ def quantize_serving_weights(model: onnx.ModelProto, quant: str) -> None:
     graph = model.graph
     inits = initializer_map(graph)
     rewired: dict[int, tuple[list, list]] = {}
+    head, _ = lm_head_chain(graph, LOGITS)  # before any elementwise tail (Granite's scaling, Gemma 2's capping)
+    head_output = head.output[0] if head is not None else LOGITS
     for node in list(graph.node):
         if node.op_type == "Gather" and is_float_matrix(inits.get(node.input[0])):
             table = numpy_helper.to_array(inits[node.input[0]])  # (V, H)
@@ -57,7 +59,7 @@ def quantize_serving_weights(model: onnx.ModelProto, quant: str) -> None:
         if attrs.get("transB"):
             w = w.T
         w = np.ascontiguousarray(w)  # (in, out)
-        is_head = LOGITS in node.output
+        is_head = node.output[0] == head_output
         if w.shape[0] % BLOCK:
             continue  # no whole blocks: left float
         if quant == "int4" and not is_head:
