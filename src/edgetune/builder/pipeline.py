@@ -114,7 +114,7 @@ def build_bundle(config: BuildConfig) -> dict:
     with atomic_folder(config.out, "building") as tmp:
         staging = WeightStore(tmp / STAGING_WEIGHTS)
         exported = export_stage(source, tmp, staging, plan.task)
-        if not task.encoder and plan.arch.serves:  # a causal LM gets the serving graph from the with-past export
+        if not task.encoder:  # a causal LM gets the serving graph from the with-past export
             exported[SERVING] = tmp / "export.serving.onnx"
             shutil.copyfile(exported[INFERENCE], exported[SERVING])  # structure only: the weights are in staging
         training = prepare_graph(exported[TRAINING], TRAINING, plan, config.seed, source, staging)
@@ -276,7 +276,7 @@ def bundle_stage(
             "adapted_modules": [s.module_path for s in training.sites],
             **(
                 {"serving": {"file": names.SERVE_MODEL, "quant": plan.variant.quant or config.serve_quant}}
-                if not plan.task.encoder and plan.arch.serves
+                if not plan.task.encoder
                 else {}
             ),
             **_task_fields(config, plan, training),

@@ -25,9 +25,6 @@ class Architecture:
     serve_out: str = "self_attn.o_proj"  # the attention's output projection
     serve_qk_norms: tuple[str, ...] = ()  # norms on q and k before rotary (Qwen3, Gemma 3)
     rotary: bool = True  # rotary positions (else learned position embeddings, as GPT-2)
-    serves: bool = (
-        True  # builder/serving.py's rewrite handles its attention (else no serve.onnx: inference.onnx serves)
-    )
     heads: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (task, head modules) of an encoder family
 
     def head_modules(self, task: str) -> tuple[str, ...]:
