@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from edgetune.builder.registry import ARCHITECTURES
 from edgetune.common.errors import AdapterError, EdgetuneError
 from edgetune.common.manifest import read_manifest
 from edgetune.common.peft import config_scaling, save_adapter
@@ -40,7 +39,7 @@ def _alone(engine: Engine, prompt, adapter=None, n=12) -> list[int]:
     return [t for t, _ in _run_all(engine)["alone"]]
 
 
-@pytest.mark.parametrize("arch", [a for a in ALL_ARCHS if ARCHITECTURES[a].serves])
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_serving_graph_equals_the_with_past_graph(arch, tiny_bundle, tmp_path):
     """Prefill logits within 1e-4 of the inference graph's (a prompt shorter and one longer than a sliding
     window); greedy tokens equal the Generator's (adapter on/off)."""
