@@ -2,8 +2,10 @@
 
 Every contender runs in its own child process, started as
 `python benchmarks/<file>.py child '<json options>'`; the child prints one JSON object
-as its last stdout line. The parent reaps it with `os.wait4`, whose rusage is that
-child's own (so `ru_maxrss` is the peak RSS of that contender alone).
+as its last stdout line, with its own peak RSS (`VmHWM` of /proc/self/status, which starts
+afresh at `exec`). The parent reaps it with `os.wait4` for its CPU time; wait4's `ru_maxrss`
+is kept across `exec`, so it counts the parent's peak before the fork too (a parent that
+built a bundle in-process made its children look 300 MB bigger) and is only the fallback.
 """
 
 import contextlib
@@ -21,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 BENCH = ROOT / "artifacts" / "bench"  # git-ignored scratch space
 MEM_GUARD_BYTES = 3 * 2**30  # kill a child when the machine gets this close to OOM
+PEAK_KEY = "_own_peak_rss_bytes"  # a child's own peak RSS, added to its result line by child_main
 # PyTorch's OpenMP threads spin-wait by default; edgetune's ORT sessions are set not to spin
 # (allow_spinning=0). On a shared, oversubscribed machine spinning costs PyTorch up to ~5x,
 # so the PyTorch contenders run with the same no-spin policy; the default is a labelled extra.
@@ -86,9 +89,10 @@ def run_child(cmd: list, timeout: float = 1800, env: dict | None = None) -> dict
         saved.write_text(stderr)
         error = (killed[0] + "; " if killed else "") + f"rc={proc.returncode}: " + " | ".join(tail)[-600:]
         error += f" (stderr: {saved.relative_to(ROOT)})"
+    own_peak = result.pop(PEAK_KEY, None) if isinstance(result, dict) else None
     return {
         "result": result,
-        "peak_rss_bytes": usage.ru_maxrss * 1024,
+        "peak_rss_bytes": own_peak or usage.ru_maxrss * 1024,
         "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "loadavg": [load_before, os.getloadavg()[0]],
@@ -107,7 +111,16 @@ def child_main(handlers: dict) -> None:
     """Entry point of a child: `child '<json>'` -> handlers[options['impl']](options) -> JSON line."""
     options = json.loads(sys.argv[2])
     result = handlers[options["impl"]](options)
-    print(json.dumps(result), flush=True)
+    print(json.dumps({**result, PEAK_KEY: own_peak_rss()}), flush=True)
+
+
+def own_peak_rss() -> int | None:
+    """This process's peak RSS in bytes since its exec (VmHWM), or None off Linux."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
 
 
 def alternate(contenders: dict, rounds: int, run) -> dict:
