@@ -5,7 +5,9 @@ The runner thread takes the oldest queued job of this base model, trains it with
 success copies the adapter into --adapters-dir/ID and registers its `fine_tuned_model`
 name, so the next request can use it. Checkpoints are saved every few steps: a server killed
 mid-job finds the job `running` at start, waits for its orphaned trainer (which checkpoints
-and stops once its parent is gone) and queues it again to resume from the last checkpoint.
+and stops once its parent is gone), records the steps that trainer logged after the server
+died (from the run's metrics.jsonl, up to its checkpoint) and queues the job again to resume
+from that checkpoint.
 """
 
 import contextlib
@@ -21,6 +23,7 @@ from edgetune.common.atomic import atomic_folder
 from edgetune.common.errors import EdgetuneError, TrainingCancelledError
 from edgetune.common.names import ADAPTER_DIR
 from edgetune.runtime import checkpoints
+from edgetune.runtime.metrics import read_metrics, truncate_metrics
 from edgetune.runtime.tuner import Tuner, TuningJob
 from edgetune.serve.adapters import AdapterRegistry
 from edgetune.serve.store import Store
@@ -62,8 +65,10 @@ class FineTuning:
             if folder.is_dir() and job["fine_tuned_model"] not in self.registry.names():
                 self.registry.add(job["fine_tuned_model"], folder)
         for job in self.store.select("jobs", "status = 'running' AND base_sha256 = ?", (self.base_sha,)):
-            _wait_for_orphan(self.store.run_dir(job["id"]))
-            step = _last_step(self.store.run_dir(job["id"]))
+            run = self.store.run_dir(job["id"])
+            _wait_for_orphan(run)
+            step = _last_step(run)
+            self._recover_events(job["id"], run, step)
             self.store.update("jobs", job["id"], status="queued")
             self.store.add_event(job["id"], f"The server restarted; the job resumes from step {step}")
         self._thread.start()
@@ -167,6 +172,17 @@ class FineTuning:
                 )
 
         return record
+
+    def _recover_events(self, job_id: str, run: Path, step: int) -> None:
+        """Record the steps up to the checkpoint that the orphaned trainer logged after the server died."""
+        events = self.store.select("events", "job_id = ? AND type = 'metrics'", (job_id,))
+        seen = {("valid_loss" in e["data"], e["data"]["step"]) for e in events}
+        total = max((e["data"].get("total_steps", 0) for e in events), default=0)
+        truncate_metrics(run, step)  # the resumed run redoes the later steps (and drops a torn last line)
+        record = self._recorder(job_id)
+        for r in read_metrics(run):
+            if r["type"] in ("train", "eval") and (r["type"] == "eval", r["step"]) not in seen:
+                record({**r, "total_steps": total})
 
     def _publish(self, job: dict, run: Path, summary: dict) -> None:
         """Copy the adapter into the adapters folder, serve it under its name, mark the job succeeded."""
