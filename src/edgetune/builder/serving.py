@@ -15,13 +15,12 @@ import onnx
 
 from edgetune.builder.export import load_exported
 from edgetune.builder.graph import LinearSite, find_linears
-from edgetune.builder.rewrites.quant.tensors import is_float_matrix
 from edgetune.builder.rewrites.serve.adapter_bank import add_adapter_bank
 from edgetune.builder.rewrites.serve.attention import attention_layers, use_group_query_attention
 from edgetune.builder.rewrites.serve.attention_config import attention_shape, rotary_tables
 from edgetune.builder.rewrites.serve.last_position import head_on_last_position, prune
 from edgetune.builder.rewrites.serve.quantize import quantize_serving_weights
-from edgetune.builder.weights import MIN_EXTERNAL_BYTES, WeightFiles, WeightStore, load_weights
+from edgetune.builder.weights import MIN_EXTERNAL_BYTES, WeightFiles, WeightStore
 from edgetune.common import names
 
 
@@ -48,8 +47,7 @@ def prepare_serving_graph(path: Path, plan, config, sites_of, serve_quant: str) 
     head_on_last_position(model)
     variant.rewrite_head(model, False, files)
     if variant.quant is None and serve_quant != "none":
-        load_weights(model, {t.name for t in model.graph.initializer if is_float_matrix(t)}, path.parent)
-        quantize_serving_weights(model, serve_quant)
+        quantize_serving_weights(model, serve_quant, files)
     prune(model)
     return model
 

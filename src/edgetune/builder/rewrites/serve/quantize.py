@@ -19,7 +19,7 @@ numpy. Measurements: docs/design.md, "Serving graph".
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from edgetune.builder.graph import add_initializer, initializer_map, lm_head_chain, module_path
 from edgetune.builder.rewrites.quant.base import quantize_embedding
@@ -30,14 +30,18 @@ from edgetune.builder.rewrites.quant.tensors import (
     is_float_matrix,
     use_contrib_opset,
 )
+from edgetune.builder.weights import WeightFiles
 from edgetune.common.names import LOGITS
 
 BLOCK = 32
 ACCURACY_INT8 = 4  # MatMulNBits: quantize activations to int8 inside the kernel
 
 
-def quantize_serving_weights(model: onnx.ModelProto, quant: str) -> None:
-    """Quantize every Linear over a 2-D float constant (the LM head int8) and the embeddings, in place."""
+def quantize_serving_weights(model: onnx.ModelProto, quant: str, files: WeightFiles) -> None:
+    """Quantize every Linear over a 2-D float constant (the LM head int8) and the embeddings, in place.
+
+    Each float weight is read from `files` as it is quantized, so one is in memory at a time.
+    """
     if quant == "none":
         return
     graph = model.graph
@@ -47,15 +51,15 @@ def quantize_serving_weights(model: onnx.ModelProto, quant: str) -> None:
     head_output = head.output[0] if head is not None else LOGITS
     for node in list(graph.node):
         if node.op_type == "Gather" and is_float_matrix(inits.get(node.input[0])):
-            table = numpy_helper.to_array(inits[node.input[0]])  # (V, H)
+            table = files.values(inits[node.input[0]])  # (V, H)
             rewired[id(node)] = quantize_embedding(graph, node, table, module_path(node.name))
             continue
         if node.op_type not in ("MatMul", "Gemm") or not is_float_matrix(inits.get(node.input[1])):
             continue
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA") or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
             continue  # not a plain x·W (+ bias): left float
+        w = files.values(inits[node.input[1]]).astype(np.float32)
         if attrs.get("transB"):
             w = w.T
         w = np.ascontiguousarray(w)  # (in, out)
