@@ -50,7 +50,7 @@ def run_edgetune(o: dict) -> dict:
     from edgetune.runtime.engine import Engine
 
     started = time.perf_counter()
-    engine = Engine(o["bundle"], max_batch=8)
+    engine = Engine(o["bundle"], max_batch=8, capacity=o.get("capacity"))
     engine.files.eos_token_ids = frozenset()  # always decode new_tokens tokens
     load_s = time.perf_counter() - started
     text = o["prompt"]

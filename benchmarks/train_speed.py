@@ -109,7 +109,7 @@ def run_torch(o: dict) -> dict:
     config = model.config.to_dict()
     if o.get("checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    peft = get_peft_model(model, LoraConfig(lora_dropout=0.0, **workloads.LORA))
+    peft = get_peft_model(model, LoraConfig(lora_dropout=0.0, **o.get("lora", workloads.LORA)))
     trainable = [p for p in peft.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=2e-4, eps=1e-8, weight_decay=0.0)
     ids, labels = workloads.fixed_batch(o["batch"], o["seq_len"], config["vocab_size"], o.get("all_labels", False))
