@@ -8,7 +8,8 @@ Phi-3-mini-4k-instruct's), random bf16 weights in safetensors shards of at most 
 a tokenizer. There is no hub here, so the tokenizer is not the published one: it is a
 SentencePiece-style BPE (metaspace, `<unk>`, `<s>`, `</s>` at 0-2) trained on this machine's
 Python standard library sources to the published size, then the published special tokens
-after it (Phi-3: 32000 + 11 chat tokens, embedding rows padded to 32064 as in the config).
+after it (Phi-3: 32000 + 11 chat tokens, embedding rows padded to 32064 as in the config;
+Llama-3.2-1B: the same 32000 + 3, well under its 128256 rows, with Phi-3's chat template).
 
 The shards are written one tensor at a time (the largest, Phi-3's embedding, is 197 MB in
 bf16), so making a 3.8B model needs well under 1 GiB of memory. Values are drawn as the
@@ -42,6 +43,27 @@ PHI3_TEMPLATE = (
     "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
+LLAMA_3_2_1B = {  # meta-llama/Llama-3.2-1B's config.json (the tokenizer here is smaller: rows past it are never read)
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "vocab_size": 128256,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "factor": 32.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "tie_word_embeddings": True,
+    "initializer_range": 0.02,
+}
 MODELS = {  # name -> (model_type, config.json fields beyond the type's defaults, tokenizer base size, specials)
     "phi-3-mini-4k": ("phi3", {}, 32000, PHI3_SPECIALS),
     "phi-3.5-mini": (
@@ -55,6 +77,7 @@ MODELS = {  # name -> (model_type, config.json fields beyond the type's defaults
         32000,
         PHI3_SPECIALS,
     ),
+    "llama-3.2-1b": ("llama", LLAMA_3_2_1B, 32000, ["<|end_of_text|>", "<|begin_of_text|>", "<|eot_id|>"]),
 }
 
 
@@ -146,15 +169,21 @@ def write_tokenizer(folder: Path, base_size: int, specials: list[str], config) -
     fast.save_pretrained(folder)
 
 
-def make_folder(name: str, folder: Path) -> Path:
-    """Write model `name` (a key of MODELS) into `folder` (made here; it must not exist)."""
+def make_folder(name: str, folder: Path, tokenizer=None) -> Path:
+    """Write model `name` (a key of MODELS) into `folder` (made here; it must not exist).
+
+    tokenizer: a transformers tokenizer to save instead of training one of the published size.
+    """
     model_type, fields, base_size, specials = MODELS[name]
     config, specs = tensor_specs(model_type, fields)
     folder.mkdir(parents=True)
     config.architectures = [AutoModelForCausalLM._model_mapping[type(config)].__name__]
     config.torch_dtype = "bfloat16"
     config.save_pretrained(folder)
-    write_tokenizer(folder, base_size, specials, config)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    else:
+        write_tokenizer(folder, base_size, specials, config)
     write_shards(folder, specs, config.initializer_range)
     return folder
 
