@@ -221,9 +221,7 @@ def _use_matmul_nbits(
     offset = add_node(nodes, "Transpose", [offset], f"{p}/block_offset_t", perm=[1, 0])  # (nb, out)
     sums = block_sums.get(x)
     if sums is None:  # the first Linear reading x computes its block sums
-        sums = block_sums[x] = add_node(
-            nodes, "MatMul", [x, _summer(graph, n_in, block_size, files)], f"{p}/block_sums"
-        )
+        sums = block_sums[x] = _block_sums(graph, nodes, x, p, n_in, block_size, files)
     after: list[onnx.NodeProto] = []
     share = add_node(after, "MatMul", [sums, offset], f"{p}/offset_share")  # (..., nb)·(nb, out)
     if bias:
@@ -232,11 +230,22 @@ def _use_matmul_nbits(
     return after
 
 
-def _summer(graph, n_in: int, block_size: int, files: WeightFiles) -> str:
-    """The (in, nb) matrix with 1 where input i is in block b, once per shape: x·it = the block sums of x."""
-    name = f"/quant/block_sums/{n_in}x{block_size}"
-    if name not in {t.name for t in graph.initializer}:
-        n_blocks = padded_inputs(n_in, block_size) // block_size
-        ones = np.kron(np.eye(n_blocks, dtype=np.float32), np.ones((block_size, 1), np.float32))  # (nb·bs, nb)
-        files.add_array(graph, name, np.ascontiguousarray(ones[:n_in]))
-    return name
+def _block_sums(graph, nodes: list, x: str, p: str, n_in: int, block_size: int, files: WeightFiles) -> str:
+    """The per-block sums of x (..., in) -> (..., nb): a ReduceSum over x as (..., nb, bs) when bs divides in.
+
+    A padded last block sums through an (in, nb) 0/1 matrix instead (one MatMul; the
+    ReduceSum measured 1.6 ms faster per SmolLM2 decode step).
+    """
+    n_blocks = padded_inputs(n_in, block_size) // block_size
+    if n_in % block_size:
+        name = f"/quant/block_sums/{n_in}x{block_size}"  # 1 where input i is in block b
+        if name not in {t.name for t in graph.initializer}:
+            ones = np.kron(np.eye(n_blocks, dtype=np.float32), np.ones((block_size, 1), np.float32))  # (nb·bs, nb)
+            files.add_array(graph, name, np.ascontiguousarray(ones[:n_in]))
+        return add_node(nodes, "MatMul", [x, name], f"{p}/block_sums")
+    add_initializer(graph, f"{p}/blocks_of_inputs", np.array([n_blocks, block_size], np.int64))
+    add_initializer(graph, f"{p}/last_axis", np.array([-1], np.int64))
+    lead = add_node(nodes, "Shape", [x], f"{p}/leading_dims", end=-1)  # (...)
+    shape = add_node(nodes, "Concat", [lead, f"{p}/blocks_of_inputs"], f"{p}/blocked_shape", axis=0)
+    blocks = add_node(nodes, "Reshape", [x, shape], f"{p}/x_blocks")  # (..., nb, bs)
+    return add_node(nodes, "ReduceSum", [blocks, f"{p}/last_axis"], f"{p}/block_sums", keepdims=0)  # (..., nb)
