@@ -1,10 +1,11 @@
 """The serving graph (`serve.onnx`): the with-past export rewritten for decoding, next to the training graphs.
 
     attention      RotaryEmbedding + GroupQueryAttention over KV buffers written in place
-    base           QLoRA bundles keep their quantized base (the values training saw)
+    base           QLoRA bundles keep their quantized base (the values training saw); --serve-quant
+                   int4 stores a float base in QLoRA's int4 form (4-bit blocks of 32, scale and float minimum)
     adapter bank   per-row adapters through `adapter_index`
     head           logits of the last position only; QLoRA's int8 head chunks
-    quantize       --serve-quant for float bases (rewrites/serve/quantize.py)
+    quantize       --serve-quant for float bases: int8, and int4's LM head (rewrites/serve/quantize.py)
 Its own tensors (rotary tables, quantized weights) go to `serve_weights.bin`; every tensor it
 shares with the other graphs stays in `base_weights.bin`, so the training files do not change.
 """
@@ -15,11 +16,12 @@ import onnx
 
 from edgetune.builder.export import load_exported
 from edgetune.builder.graph import LinearSite, find_linears
+from edgetune.builder.rewrites.quant.base import quantize_frozen_base
 from edgetune.builder.rewrites.serve.adapter_bank import add_adapter_bank
 from edgetune.builder.rewrites.serve.attention import attention_layers, use_group_query_attention
 from edgetune.builder.rewrites.serve.attention_config import attention_shape, rotary_tables
 from edgetune.builder.rewrites.serve.last_position import head_on_last_position, prune
-from edgetune.builder.rewrites.serve.quantize import quantize_serving_weights
+from edgetune.builder.rewrites.serve.quantize import ACCURACY_INT8, INT4_BLOCK, quantize_serving_weights
 from edgetune.builder.weights import MIN_EXTERNAL_BYTES, WeightFiles, WeightStore
 from edgetune.common import names
 
@@ -39,10 +41,10 @@ def prepare_serving_graph(path: Path, plan, config, sites_of, serve_quant: str) 
     use_group_query_attention(model, layers, shape, tables)
     sites: list[LinearSite] = sites_of(model)
     files = WeightFiles(path.parent, None)  # weights read from the export as needed; what is added stays inline
-    if variant.quant is not None:
-        from edgetune.builder.rewrites.quant.base import quantize_frozen_base
-
+    if variant.quant is not None:  # QLoRA's base as it trained
         quantize_frozen_base(model, variant.quant, variant.block_size, training=False, files=files)
+    elif serve_quant == "int4":  # a float base in the same form: GGUF Q4_1 weights come back exactly
+        quantize_frozen_base(model, "int4", INT4_BLOCK, training=False, files=files, accuracy_level=ACCURACY_INT8)
     add_adapter_bank(model, sites, variant.use_dora)
     head_on_last_position(model)
     variant.rewrite_head(model, False, files)

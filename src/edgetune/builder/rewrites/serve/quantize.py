@@ -1,8 +1,9 @@
 """`--serve-quant`: the serving graph's frozen float weights as int4 or int8 kernels (the training graph stays fp32).
 
-    int4   every decoder Linear on MatMulNBits: 4-bit weights in blocks of 32 inputs with a
-           scale and a 4-bit zero point per block (the layout ORT's kernels read), int8
-           activations inside the kernel (accuracy_level 4: VNNI dot products)
+    int4   every decoder Linear in QLoRA's int4 form, done by `quant.base.quantize_frozen_base`
+           before this runs: 4-bit blocks of 32 inputs with a scale and a float minimum
+           (GGUF's Q4_1, so Q4_1 weights come back exactly) on MatMulNBits, int8 activations
+           inside the kernel (accuracy_level 4: VNNI dot products); here only the LM head
     int8   every decoder Linear with int8 weights per output channel, run as MatMulNBits over
            two 4-bit planes of them (see `int8_planes`)
     both   the LM head int8 the same way (its rounding goes straight into every logit;
@@ -34,6 +35,7 @@ from edgetune.builder.weights import WeightFiles
 from edgetune.common.names import LOGITS
 
 BLOCK = 32
+INT4_BLOCK = 32  # GGUF's Q4_1 block
 ACCURACY_INT8 = 4  # MatMulNBits: quantize activations to int8 inside the kernel
 
 
@@ -41,6 +43,8 @@ def quantize_serving_weights(model: onnx.ModelProto, quant: str, files: WeightFi
     """Quantize every Linear over a 2-D float constant (the LM head int8) and the embeddings, in place.
 
     Each float weight is read from `files` as it is quantized, so one is in memory at a time.
+
+    int4: only the LM head is left (quant.base did the Linears, their block-sum helpers stay float).
     """
     if quant == "none":
         return
@@ -59,17 +63,15 @@ def quantize_serving_weights(model: onnx.ModelProto, quant: str, files: WeightFi
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA") or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
             continue  # not a plain x·W (+ bias): left float
+        if quant == "int4" and node.output[0] != head_output:
+            continue  # int4's block sums: left float
         w = files.values(inits[node.input[1]]).astype(np.float32)
         if attrs.get("transB"):
             w = w.T
         w = np.ascontiguousarray(w)  # (in, out)
-        is_head = node.output[0] == head_output
         if w.shape[0] % BLOCK:
             continue  # no whole blocks: left float
-        if quant == "int4" and not is_head:
-            _to_matmul_nbits(graph, node, int4_blocks(w), w.shape[0], w.shape[1])
-        else:
-            _to_matmul_nbits(graph, node, int8_planes(w), 2 * w.shape[0], w.shape[1], twice=True)
+        _to_matmul_nbits(graph, node, int8_planes(w), 2 * w.shape[0], w.shape[1])
     new_nodes = []
     for node in graph.node:
         before, after = rewired.get(id(node), ([], []))
@@ -78,26 +80,6 @@ def quantize_serving_weights(model: onnx.ModelProto, quant: str, files: WeightFi
     graph.node.extend(new_nodes)
     drop_unused_initializers(graph)
     use_contrib_opset(model)
-
-
-def int4_blocks(w: np.ndarray, block: int = BLOCK) -> dict[str, np.ndarray]:
-    """W (in, out) -> MatMulNBits' B (out, in/bs, bs/2) uint8, scales (out·in/bs,), zero points (out, ⌈in/bs/2⌉) uint8.
-
-    Asymmetric round-to-nearest per block over a range that includes 0, so the zero point is
-    an exact 4-bit integer: W ≈ (q - zp)·s.
-    """
-    n_in, n_out = w.shape
-    blocks = np.ascontiguousarray(w.T).reshape(n_out, n_in // block, block)  # (out, blocks, bs)
-    lo = np.minimum(blocks.min(axis=2), 0.0)
-    hi = np.maximum(blocks.max(axis=2), 0.0)
-    scale = np.where(hi > lo, (hi - lo) / 15.0, 1.0).astype(np.float32)  # (out, blocks)
-    zero = np.clip(np.rint(-lo / scale), 0, 15).astype(np.uint8)
-    q = np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8)
-    packed = q[..., 0::2] | (q[..., 1::2] << 4)  # low nibble first
-    if zero.shape[1] % 2:
-        zero = np.concatenate([zero, np.zeros((n_out, 1), np.uint8)], axis=1)
-    zero_packed = zero[:, 0::2] | (zero[:, 1::2] << 4)
-    return {"q": packed, "scale": scale.reshape(-1), "zero": np.ascontiguousarray(zero_packed)}
 
 
 def int8_planes(w: np.ndarray, block: int = BLOCK) -> dict[str, np.ndarray]:
@@ -124,15 +106,12 @@ def int8_planes(w: np.ndarray, block: int = BLOCK) -> dict[str, np.ndarray]:
     }
 
 
-def _to_matmul_nbits(graph, node: onnx.NodeProto, t: dict, k: int, n: int, twice: bool = False) -> None:
-    """Turn a MatMul (or a Gemm's x·W + bias) into MatMulNBits over `t`, in place; `twice`: on [x, x] (int8 planes)."""
-    p = f"/serve/{'int8' if twice else 'int4'}/{module_path(node.name) or node.name}"
+def _to_matmul_nbits(graph, node: onnx.NodeProto, t: dict, k: int, n: int) -> None:
+    """Turn a MatMul (or a Gemm's x·W + bias) into MatMulNBits over int8 planes `t` on [x, x], in place."""
+    p = f"/serve/int8/{module_path(node.name) or node.name}"
     bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
-    x = node.input[0]
-    if twice:
-        x2 = f"{p}/x_twice"
-        graph.node.append(helper.make_node("Concat", [x, x], [x2], name=x2, axis=-1))
-        x = x2
+    x = f"{p}/x_twice"
+    graph.node.append(helper.make_node("Concat", [node.input[0], node.input[0]], [x], name=x, axis=-1))
     q = add_initializer(graph, f"{p}/q", t["q"])
     s = add_initializer(graph, f"{p}/scale", t["scale"])
     z = add_initializer(graph, f"{p}/zero_point", t["zero"])
