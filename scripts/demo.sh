@@ -2,14 +2,20 @@
 # The main job end to end on the embedded default model (SmolLM2-135M-Instruct, GGUF):
 # build a bundle, generate a skill data set, measure held-out exact match, fine-tune on
 # the CPU with the torch-free runtime, and measure again with the trained adapter.
+# DEMO_MODEL=gemma3 runs the same on Gemma 3 270M (base model, Q4_K_M GGUF) into artifacts/demo-gemma3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 
 E=.venv/bin/edgetune
-OUT=artifacts/demo
+MODEL=${DEMO_MODEL:-smollm2}
+case "$MODEL" in
+    smollm2) OUT=artifacts/demo ;;
+    gemma3) OUT=artifacts/demo-gemma3 ;;
+    *) echo "demo: DEMO_MODEL must be smollm2 or gemma3, not '$MODEL'" >&2; exit 2 ;;
+esac
 STEPS=${DEMO_STEPS:-150}
-GGUF=$(.venv/bin/python -c 'from edgetune.common.embedded import smollm2_gguf; print(smollm2_gguf())')
+GGUF=$(.venv/bin/python -c "from edgetune.common.embedded import ${MODEL}_gguf; print(${MODEL}_gguf())")
 start=$(date +%s)
 step() { printf '\n== %s (%ss elapsed)\n' "$1" "$(( $(date +%s) - start ))"; }
 
