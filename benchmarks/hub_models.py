@@ -71,7 +71,11 @@ MODELS = {  # name -> (model_type, config.json fields beyond the type's defaults
         {
             "max_position_embeddings": 131072,
             "original_max_position_embeddings": 4096,
-            "rope_scaling": None,  # LongRoPE's factors are 48 numbers each; the 4k regime is what is trained here
+            "rope_scaling": {  # LongRoPE, 48 factors each as published; stand-in values (no shape or cost changes)
+                "type": "longrope",
+                "short_factor": [1.0 + i / 26 for i in range(48)],
+                "long_factor": [1.09**i for i in range(48)],
+            },
             "sliding_window": 262144,
         },
         32000,

@@ -88,6 +88,41 @@ def test_the_score_scale_follows_query_pre_attn_scalar(tmp_path):
     np.testing.assert_allclose(engine.next_token_logits(LONG_PROMPT, "a"), reference, atol=1e-4)
 
 
+def test_longrope_turns_as_transformers_does_before_and_past_the_pretrained_length(tmp_path):
+    """Phi-3.5's and Phi-3 128k's LongRoPE: short factors below original_max_position_embeddings (16 here),
+    long ones from there on, as transformers turns a prompt and then each decoded token."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgetune.builder.pipeline import build_bundle
+    from edgetune.options import BuildConfig
+    from tests.tiny_models import make_model_dir
+
+    factors = {"short_factor": [1.0 + 0.2 * i for i in range(8)], "long_factor": [2.0 + 3 * i for i in range(8)]}
+    rope = {"type": "longrope", **factors}
+    model = make_model_dir(
+        "phi3", tmp_path / "hf", max_position_embeddings=64, original_max_position_embeddings=16, rope_scaling=rope
+    )
+    bundle = tmp_path / "bundle"
+    build_bundle(BuildConfig(str(model), bundle, serve_quant="none"))
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    prompt = (PROMPTS[2] + PROMPTS[0] + PROMPTS[4] + PROMPTS[1] + PROMPTS[0])[
+        :24
+    ]  # (24,): 16 pretrained positions and 8 past them
+    with torch.no_grad():
+        out = hf(torch.tensor([prompt[:16]]), use_cache=True)
+        past_short = out.logits[0, -1].numpy()
+        for i in range(16, 24):  # one token a call: transformers switches to the long factors per call
+            out = hf(torch.tensor([[prompt[i]]]), past_key_values=out.past_key_values, use_cache=True)
+    engine = Engine(bundle)
+    np.testing.assert_allclose(engine.next_token_logits(prompt[:16]), past_short, atol=1e-4)
+    np.testing.assert_allclose(engine.next_token_logits(prompt), out.logits[0, -1].numpy(), atol=1e-4)
+    adapter = random_adapter(bundle, seed=1, scale=0.3)
+    np.testing.assert_allclose(
+        inference_logits(bundle, np.array([prompt[:16]]), adapter, 0.0)[0, -1], past_short, atol=1e-4
+    )
+
+
 def test_dora_rows_equal_the_dora_inference_graph(tiny_bundle, tmp_path):
     bundle = tiny_bundle("llama", method="dora", serve_quant="none")
     _adapter(bundle, tmp_path / "d", seed=4)

@@ -6,7 +6,10 @@ window    per layer, GQA's local_window_size: the keys before the query that it 
           (transformers' sliding_window counts the query's own key too), -1 for full attention;
           `layer_types` says which layers slide (Gemma 2, Gemma 3, Qwen2), else all do (Mistral)
 rotary    per layer, which (cos, sin) tables: Gemma 3's sliding layers turn with their own
-          base (rope_local_base_freq, default rope), its full layers with rope_theta and rope_scaling
+          base (rope_local_base_freq, default rope), its full layers with rope_theta and rope_scaling;
+          LongRoPE (Phi-3.5, Phi-3 128k) turns positions from original_max_position_embeddings on
+          with its long factors, as transformers does when it decodes a token a call (one call
+          over a longer prompt would turn every position with them)
 """
 
 import copy
@@ -84,9 +87,13 @@ def _tables(config, positions: int) -> tuple[np.ndarray, np.ndarray]:
 
     scaling = getattr(config, "rope_scaling", None) or {}
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type not in ("default", "linear", "llama3", "yarn"):
+    if rope_type not in ("default", "linear", "llama3", "yarn", "longrope"):
         raise EdgetuneError(f"rope_scaling type {rope_type!r} is not supported by the serving graph")
     init = ROPE_INIT_FUNCTIONS[rope_type]
     inv_freq, attention_scaling = init(config, "cpu")
     freqs = torch.arange(positions, dtype=torch.float32)[:, None] * inv_freq.float()[None]  # (P, rotary/2)
+    if rope_type == "longrope":  # Phi-3.5, Phi-3 128k: long factors from the pretrained length on
+        original = getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings
+        long_inv_freq, _ = init(config, "cpu", seq_len=original + 1)
+        freqs[original:] = torch.arange(original, positions, dtype=torch.float32)[:, None] * long_inv_freq.float()[None]
     return (freqs.cos() * attention_scaling).numpy(), (freqs.sin() * attention_scaling).numpy()
