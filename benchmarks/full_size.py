@@ -23,9 +23,9 @@ from pathlib import Path
 
 import children
 import train_speed
+import workloads
 
 METHODS = {"qlora-int4": ("qlora", "int4"), "qlora-int8": ("qlora", "int8"), "lora": ("lora", None)}
-LORA = {"r": 8, "lora_alpha": 16}  # edgetune build's defaults
 
 
 def _child_build(o: dict) -> dict:
@@ -74,12 +74,11 @@ def build(folder: Path, name: str, method: str) -> dict:
         "full_size.py", {"impl": "build", "model": str(folder), "out": str(out), "method": kind, "quant": quant}
     )
     run = children.run_child(cmd, timeout=5400)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else 0
     return {
         "bundle": str(out),
         "wall_s": run["wall_s"],
         "peak_rss_bytes": run["peak_rss_bytes"],
-        "bundle_bytes": size,
+        "bundle_bytes": workloads.dir_bytes(out) if out.is_dir() else 0,
         "loadavg": run["loadavg"],
         "error": run["error"],
     }
@@ -137,7 +136,7 @@ def main() -> None:
                 points["torch_fp32"] = {
                     "impl": "torch",
                     "model": str(folder),
-                    "lora": {**LORA, "target_modules": targets},
+                    "lora": {**workloads.LORA, "target_modules": targets},
                     "env": children.NO_SPIN,
                     **base,
                 }
