@@ -4,10 +4,6 @@ A float base whose Linear weights are Q4_1 values (as SmolLM2's, loaded from its
 exactly: with float activations in the kernels, int4 serving equals fp32 to float rounding.
 """
 
-import hashlib
-import json
-import shutil
-
 import numpy as np
 import onnx
 import pytest
@@ -22,6 +18,7 @@ from edgetune.common.peft import config_scaling, save_adapter
 from edgetune.options import BuildConfig
 from edgetune.runtime.engine import Engine
 from tests.parity import inference_logits, random_adapter
+from tests.tamper import copy_bundle, reseal
 from tests.tiny_models import make_model_dir
 
 PROMPTS = [[5, 17, 42, 8, 99, 23], [60, 12, 250, 3, 44, 90, 101, 5, 6, 7, 7, 31]]
@@ -45,17 +42,14 @@ def _q4_1_model(folder):
 
 def _with_float_activations(bundle, folder):
     """A copy of `bundle` whose serving MatMulNBits take float activations (accuracy_level 0), re-listed."""
-    shutil.copytree(bundle, folder)
+    copy_bundle(bundle, folder)
     model = onnx.load(folder / names.SERVE_MODEL, load_external_data=False)
     for node in model.graph.node:
         for a in node.attribute:
             if node.op_type == "MatMulNBits" and a.name == "accuracy_level":
                 a.i = 0
     onnx.save(model, folder / names.SERVE_MODEL)
-    manifest = json.loads((folder / names.MANIFEST).read_text())
-    data = (folder / names.SERVE_MODEL).read_bytes()
-    manifest["files"][names.SERVE_MODEL].update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-    (folder / names.MANIFEST).write_text(json.dumps(manifest))
+    reseal(folder)
     return folder
 
 
