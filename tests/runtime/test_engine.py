@@ -145,7 +145,7 @@ def test_quantized_serving_stays_within_measured_bounds(arch, quant, tiny_bundle
     weights, scaling = _adapter(bundle, tmp_path / "a", seed=5)
     engine = Engine(bundle)
     engine.load_adapter("a", tmp_path / "a")
-    bound = {"int4": 0.25, "int8": 0.05, "none": 1e-4}[quant]  # measured max: int4 0.037 (mistral), int8 0.028 (phi3)
+    bound = {"int4": 0.25, "int8": 0.05, "none": 1e-4}[quant]  # measured max: int4 0.036 (mistral), int8 0.025 (phi3)
     for prompt in PROMPTS[:3]:
         reference = inference_logits(bundle, np.array([prompt]), weights, scaling)[0, -1]
         assert np.abs(engine.next_token_logits(prompt, "a") - reference).max() < bound
