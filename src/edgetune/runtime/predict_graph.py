@@ -1,0 +1,73 @@
+"""An encoder bundle's prediction graph with one adapter folded in: fp32, or int8 weights.
+
+The bundle's inference graph takes LoRA and the task head as inputs, so any adapter can be
+fed without a rebuild; a predictor serves one adapter at a time, so this graph carries it
+instead: the head tensors become constants and each LoRA branch is folded into its base
+weight (`merge.fold_adapter`, DoRA and QLoRA included), which leaves the plain encoder.
+
+int8 (the default of `EncoderPredictor`): every MatMul and Gemm over a constant float weight
+is quantized by ONNX Runtime's `quantize_dynamic`, per output channel, symmetric int8
+weights; activations are quantized as each product runs, one scale per tensor, so a row's
+numbers depend slightly on its batchmates. Embeddings, attention's own products, norms and
+softmax stay float. fp32 gives the same logits as the bundle's graph fed the adapter
+(within float rounding). Measurements: benchmarks/ENCODERS.md.
+"""
+
+import logging
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from edgetune.common.names import INFERENCE_MODEL
+from edgetune.common.peft import MAGNITUDE, to_peft_layout
+from edgetune.runtime.merge import fold_adapter
+from edgetune.runtime.ort_inference import default_session_options
+from edgetune.runtime.ort_training import cpu_flags, exact_int8_needs_u8u8
+
+PRECISIONS = ("int8", "fp32")
+
+
+def prediction_graph(opened, weights: dict[str, np.ndarray], config: dict, precision: str) -> bytes:
+    """The bundle's inference graph with `weights` (graph layout: LoRA, head) folded in, serialized.
+
+    opened: an `open_bundle` result; precision: "fp32" or "int8" (see the module docstring).
+    """
+    model = onnx.load(opened.path(INFERENCE_MODEL))  # base weights come in from base_weights.bin
+    inputs = {i.name for i in model.graph.input}
+    adapted = opened.manifest["adapted_modules"]
+    branch = {k for k in weights if ".lora_" in k or k.endswith(MAGNITUDE)}
+    for key in sorted(set(weights) - branch):  # the head: graph inputs -> constants
+        if key in inputs:
+            model.graph.initializer.append(numpy_helper.from_array(weights[key], key))
+    fold_adapter(model, to_peft_layout({k: weights[k] for k in branch}), config, adapted)
+    return _int8(model) if precision == "int8" else model.SerializeToString()
+
+
+def _int8(model: onnx.ModelProto) -> bytes:
+    """Every MatMul/Gemm over a constant weight with int8 weights per output channel (ORT's quantize_dynamic)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    constants = {t.name for t in model.graph.initializer}
+    nodes = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # its advice to run its pre-processing script first
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgetune-int8-") as tmp:
+            out = Path(tmp) / "model.onnx"
+            quantize_dynamic(model, out, weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes)
+            return out.read_bytes()
+    finally:
+        logging.getLogger().setLevel(quiet)
+
+
+def prediction_session_options(precision: str) -> ort.SessionOptions:
+    """The default inference options; for int8, exact products on x86 CPUs without VNNI (`exact_int8_needs_u8u8`)."""
+    options = default_session_options()
+    if precision == "int8" and exact_int8_needs_u8u8(platform.machine(), cpu_flags()):
+        options.add_session_config_entry("session.x64quantprecision", "1")
+    return options
