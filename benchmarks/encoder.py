@@ -1,6 +1,7 @@
 """MiniLM on SpamAssassin: edgetune against PyTorch + PEFT, side by side, each contender in its own child.
 
-    python benchmarks/encoder.py [--steps 300] [--torch-steps N] [--seq-len 96] [--batch-size 16] [--json out.json]
+    python benchmarks/encoder.py [--steps 300] [--torch-steps N] [--seq-len 96] [--batch-size 16] [--predict-only]
+                                 [--json out.json]
 
 Both train the same LoRA (r=8, alpha=16 on query/value) plus a new classification head,
 on the same batches (edgetune's own features and batch order), with AdamW and the same
@@ -194,6 +195,9 @@ def main() -> int:
     parser.add_argument(
         "--torch-steps", type=int, default=None, help="fewer PyTorch steps (its speed and memory, not its accuracy)"
     )
+    parser.add_argument(
+        "--predict-only", action="store_true", help="no training: predict with the adapters the last run left"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not BUNDLE.is_dir():
@@ -212,24 +216,29 @@ def main() -> int:
     }
     for name, (impl, extra, predictions) in contenders.items():
         run_dir = out / name
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
         env = children.NO_SPIN if impl == "torch" else None
         steps = args.torch_steps if impl == "torch" and args.torch_steps else args.steps
-        trained = _run(f"{impl}_train", {**common, **extra, "steps": steps, "out": str(run_dir)}, env)
+        if args.predict_only:
+            trained = {"adapter": str(run_dir / "adapter")}
+        else:
+            if run_dir.exists():
+                import shutil
+
+                shutil.rmtree(run_dir)
+            trained = _run(f"{impl}_train", {**common, **extra, "steps": steps, "out": str(run_dir)}, env)
         results[name] = {"train": trained}
         for label, options in predictions:
             predict_options = {"adapter": trained["adapter"], "seq_len": args.seq_len, **options}
             results[name][f"predict_{label}"] = _run(f"{impl}_predict", predict_options, env)
     e, t, b = results["edgetune"], results["torch"], results["torch_bf16"]
-    ratios = {
-        "train_tokens_per_s": e["train"]["tokens_per_s"] / t["train"]["tokens_per_s"],
-        "train_tokens_per_s_vs_bf16": e["train"]["tokens_per_s"] / b["train"]["tokens_per_s"],
-        "train_peak_rss": e["train"]["peak_rss_bytes"] / t["train"]["peak_rss_bytes"],
-        "train_peak_rss_vs_bf16": e["train"]["peak_rss_bytes"] / b["train"]["peak_rss_bytes"],
-    }
+    ratios = {}
+    if not args.predict_only:
+        ratios = {
+            "train_tokens_per_s": e["train"]["tokens_per_s"] / t["train"]["tokens_per_s"],
+            "train_tokens_per_s_vs_bf16": e["train"]["tokens_per_s"] / b["train"]["tokens_per_s"],
+            "train_peak_rss": e["train"]["peak_rss_bytes"] / t["train"]["peak_rss_bytes"],
+            "train_peak_rss_vs_bf16": e["train"]["peak_rss_bytes"] / b["train"]["peak_rss_bytes"],
+        }
     for mine in ("int8", "fp32"):
         for theirs, result in (("fp32", t["predict_fp32"]), ("bf16", b["predict_bf16"])):
             ratios[f"predict_{mine}_vs_{theirs}"] = e[f"predict_{mine}"]["emails_per_s"] / result["emails_per_s"]

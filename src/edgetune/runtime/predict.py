@@ -19,12 +19,11 @@ import onnxruntime as ort
 
 from edgetune.common.bundle import open_bundle
 from edgetune.common.errors import BundleError
-from edgetune.common.names import CHECKPOINT, INFERENCE_MODEL
+from edgetune.common.names import CHECKPOINT
 from edgetune.common.peft import bundle_adapter_keys, load_adapter, to_graph_layout
 from edgetune.common.trust import resolve_trust
 from edgetune.runtime.batching import load_tokenizer
-from edgetune.runtime.ort_errors import ORT_ERRORS, gist
-from edgetune.runtime.predict_graph import PRECISIONS, prediction_graph, prediction_session_options
+from edgetune.runtime.predict_graph import PRECISIONS, prediction_session, prediction_session_options
 from edgetune.runtime.predictions import decode_outputs, score
 from edgetune.runtime.task_batching import encode_task, pad_features, prepare_tokenizer
 from edgetune.runtime.task_data import read_task_examples
@@ -79,11 +78,8 @@ class EncoderPredictor:
         else:
             peft_weights, config = load_adapter(Path(adapter), self.manifest, trust=self.trust)
             weights = to_graph_layout(peft_weights)
-        model = prediction_graph(self.opened, weights, config, self.precision)
-        try:
-            self.session = ort.InferenceSession(model, self.session_options, providers=["CPUExecutionProvider"])
-        except ORT_ERRORS as e:
-            raise BundleError(f"{self.opened.path(INFERENCE_MODEL)}: ONNX Runtime cannot load it ({gist(e)})") from None
+        self.session = None  # the old one's memory is free before the new one loads
+        self.session = prediction_session(self.opened, weights, config, self.precision, self.session_options)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
 

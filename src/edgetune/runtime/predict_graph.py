@@ -18,51 +18,61 @@ import platform
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from edgetune.common.errors import BundleError
 from edgetune.common.names import INFERENCE_MODEL
 from edgetune.common.peft import MAGNITUDE, to_peft_layout
 from edgetune.runtime.merge import fold_adapter
+from edgetune.runtime.ort_errors import ORT_ERRORS, gist
 from edgetune.runtime.ort_inference import default_session_options
 from edgetune.runtime.ort_training import cpu_flags, exact_int8_needs_u8u8
 
 PRECISIONS = ("int8", "fp32")
 
 
-def prediction_graph(opened, weights: dict[str, np.ndarray], config: dict, precision: str) -> bytes:
-    """The bundle's inference graph with `weights` (graph layout: LoRA, head) folded in, serialized.
+def prediction_session(opened, weights: dict, config: dict, precision: str, options) -> ort.InferenceSession:
+    """A session on the bundle's inference graph with `weights` (graph layout: LoRA, head) folded in.
 
     opened: an `open_bundle` result; precision: "fp32" or "int8" (see the module docstring).
+    The graph goes through a temporary folder, so only one copy of the weights is in memory
+    at a time besides ORT's own.
     """
     model = onnx.load(opened.path(INFERENCE_MODEL))  # base weights come in from base_weights.bin
     inputs = {i.name for i in model.graph.input}
-    adapted = opened.manifest["adapted_modules"]
     branch = {k for k in weights if ".lora_" in k or k.endswith(MAGNITUDE)}
     for key in sorted(set(weights) - branch):  # the head: graph inputs -> constants
         if key in inputs:
             model.graph.initializer.append(numpy_helper.from_array(weights[key], key))
-    fold_adapter(model, to_peft_layout({k: weights[k] for k in branch}), config, adapted)
-    return _int8(model) if precision == "int8" else model.SerializeToString()
+    fold_adapter(model, to_peft_layout({k: weights[k] for k in branch}), config, opened.manifest["adapted_modules"])
+    with tempfile.TemporaryDirectory(prefix="edgetune-predict-", ignore_cleanup_errors=True) as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(model, path, save_as_external_data=True, location="model.onnx_data", size_threshold=1024)
+        del model
+        if precision == "int8":
+            path = _int8(path, Path(tmp) / "int8.onnx")
+        try:
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except ORT_ERRORS as e:
+            raise BundleError(f"{opened.path(INFERENCE_MODEL)}: ONNX Runtime cannot load it ({gist(e)})") from None
 
 
-def _int8(model: onnx.ModelProto) -> bytes:
-    """Every MatMul/Gemm over a constant weight with int8 weights per output channel (ORT's quantize_dynamic)."""
+def _int8(model: Path, out: Path) -> Path:
+    """`model` with int8 weights per output channel in every MatMul/Gemm over a constant (ORT's quantize_dynamic)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    constants = {t.name for t in model.graph.initializer}
-    nodes = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
+    graph = onnx.load(model, load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}
+    nodes = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # its advice to run its pre-processing script first
     try:
-        with tempfile.TemporaryDirectory(prefix="edgetune-int8-") as tmp:
-            out = Path(tmp) / "model.onnx"
-            quantize_dynamic(model, out, weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes)
-            return out.read_bytes()
+        quantize_dynamic(model, out, weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes)
     finally:
         logging.getLogger().setLevel(quiet)
+    return out
 
 
 def prediction_session_options(precision: str) -> ort.SessionOptions:
