@@ -27,7 +27,8 @@ import children
 
 ROOT = children.ROOT
 DATA = ROOT / "artifacts" / "spam" / "data"
-BUNDLE = ROOT / "artifacts" / "spam" / "bundle"
+BUNDLES = {"fp32": ROOT / "artifacts" / "spam" / "bundle", "int8": ROOT / "artifacts" / "spam" / "bundle-int8"}
+BUNDLE = BUNDLES["fp32"]  # PyTorch's side reads its tokenizer and manifest
 LABELS = ["ham", "spam"]
 PREDICT_BATCH = 32
 
@@ -47,7 +48,8 @@ def edgetune_train(o: dict) -> dict:
     from edgetune.runtime.train import train
 
     cpu = _cpu_s()
-    config = TrainConfig(BUNDLE, DATA / "train.jsonl", Path(o["out"]), steps=o["steps"], progress=False, **_hparams(o))
+    bundle = BUNDLES[o["compute"]]
+    config = TrainConfig(bundle, DATA / "train.jsonl", Path(o["out"]), steps=o["steps"], progress=False, **_hparams(o))
     summary = train(config)
     return {
         "tokens_per_s": summary["tokens_per_s"],
@@ -193,6 +195,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument(
+        "--compute", choices=tuple(BUNDLES), default="fp32", help="edgetune's bundle: fp32 or int8 compute (--compute)"
+    )
+    parser.add_argument(
         "--torch-steps", type=int, default=None, help="fewer PyTorch steps (its speed and memory, not its accuracy)"
     )
     parser.add_argument(
@@ -200,17 +205,25 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if not BUNDLE.is_dir():
-        from edgetune.builder.pipeline import build_bundle
-        from edgetune.common.embedded import minilm_dir
-        from edgetune.options import BuildConfig
+    for compute in dict.fromkeys(("fp32", args.compute)):
+        if not BUNDLES[compute].is_dir():
+            from edgetune.builder.pipeline import build_bundle
+            from edgetune.common.embedded import minilm_dir
+            from edgetune.options import BuildConfig
 
-        build_bundle(BuildConfig(str(minilm_dir()), BUNDLE, task="text-classification", labels=LABELS))
+            out = BUNDLES[compute]
+            build_bundle(
+                BuildConfig(str(minilm_dir()), out, task="text-classification", labels=LABELS, compute=compute)
+            )
     out = children.BENCH / "encoder"
     common = {"steps": args.steps, "seq_len": args.seq_len, "batch_size": args.batch_size, "lr": args.lr}
     results = {}
     contenders = {  # name: (impl, train options, [(prediction name, its options)])
-        "edgetune": ("edgetune", {}, [("int8", {"precision": "int8"}), ("fp32", {"precision": "fp32"})]),
+        "edgetune": (
+            "edgetune",
+            {"compute": args.compute},
+            [("int8", {"precision": "int8"}), ("fp32", {"precision": "fp32"})],
+        ),
         "torch": ("torch", {}, [("fp32", {})]),
         "torch_bf16": ("torch", {"bf16": True}, [("bf16", {"bf16": True})]),
     }
@@ -242,7 +255,7 @@ def main() -> int:
     for mine in ("int8", "fp32"):
         for theirs, result in (("fp32", t["predict_fp32"]), ("bf16", b["predict_bf16"])):
             ratios[f"predict_{mine}_vs_{theirs}"] = e[f"predict_{mine}"]["emails_per_s"] / result["emails_per_s"]
-    report = {"options": common, "results": results, "ratios": ratios}
+    report = {"options": common | {"compute": args.compute}, "results": results, "ratios": ratios}
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
