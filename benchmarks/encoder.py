@@ -1,19 +1,22 @@
 """MiniLM on SpamAssassin: edgetune against PyTorch + PEFT, side by side, each contender in its own child.
 
-    python benchmarks/encoder.py [--steps 300] [--torch-steps N] [--seq-len 96] [--batch-size 16] [--json out.json]
+    python benchmarks/encoder.py [--steps 300] [--torch-steps N] [--seq-len 96] [--batch-size 16] [--predict-only]
+                                 [--json out.json]
 
 Both train the same LoRA (r=8, alpha=16 on query/value) plus a new classification head,
 on the same batches (edgetune's own features and batch order), with AdamW and the same
-learning-rate schedule, fp32; the PyTorch side runs with OMP_WAIT_POLICY=PASSIVE, as
-edgetune's sessions do not spin (see benchmarks/children.py). Reported per contender:
-training tokens/s (real tokens over the summed step times), CPU seconds of training,
-peak RSS of the training process, held-out test accuracy after training, and batched
-prediction throughput on the test split (emails/s, batch 32, same seq-len), each
-prediction in a process of its own. Needs artifacts/spam/data (scripts/spam_data.py) and
-builds artifacts/spam/bundle if it is missing.
+learning-rate schedule; edgetune in fp32, PyTorch in fp32 and again under bf16 autocast.
+The PyTorch side runs with OMP_WAIT_POLICY=PASSIVE, as edgetune's sessions do not spin
+(see benchmarks/children.py). Reported per contender: training tokens/s (real tokens over
+the summed step times), CPU seconds of training, peak RSS of the training process,
+held-out test accuracy after training, and batched prediction throughput on the test split
+(emails/s, batch 32, same seq-len; edgetune int8 and fp32, PyTorch fp32 and bf16, each on
+the adapter its own training made), each prediction in a process of its own. Needs
+artifacts/spam/data (scripts/spam_data.py) and builds artifacts/spam/bundle if it is missing.
 """
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -24,7 +27,8 @@ import children
 
 ROOT = children.ROOT
 DATA = ROOT / "artifacts" / "spam" / "data"
-BUNDLE = ROOT / "artifacts" / "spam" / "bundle"
+BUNDLES = {"fp32": ROOT / "artifacts" / "spam" / "bundle", "int8": ROOT / "artifacts" / "spam" / "bundle-int8"}
+BUNDLE = BUNDLES["fp32"]  # PyTorch's side reads its tokenizer and manifest
 LABELS = ["ham", "spam"]
 PREDICT_BATCH = 32
 
@@ -44,7 +48,8 @@ def edgetune_train(o: dict) -> dict:
     from edgetune.runtime.train import train
 
     cpu = _cpu_s()
-    config = TrainConfig(BUNDLE, DATA / "train.jsonl", Path(o["out"]), steps=o["steps"], progress=False, **_hparams(o))
+    bundle = BUNDLES[o["compute"]]
+    config = TrainConfig(bundle, DATA / "train.jsonl", Path(o["out"]), steps=o["steps"], progress=False, **_hparams(o))
     summary = train(config)
     return {
         "tokens_per_s": summary["tokens_per_s"],
@@ -89,7 +94,8 @@ def torch_train(o: dict) -> dict:
             group["lr"] = learning_rate(step, config.steps, config.lr, warm, config.schedule)
         started = time.perf_counter()
         inputs = {k: torch.from_numpy(batch.arrays[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
-        loss = model(**inputs, labels=torch.from_numpy(batch.labels)).loss
+        with _autocast(torch, o):
+            loss = model(**inputs, labels=torch.from_numpy(batch.labels)).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -104,14 +110,22 @@ def torch_train(o: dict) -> dict:
     }
 
 
+def _autocast(torch, o: dict):
+    """bf16 autocast on the CPU if the options ask for it."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if o.get("bf16") else contextlib.nullcontext()
+
+
 def edgetune_predict(o: dict) -> dict:
-    """Classifier over the test split: accuracy and emails/s."""
+    """Classifier over the test split at o["precision"]: accuracy, emails/s, and the seconds to load it."""
     from edgetune.runtime.predict import Classifier
 
-    classifier = Classifier(BUNDLE, o["adapter"], seq_len=o["seq_len"], batch_size=PREDICT_BATCH)
     started = time.perf_counter()
+    classifier = Classifier(
+        BUNDLE, o["adapter"], seq_len=o["seq_len"], batch_size=PREDICT_BATCH, precision=o["precision"]
+    )
+    load_s, started = time.perf_counter() - started, time.perf_counter()
     examples, _, metrics = classifier.predict_file(DATA / "test.jsonl")
-    return {"emails_per_s": len(examples) / (time.perf_counter() - started), **metrics}
+    return {"emails_per_s": len(examples) / (time.perf_counter() - started), "load_s": load_s, **metrics}
 
 
 def torch_predict(o: dict) -> dict:
@@ -140,12 +154,12 @@ def torch_predict(o: dict) -> dict:
     features = encode_task(examples, task.tokenizer, "text-classification")
     order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
     outputs = [None] * len(features)
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(torch, o):
         for start in range(0, len(order), PREDICT_BATCH):
             rows = order[start : start + PREDICT_BATCH]
             batch = pad_features([features[i] for i in rows], task.info.pad_id)
             inputs = {k: torch.from_numpy(batch.arrays[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
-            logits = model(**inputs).logits.numpy()
+            logits = model(**inputs).logits.float().numpy()
             for b, i in enumerate(rows):
                 outputs[i] = (logits[b],)
     predictions = decode_outputs("text-classification", examples, features, outputs, LABELS)
@@ -181,37 +195,67 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument(
+        "--compute", choices=tuple(BUNDLES), default="fp32", help="edgetune's bundle: fp32 or int8 compute (--compute)"
+    )
+    parser.add_argument(
         "--torch-steps", type=int, default=None, help="fewer PyTorch steps (its speed and memory, not its accuracy)"
+    )
+    parser.add_argument(
+        "--predict-only", action="store_true", help="no training: predict with the adapters the last run left"
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if not BUNDLE.is_dir():
-        from edgetune.builder.pipeline import build_bundle
-        from edgetune.common.embedded import minilm_dir
-        from edgetune.options import BuildConfig
+    for compute in dict.fromkeys(("fp32", args.compute)):
+        if not BUNDLES[compute].is_dir():
+            from edgetune.builder.pipeline import build_bundle
+            from edgetune.common.embedded import minilm_dir
+            from edgetune.options import BuildConfig
 
-        build_bundle(BuildConfig(str(minilm_dir()), BUNDLE, task="text-classification", labels=LABELS))
+            out = BUNDLES[compute]
+            build_bundle(
+                BuildConfig(str(minilm_dir()), out, task="text-classification", labels=LABELS, compute=compute)
+            )
     out = children.BENCH / "encoder"
     common = {"steps": args.steps, "seq_len": args.seq_len, "batch_size": args.batch_size, "lr": args.lr}
     results = {}
-    for side in ("edgetune", "torch"):
-        run_dir = out / side
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
-        env = children.NO_SPIN if side == "torch" else None
-        steps = args.torch_steps if side == "torch" and args.torch_steps else args.steps
-        trained = _run(f"{side}_train", {**common, "steps": steps, "out": str(run_dir)}, env)
-        predicted = _run(f"{side}_predict", {"adapter": trained["adapter"], "seq_len": args.seq_len}, env)
-        results[side] = {"train": trained, "predict": predicted}
-    e, t = results["edgetune"], results["torch"]
-    ratios = {
-        "train_tokens_per_s": e["train"]["tokens_per_s"] / t["train"]["tokens_per_s"],
-        "train_peak_rss": e["train"]["peak_rss_bytes"] / t["train"]["peak_rss_bytes"],
-        "predict_emails_per_s": e["predict"]["emails_per_s"] / t["predict"]["emails_per_s"],
+    contenders = {  # name: (impl, train options, [(prediction name, its options)])
+        "edgetune": (
+            "edgetune",
+            {"compute": args.compute},
+            [("int8", {"precision": "int8"}), ("fp32", {"precision": "fp32"})],
+        ),
+        "torch": ("torch", {}, [("fp32", {})]),
+        "torch_bf16": ("torch", {"bf16": True}, [("bf16", {"bf16": True})]),
     }
-    report = {"options": common, "results": results, "ratios": ratios}
+    for name, (impl, extra, predictions) in contenders.items():
+        run_dir = out / name
+        env = children.NO_SPIN if impl == "torch" else None
+        steps = args.torch_steps if impl == "torch" and args.torch_steps else args.steps
+        if args.predict_only:
+            trained = {"adapter": str(run_dir / "adapter")}
+        else:
+            if run_dir.exists():
+                import shutil
+
+                shutil.rmtree(run_dir)
+            trained = _run(f"{impl}_train", {**common, **extra, "steps": steps, "out": str(run_dir)}, env)
+        results[name] = {"train": trained}
+        for label, options in predictions:
+            predict_options = {"adapter": trained["adapter"], "seq_len": args.seq_len, **options}
+            results[name][f"predict_{label}"] = _run(f"{impl}_predict", predict_options, env)
+    e, t, b = results["edgetune"], results["torch"], results["torch_bf16"]
+    ratios = {}
+    if not args.predict_only:
+        ratios = {
+            "train_tokens_per_s": e["train"]["tokens_per_s"] / t["train"]["tokens_per_s"],
+            "train_tokens_per_s_vs_bf16": e["train"]["tokens_per_s"] / b["train"]["tokens_per_s"],
+            "train_peak_rss": e["train"]["peak_rss_bytes"] / t["train"]["peak_rss_bytes"],
+            "train_peak_rss_vs_bf16": e["train"]["peak_rss_bytes"] / b["train"]["peak_rss_bytes"],
+        }
+    for mine in ("int8", "fp32"):
+        for theirs, result in (("fp32", t["predict_fp32"]), ("bf16", b["predict_bf16"])):
+            ratios[f"predict_{mine}_vs_{theirs}"] = e[f"predict_{mine}"]["emails_per_s"] / result["emails_per_s"]
+    report = {"options": common | {"compute": args.compute}, "results": results, "ratios": ratios}
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -147,9 +147,8 @@ class BuildConfig:
         if self.compute == "int8" and not (self.method == "lora" or self.quant == "int8"):
             shown = self.method if self.quant is None else f"{self.method} with quant {self.quant}"
             raise ConfigError("compute", f"int8 needs method lora, or qlora with quant int8 (got {shown})")
-        if self.compute == "int8" and (self.base_delta or self.task != "causal-lm"):
-            shown = "base_delta" if self.base_delta else f"task {self.task}"
-            raise ConfigError("compute", f"int8 is for causal-lm LoRA and QLoRA-int8 bundles, not {shown}")
+        if self.compute == "int8" and self.base_delta:
+            raise ConfigError("compute", "int8 is for LoRA and QLoRA-int8 bundles, not base_delta")
         spec = self.spec  # validates rank, alpha, dropout
         if self.init_adapter is not None and (self.targets is not None or spec != LoraSpec()):
             raise ConfigError(

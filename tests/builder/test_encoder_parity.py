@@ -92,6 +92,15 @@ def test_qlora_keeps_the_head_float_and_stays_near_peft(quant, tolerance, encode
     check_against_peft(bundle, encoder_model_dir("bert"), "text-classification", tmp_path, tolerance=tolerance)
 
 
+@pytest.mark.parametrize("arch", ENCODERS)
+def test_int8_compute_stays_near_peft(arch, encoder_bundle, encoder_model_dir, tmp_path):
+    """The frozen Linears run as int8 GEMMs in training (`--compute int8`): loss near PEFT's float one
+    (QLoRA-int8's tolerance), one AdamW step moves every trained tensor as PEFT's does."""
+    bundle = encoder_bundle(arch, "text-classification", compute="int8")
+    assert read_manifest(bundle)["compute"]["type"] == "int8"
+    check_against_peft(bundle, encoder_model_dir(arch), "text-classification", tmp_path, tolerance=0.02)
+
+
 def check_against_peft(bundle, model_dir, task, tmp_path, tolerance: float = 1e-4):
     """Logits of the inference graph and one AdamW step of the training graph against PEFT's."""
     import onnxruntime as ort

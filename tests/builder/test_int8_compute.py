@@ -206,14 +206,7 @@ def test_an_int8_compute_bundle_serves_and_merges(method_bundle, tmp_path):
             "compute: int8 needs method lora, or qlora with quant int8 (got qlora with quant int4)",
         ),
         (dict(compute="int4"), "compute: must be one of fp32, int8, got 'int4'"),
-        (
-            dict(base_delta=True, compute="int8"),
-            "compute: int8 is for causal-lm LoRA and QLoRA-int8 bundles, not base_delta",
-        ),
-        (
-            dict(task="text-classification", labels="a,b", compute="int8"),
-            "compute: int8 is for causal-lm LoRA and QLoRA-int8 bundles, not task text-classification",
-        ),
+        (dict(base_delta=True, compute="int8"), "compute: int8 is for LoRA and QLoRA-int8 bundles, not base_delta"),
     ],
 )
 def test_bad_compute_settings_are_one_line_errors(kwargs, message, tiny_model_dir, tmp_path):

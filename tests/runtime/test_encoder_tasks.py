@@ -84,6 +84,9 @@ def test_predict_cli_prints_jsonl_and_metrics(encoder_bundle, tmp_path, capsys):
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 5 and rows[0]["source"].endswith(":1") and len(rows[0]["probabilities"]) == 3
     assert err.startswith("5 examples: accuracy ") and "macro_f1" in err
+    assert main(["predict", bundle, "--data", data, "--precision", "fp32", "--metrics-only"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("5 examples: accuracy ") and err == ""
     assert main(["predict", bundle, "--data", str(tmp_path / "missing.jsonl")]) == 1
     assert "missing.jsonl: no such file" in capsys.readouterr().err
 

@@ -11,7 +11,9 @@ def run_predict(args: argparse.Namespace) -> None:
     """Print one JSON prediction per line of --data; with --metrics, the scores on stderr."""
     from edgetune.runtime.predict import EncoderPredictor
 
-    predictor = EncoderPredictor(args.bundle, args.adapter, seq_len=args.seq_len, batch_size=args.batch_size)
+    predictor = EncoderPredictor(
+        args.bundle, args.adapter, seq_len=args.seq_len, batch_size=args.batch_size, precision=args.precision
+    )
     examples, predictions, metrics = predictor.predict_file(args.data, args.limit)
     if not args.metrics_only:
         for example, prediction in zip(examples, predictions):
@@ -32,6 +34,12 @@ def register(sub) -> None:
     p.add_argument("--adapter", default=None, help="PEFT adapter folder (default: the bundle's untrained head)")
     p.add_argument("--metrics", action="store_true", help="also score the predictions against the data's labels")
     p.add_argument("--metrics-only", action="store_true", help="print only the scores")
+    p.add_argument(
+        "--precision",
+        choices=("int8", "fp32"),
+        default="int8",
+        help="int8 weights in the encoder's linear layers (default; faster) or fp32 (the exact logits)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seq-len", type=positive_int, default=256)
     p.add_argument("--limit", type=positive_int, default=None, help="the first N examples")

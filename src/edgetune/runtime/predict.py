@@ -5,8 +5,10 @@
     Tagger("artifacts/ner", adapter=...).predict([["Alice", "meets", "Bob"]])      # [['B-PER', 'O', 'B-PER']]
     Reader("artifacts/qa", adapter=...).predict([{"question": ..., "context": ...}])  # [{'answer': ..., 'start': ...}]
 
-The inference graph takes the adapter's tensors (LoRA and the task head) as inputs; without
-an adapter the bundle's own initial tensors are fed (LoRA's B = 0, the untrained head).
+The session runs the bundle's inference graph with the adapter folded in (without an adapter,
+the bundle's own initial tensors: LoRA's B = 0, the untrained head), by default with int8
+weights; precision="fp32" (`edgetune predict --precision fp32`) keeps them float
+(`predict_graph`).
 """
 
 import os
@@ -17,11 +19,11 @@ import onnxruntime as ort
 
 from edgetune.common.bundle import open_bundle
 from edgetune.common.errors import BundleError
-from edgetune.common.names import CHECKPOINT, INFERENCE_MODEL, LORA_SCALING
-from edgetune.common.peft import bundle_adapter_keys, config_scaling, load_adapter, to_graph_layout
+from edgetune.common.names import CHECKPOINT
+from edgetune.common.peft import bundle_adapter_keys, load_adapter, to_graph_layout
 from edgetune.common.trust import resolve_trust
 from edgetune.runtime.batching import load_tokenizer
-from edgetune.runtime.ort_inference import open_session
+from edgetune.runtime.predict_graph import PRECISIONS, prediction_session, prediction_session_options
 from edgetune.runtime.predictions import decode_outputs, score
 from edgetune.runtime.task_batching import encode_task, pad_features, prepare_tokenizer
 from edgetune.runtime.task_data import read_task_examples
@@ -43,8 +45,11 @@ class EncoderPredictor:
         session_options: ort.SessionOptions | None = None,
         *,
         trust: str | os.PathLike | None = None,
+        precision: str = "int8",
     ):
         """Load `bundle` (with `open_bundle`) and `adapter` (None: the bundle's untrained head).
+
+        precision: "int8" (int8 weights in the encoder's linear layers) or "fp32".
 
         trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS); with keys, the bundle
         and every adapter must be signed by one of them.
@@ -56,23 +61,27 @@ class EncoderPredictor:
         if self.manifest["task"] == "causal-lm" or (self.task and self.manifest["task"] != self.task):
             raise BundleError(f"{bundle}: a {self.manifest['task']} bundle, not {self.task or 'an encoder task'}")
         self.task = self.manifest["task"]
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        self.precision = precision
+        self.session_options = session_options or prediction_session_options(precision)
         self.labels = self.manifest.get("labels") or []
         self.batch_size = batch_size
         tokenizer, self.info = load_tokenizer(self.bundle)
         self.tokenizer = prepare_tokenizer(tokenizer, seq_len, self.task)
-        self.session = open_session(self.opened.path(INFERENCE_MODEL), session_options)
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.outputs = [o.name for o in self.session.get_outputs()]
         self.set_adapter(adapter)
 
     def set_adapter(self, adapter: str | os.PathLike | None) -> None:
-        """Feed another adapter's tensors (None: the bundle's initial ones)."""
+        """Serve another adapter (None: the bundle's initial tensors): a new session with it folded in."""
         if adapter is None:
-            weights, scale = self._initial_adapter(), config_scaling(self.manifest["adapter_config"])
+            weights, config = self._initial_adapter(), self.manifest["adapter_config"]
         else:
             peft_weights, config = load_adapter(Path(adapter), self.manifest, trust=self.trust)
-            weights, scale = to_graph_layout(peft_weights), config_scaling(config)
-        self.feeds = weights | {LORA_SCALING: np.array(scale, np.float32)}
+            weights = to_graph_layout(peft_weights)
+        self.session = None  # the old one's memory is free before the new one loads
+        self.session = prediction_session(self.opened, weights, config, self.precision, self.session_options)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
 
     def _initial_adapter(self) -> dict[str, np.ndarray]:
         """The bundle checkpoint's adapter tensors (graph layout)."""
@@ -90,7 +99,7 @@ class EncoderPredictor:
             rows = order[start : start + self.batch_size]
             batch = pad_features([features[i] for i in rows], self.info.pad_id)
             feeds = {name: batch.arrays[name] for name in self.inputs if name in batch.arrays}
-            results = self.session.run(self.outputs, feeds | {k: v for k, v in self.feeds.items() if k in self.inputs})
+            results = self.session.run(self.outputs, feeds)
             for b, i in enumerate(rows):
                 outputs[i] = tuple(r[b] for r in results)
         return decode_outputs(self.task, examples, features, outputs, self.labels)
