@@ -34,8 +34,7 @@ from edgetune.builder.rewrites.quant.tensors import (
 from edgetune.builder.weights import WeightFiles
 from edgetune.common.names import LOGITS
 
-BLOCK = 32
-INT4_BLOCK = 32  # GGUF's Q4_1 block
+BLOCK = 32  # values per quantization block along K, for int8 and int4 (GGUF's Q4_1 block)
 ACCURACY_INT8 = 4  # MatMulNBits: quantize activations to int8 inside the kernel
 
 
