@@ -114,11 +114,12 @@ def main() -> None:
     for i, method in enumerate(args.methods):
         built = children.BENCH / "bundles" / f"{args.model}-{method}"
         reused = args.reuse and (built / "manifest.json").is_file()
-        entry = results["runs"][method] = {
+        entry = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "loadavg_start": os.getloadavg(),
         }
-        reuse = {"bundle": str(built), "reused": True, "error": None}
+        before = results["runs"].get(method, {}).get("build", {})  # a reused bundle keeps its build figures
+        reuse = {**before, "bundle": str(built), "reused": True, "error": None}
         entry["build"] = reuse if reused else build(folder, args.model, method)
         if entry["build"]["error"] is None:
             points = {"edgetune": {"impl": "edgetune", "bundle": entry["build"]["bundle"], **base}}
@@ -137,6 +138,7 @@ def main() -> None:
             if METHODS[method][1] == "int4" and not args.no_serve:
                 entry["serve"] = serve(Path(entry["build"]["bundle"]), folder)
         entry["loadavg_end"] = os.getloadavg()
+        results["runs"][method] = entry
         out.write_text(json.dumps(results, indent=1, default=str))
     children.log(f"results in {out}")
 

@@ -4,7 +4,8 @@
 
 One row per model and method (smallest model first): build peak RSS, training tokens/s and peak
 RSS at batch 1 x 512, and the ratios to PyTorch + PEFT LoRA fp32 (and bf16 autocast, where the
-run had it) measured in the same run. Prints Markdown.
+run had it) measured in the same run; in brackets the ratio of CPU seconds per step, steadier than
+wall time on a shared machine. Prints Markdown.
 """
 
 import json
@@ -34,6 +35,7 @@ def rows(result: dict) -> list[str]:
             continue
         speed, rss = ours["tokens_per_s"], ours["peak_rss_bytes"]
         versus = [f"{speed / t['tokens_per_s']:.2f}×" if t else "–" for t in (fp32, bf16)]
+        cpu = f"{fp32['cpu_s_per_step'] / ours['cpu_s_per_step']:.2f}×" if fp32 else "–"
         rss_ratio = f"{rss / fp32['peak_rss_bytes']:.2f}×" if fp32 else "–"
         build = run["build"].get("peak_rss_bytes")
         out.append(
@@ -41,7 +43,7 @@ def rows(result: dict) -> list[str]:
             + (f"{build / GIB:.2f} GiB" if build else "(reused)")
             + f" | {speed:.1f} | {rss / GIB:.2f} GiB | "
             + (f"{fp32['tokens_per_s']:.1f} / {fp32['peak_rss_bytes'] / GIB:.2f} GiB" if fp32 else "–")
-            + f" | {versus[0]} | {rss_ratio} | "
+            + f" | {versus[0]} ({cpu}) | {rss_ratio} | "
             + (f"{bf16['tokens_per_s']:.1f}" if bf16 else "–")
             + f" | {versus[1]} | {ours.get('loadavg_1min', 0):.1f} |"
         )
@@ -53,7 +55,7 @@ def main() -> None:
     results = sorted((json.loads(f.read_text()) for f in files), key=lambda r: r.get("params", 0))
     print(
         "| model (params) | method | build peak RSS | tokens/s | train peak RSS | PyTorch fp32 tokens/s / RSS "
-        "| speed vs fp32 | RSS vs fp32 | PyTorch bf16 tokens/s | speed vs bf16 | load |"
+        "| speed vs fp32 (per CPU s) | RSS vs fp32 | PyTorch bf16 tokens/s | speed vs bf16 | load |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for result in results:
