@@ -110,7 +110,9 @@ def test_the_linears_reading_one_input_share_one_matmul_nbits_and_block_sums(q4_
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits" and "lm_head" not in n.name]
     sums = [n for n in model.graph.node if n.op_type == "ReduceSum" and n.output[0].endswith("/block_sums")]
     assert len(nbits) == 2 * 4  # two layers of q/k/v, o, gate/up, down
-    splits = [n for n in model.graph.node if n.op_type == "Split" and n.input[0] in {m.output[0] for m in nbits}]
+    splits = [n for n in model.graph.node if n.op_type == "Split" and n.name.startswith("/serve/fused/")]
     assert sorted(len(n.output) for n in splits) == [2, 2, 3, 3]
+    shares = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[0] in {m.output[0] for m in sums}]
+    assert len(shares) == len(nbits)  # the minimums' share: one per MatMulNBits, stacked like it
     assert len(sums) == 2 * 4  # per layer: the norm's output (q/k/v), o's input, the norm's (gate/up), down's
     assert {producers[n.input[0]].input[0] for n in sums} == {n.input[0] for n in nbits}  # ReduceSum(Reshape(x))

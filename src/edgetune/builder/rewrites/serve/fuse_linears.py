@@ -6,6 +6,10 @@ MatMulNBits computes each output column from its own blocks, scales and zero poi
 Linears that read the same input, with the same K, bits, block size and accuracy level, can
 run as one over their weights stacked along N, followed by a Split into the original outputs:
 each column is computed exactly as before.
+
+The exact Q4_1 form (`quant/base.py`) adds to each product its minimums' share, a MatMul of
+the input's block sums by the Linear's (nb, out) offsets, then an Add; those are stacked the
+same way (a Concat of the offsets, folded by ORT at load), so the group's output is one Add.
 """
 
 from collections import defaultdict
@@ -34,11 +38,16 @@ def fuse_shared_input_linears(model: onnx.ModelProto) -> int:
     fused = [group for group in groups.values() if len(group) > 1]
     if not fused:
         return 0
+    readers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
     gone: set[int] = set()
     added: list[onnx.NodeProto] = []
     for group in fused:
-        added += _fuse(graph, group, inits, _split_opset(model))
-        gone.update(id(n) for n in group)
+        shares = _offset_shares(group, readers, producers)
+        added += _fuse(graph, group, inits, _split_opset(model), shares)
+        gone.update(id(n) for n in group + [n for add, matmul in shares for n in (add, matmul)])
     nodes = [n for n in graph.node if id(n) not in gone] + added
     del graph.node[:]
     graph.node.extend(topological(_drop_dead(nodes, {o.name for o in graph.output})))
@@ -46,8 +55,21 @@ def fuse_shared_input_linears(model: onnx.ModelProto) -> int:
     return len(fused)
 
 
-def _fuse(graph, group: list[onnx.NodeProto], inits: dict, split_opset: int) -> list[onnx.NodeProto]:
-    """MatMulNBits over the group's weights stacked along N, then a Split into its outputs."""
+def _offset_shares(group: list, readers: dict, producers: dict) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    """Per Linear, (Add of product and share, MatMul of block sums by offsets), if every Linear has them."""
+    found = []
+    for node in group:
+        after = readers[node.output[0]]
+        add = after[0] if len(after) == 1 and after[0].op_type == "Add" else None
+        share = producers.get(add.input[1]) if add is not None and add.input[0] == node.output[0] else None
+        if share is None or share.op_type != "MatMul" or len(readers[share.output[0]]) != 1:
+            return []
+        found.append((add, share))
+    return found if len({share.input[0] for _, share in found}) == 1 else []  # one input's block sums
+
+
+def _fuse(graph, group: list, inits: dict, split_opset: int, shares: list) -> list[onnx.NodeProto]:
+    """MatMulNBits over the group's weights stacked along N (plus the offsets' share), then a Split."""
     widths = [_attr(n, "N") for n in group]
     first = group[0]
     p = f"/serve/fused/{first.name or first.output[0]}"
@@ -68,12 +90,21 @@ def _fuse(graph, group: list[onnx.NodeProto], inits: dict, split_opset: int) -> 
         if a.name == "N":
             a.i = sum(widths)
     outputs = [n.output[0] for n in group]
+    fused = [node]
+    if shares:  # y = product + block_sums·[offsets_1 | offsets_2 | ...]
+        offsets = helper.make_node(
+            "Concat", [m.input[1] for _, m in shares], [f"{p}/offsets"], name=f"{p}/offsets", axis=1
+        )
+        share = helper.make_node("MatMul", [shares[0][1].input[0], f"{p}/offsets"], [f"{p}/share"], name=f"{p}/share")
+        total = helper.make_node("Add", [node.output[0], f"{p}/share"], [f"{p}/sum"], name=f"{p}/sum")
+        fused += [offsets, share, total]
+        outputs = [add.output[0] for add, _ in shares]
     if split_opset >= 13:
         sizes = add_initializer(graph, f"{p}/widths", np.array(widths, np.int64))
-        split = helper.make_node("Split", [node.output[0], sizes], outputs, name=f"{p}/split", axis=-1)
+        split = helper.make_node("Split", [fused[-1].output[0], sizes], outputs, name=f"{p}/split", axis=-1)
     else:
-        split = helper.make_node("Split", [node.output[0]], outputs, name=f"{p}/split", axis=-1, split=widths)
-    return [node, split]
+        split = helper.make_node("Split", [fused[-1].output[0]], outputs, name=f"{p}/split", axis=-1, split=widths)
+    return [*fused, split]
 
 
 def _activation(name: str, producers: dict) -> tuple[str, ...]:
