@@ -1,40 +1,60 @@
-"""Batch-1 decode step time of serving graphs, interleaved: `python benchmarks/decode_steps.py NAME=BUNDLE ...`.
+"""Decode step time of serving graphs at 1 and N rows, interleaved: `python benchmarks/decode_steps.py NAME=BUNDLE ...`.
 
-For graphs of one model (int4 forms, accuracy levels): each engine decodes 100 greedy tokens
-after the same 128-token prompt, one engine after another, 3 rounds; prints the median step
-of each round per bundle and the load average before and after. Interleaving spreads the
-load of a shared machine over every graph alike, so ratios between them hold.
+    python benchmarks/decode_steps.py [--rows 1 8] [--rounds 3] NAME=BUNDLE ...
+
+For graphs of one model (int4 forms, accuracy levels, int8 kernels): each engine decodes 100
+greedy tokens in every row after the same 128-token prompt, one engine and row count after
+another, `--rounds` rounds; prints the median decode step of each round per bundle and row
+count, the aggregate tokens/s of N rows against one row's (N·step(1) / step(N), from the
+rounds' medians), and the load average before and after. Interleaving spreads the load of a
+shared machine over every graph alike, so ratios between them hold.
 """
 
+import argparse
 import os
 import statistics
-import sys
 import time
 
 from edgetune.runtime.engine import Engine
 from edgetune.runtime.sampling import SamplingParams
 
-ROUNDS, NEW_TOKENS = 3, 100
+NEW_TOKENS = 100
+
+
+def step_ms(engine: Engine, rows: int) -> float:
+    """Median decode step (ms) of `rows` rows decoding together after the same 128-token prompt."""
+    prompt = engine.encode("The history of the sea is long and " * 20)[:128]
+    for i in range(rows):
+        engine.add(f"r{i}", prompt, sampling=SamplingParams(temperature=0), max_new_tokens=NEW_TOKENS + 1)
+    times = []
+    while engine.has_work:
+        start = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[2:]) * 1000  # decode steps only (the prompts' prefill comes first)
 
 
 def main() -> None:
-    bundles = dict(arg.split("=", 1) for arg in sys.argv[1:])
-    engines = {name: Engine(path, max_batch=1) for name, path in bundles.items()}
-    steps_ms: dict[str, list[float]] = {name: [] for name in bundles}
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundles", nargs="+", help="NAME=BUNDLE")
+    parser.add_argument("--rows", nargs="+", type=int, default=[1])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    bundles = dict(arg.split("=", 1) for arg in args.bundles)
+    engines = {name: Engine(path, max_batch=max(args.rows)) for name, path in bundles.items()}
+    steps: dict[tuple[str, int], list[float]] = {(name, rows): [] for name in bundles for rows in args.rows}
     print("load average", os.getloadavg())
-    for _ in range(ROUNDS):
+    for _ in range(args.rounds):
         for name, engine in engines.items():
-            prompt = engine.encode("The history of the sea is long and " * 20)[:128]
-            engine.add("r", prompt, sampling=SamplingParams(temperature=0), max_new_tokens=NEW_TOKENS + 1)
-            times = []
-            while engine.has_work:
-                start = time.perf_counter()
-                engine.step()
-                times.append(time.perf_counter() - start)
-            steps_ms[name].append(statistics.median(times[2:]) * 1000)  # decode steps only
-    for name, rounds in steps_ms.items():
-        rate = 1000 / statistics.median(rounds)
-        print(f"{name:16s} step ms {' '.join(f'{t:.2f}' for t in rounds)}  tokens/s {rate:.1f}")
+            for rows in args.rows:
+                steps[name, rows].append(step_ms(engine, rows))
+    for (name, rows), rounds in steps.items():
+        median = statistics.median(rounds)
+        gain = rows * statistics.median(steps[name, args.rows[0]]) / median / args.rows[0]
+        print(
+            f"{name:16s} {rows} rows: step ms {' '.join(f'{t:.2f}' for t in rounds)}  "
+            f"tokens/s {1000 * rows / median:.1f}  ({gain:.2f}x {args.rows[0]} row(s))"
+        )
     print("load average", os.getloadavg())
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import helper
 from transformers import AutoModelForCausalLM
 
 from edgetune.builder.pipeline import build_bundle
@@ -41,13 +42,25 @@ def _q4_1_model(folder):
 
 
 def _with_float_activations(bundle, folder):
-    """A copy of `bundle` whose serving MatMulNBits take float activations (accuracy_level 0), re-listed."""
+    """A copy of `bundle` whose kernels take float activations, re-listed: MatMulNBits at accuracy_level 0, and
+    the int8 head's product reads x/a (before QuantizeLinear rounds it) times its dequantized weight."""
     copy_bundle(bundle, folder)
     model = onnx.load(folder / names.SERVE_MODEL, load_external_data=False)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    nodes = []
     for node in model.graph.node:
         for a in node.attribute:
             if node.op_type == "MatMulNBits" and a.name == "accuracy_level":
                 a.i = 0
+        if node.op_type == "MatMulIntegerToFloat":  # (x_q, q, 1, s, 128) -> (x/a)·(q·s)
+            x_q, q, _, s, _ = node.input
+            w = f"{node.name}/float_weight"
+            nodes.append(helper.make_node("Cast", [q], [f"{w}/q"], to=onnx.TensorProto.FLOAT))
+            nodes.append(helper.make_node("Mul", [f"{w}/q", s], [w]))
+            node = helper.make_node("MatMul", [producers[x_q].input[0], w], list(node.output), name=node.name)
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     onnx.save(model, folder / names.SERVE_MODEL)
     reseal(folder)
     return folder

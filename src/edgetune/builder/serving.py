@@ -23,7 +23,7 @@ from edgetune.builder.rewrites.serve.attention import attention_layers, use_grou
 from edgetune.builder.rewrites.serve.attention_config import attention_shape, rotary_tables
 from edgetune.builder.rewrites.serve.fuse_linears import fuse_shared_input_linears
 from edgetune.builder.rewrites.serve.last_position import head_on_last_position, prune
-from edgetune.builder.rewrites.serve.quantize import ACCURACY_INT8, BLOCK, quantize_serving_weights
+from edgetune.builder.rewrites.serve.quantize import ACCURACY_INT8, INT4_BLOCK, quantize_serving_weights
 from edgetune.builder.weights import MIN_EXTERNAL_BYTES, WeightFiles, WeightStore
 from edgetune.common import names
 
@@ -46,7 +46,7 @@ def prepare_serving_graph(path: Path, plan, config, sites_of, serve_quant: str) 
     if variant.quant is not None:  # QLoRA's base as it trained
         quantize_frozen_base(model, variant.quant, variant.block_size, training=False, files=files)
     elif serve_quant == "int4":  # a float base in the same form: GGUF Q4_1 weights come back exactly
-        quantize_frozen_base(model, "int4", BLOCK, training=False, files=files, accuracy_level=ACCURACY_INT8)
+        quantize_frozen_base(model, "int4", INT4_BLOCK, training=False, files=files, accuracy_level=ACCURACY_INT8)
     add_adapter_bank(model, sites, variant.use_dora)
     head_on_last_position(model)
     variant.rewrite_head(model, False, files)
