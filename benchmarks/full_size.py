@@ -1,6 +1,6 @@
 """Full-size models with random weights in the hub's layout: build, train and serve figures.
 
-    python benchmarks/full_size.py phi-3-mini-4k [--methods qlora-int4 lora] [--steps 2] [--no-torch] [--reuse]
+    python benchmarks/full_size.py phi-3-mini-4k [--methods qlora-int4 lora] [--steps 2] [--no-torch] [--bf16] [--reuse]
 
 The folder is `hub_models.py`'s (made here if absent: published config, sharded bf16
 safetensors, a tokenizer of the published size). Per method, each step a child process
@@ -8,7 +8,8 @@ with its own peak RSS (`children.py`):
     build    build_bundle(model folder, --method/--quant), as `edgetune build` runs it
     train    batch 1 x seq-len 512: train_speed's tight loops, edgetune on the bundle beside
              PyTorch + PEFT fp32 on the folder (same r, alpha and targets; PyTorch once, as it
-             does not depend on the bundle's method), 1 warm-up + `steps` timed steps
+             does not depend on the bundle's method; `--bf16`: also with bf16 autocast), 1 warm-up +
+             `steps` timed steps
     serve    (int4) the serving engine: decode tokens/s at batch 1 after a 128-token prompt,
              time to first token for a 512-token prompt
 Results go to artifacts/bench/full-size-<model>.json, a run replacing its methods' entries.
@@ -52,19 +53,6 @@ def default_targets(folder: Path) -> list[str]:
     return list(get_architecture(config["model_type"]).default_targets)
 
 
-def prompt_ids(folder: Path, n: int) -> list[int]:
-    """`n` token ids of real text (dates-task prompts and answers) with the model's own tokenizer."""
-    import tokenizers
-
-    from edgetune.tasks.dates import make_examples
-
-    tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
-    text = "\n\n".join(e["prompt"] + e["completion"] for e in make_examples(2000, seed=0))
-    ids = tok.encode(text, add_special_tokens=False).ids
-    assert len(ids) >= n, f"{len(ids)} < {n} tokens of text"
-    return ids[:n]
-
-
 def build(folder: Path, name: str, method: str) -> dict:
     """Build the bundle in a child; its wall time, peak RSS and size on disk (or the error)."""
     out = children.BENCH / "bundles" / f"{name}-{method}"
@@ -89,7 +77,7 @@ def serve(bundle: Path, folder: Path) -> dict:
     options = {
         "impl": "edgetune",
         "bundle": str(bundle),
-        "prompt": prompt_ids(folder, 512 + 8 * 64),
+        "prompt": workloads.text_tokens(512 + 8 * 64, folder / "tokenizer.json"),
         "prompt_tokens": 128,
         "new_tokens": 32,
         "stream_tokens": 8,
@@ -109,6 +97,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch + PEFT fp32")
     parser.add_argument("--no-serve", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="also PyTorch + PEFT with bf16 autocast")
     parser.add_argument("--reuse", action="store_true", help="train and serve bundles built before, without rebuilding")
     args = parser.parse_args()
     folder = children.BENCH / "models" / args.model
@@ -119,15 +108,18 @@ def main() -> None:
         assert not made["error"], made["error"]
     out = children.BENCH / f"full-size-{args.model}.json"  # one file per model, a run updates its methods' rows
     results = json.loads(out.read_text()) if out.is_file() else {"model": args.model, "runs": {}}
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    results["params"] = index["metadata"]["total_size"] // 2  # bf16 shards, tied weights once
     base = {"batch": 1, "seq_len": 512, "steps": args.steps, "warmup": 1}
     for i, method in enumerate(args.methods):
         built = children.BENCH / "bundles" / f"{args.model}-{method}"
         reused = args.reuse and (built / "manifest.json").is_file()
-        entry = results["runs"][method] = {
+        entry = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "loadavg_start": os.getloadavg(),
         }
-        reuse = {"bundle": str(built), "reused": True, "error": None}
+        before = results["runs"].get(method, {}).get("build", {})  # a reused bundle keeps its build figures
+        reuse = {**before, "bundle": str(built), "reused": True, "error": None}
         entry["build"] = reuse if reused else build(folder, args.model, method)
         if entry["build"]["error"] is None:
             points = {"edgetune": {"impl": "edgetune", "bundle": entry["build"]["bundle"], **base}}
@@ -140,10 +132,13 @@ def main() -> None:
                     "env": children.NO_SPIN,
                     **base,
                 }
+                if args.bf16:
+                    points["torch_bf16"] = {**points["torch_fp32"], "bf16": True}
             entry["train"] = train_speed.measure(points, rounds=1, timeout=7200)
             if METHODS[method][1] == "int4" and not args.no_serve:
                 entry["serve"] = serve(Path(entry["build"]["bundle"]), folder)
         entry["loadavg_end"] = os.getloadavg()
+        results["runs"][method] = entry
         out.write_text(json.dumps(results, indent=1, default=str))
     children.log(f"results in {out}")
 

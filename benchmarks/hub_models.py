@@ -25,6 +25,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.integrations.accelerate import init_empty_weights
 
+import workloads
+from build_figures import CONFIGS
+
 SHARD_BYTES = 5_000_000_000  # save_pretrained's default max_shard_size, the hub's 5 GB
 PHI3_SPECIALS = [
     "<|endoftext|>",
@@ -64,7 +67,43 @@ LLAMA_3_2_1B = {  # meta-llama/Llama-3.2-1B's config.json (the tokenizer here is
     "tie_word_embeddings": True,
     "initializer_range": 0.02,
 }
+SMOLLM2_135M = {  # HuggingFaceTB/SmolLM2-135M-Instruct's config.json
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+    "initializer_range": 0.02,
+}
+GEMMA_3_270M = {  # google/gemma-3-270m's config.json (as the Q4_K_M GGUF's metadata gives it)
+    "hidden_size": 640,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 18,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 256,
+    "vocab_size": 262144,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "rope_local_base_freq": 10000.0,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 512,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 3,
+    "initializer_range": 0.02,
+}
+QWEN_2_5_0_5B = {k: v for k, v in CONFIGS["qwen2.5-0.5b"].items() if k not in ("model_type", "architectures")}
+TINYLLAMA_1_1B = {k: v for k, v in CONFIGS["tinyllama-1.1b"].items() if k not in ("model_type", "architectures")}
 MODELS = {  # name -> (model_type, config.json fields beyond the type's defaults, tokenizer base size, specials)
+    "smollm2-135m": ("llama", SMOLLM2_135M, None, []),  # None: SmolLM2's own tokenizer (fits the embedding)
+    "gemma-3-270m": ("gemma3_text", GEMMA_3_270M, None, []),
+    "qwen2.5-0.5b": ("qwen2", QWEN_2_5_0_5B, None, []),
+    "tinyllama-1.1b": ("llama", TINYLLAMA_1_1B, 32000, ["</s>"]),
     "phi-3-mini-4k": ("phi3", {}, 32000, PHI3_SPECIALS),
     "phi-3.5-mini": (
         "phi3",
@@ -176,7 +215,8 @@ def write_tokenizer(folder: Path, base_size: int, specials: list[str], config) -
 def make_folder(name: str, folder: Path, tokenizer=None) -> Path:
     """Write model `name` (a key of MODELS) into `folder` (made here; it must not exist).
 
-    tokenizer: a transformers tokenizer to save instead of training one of the published size.
+    tokenizer: a transformers tokenizer to save instead of training one of the published size
+    (models whose base size is None get SmolLM2's: training a BPE of 49k+ tokens takes minutes).
     """
     model_type, fields, base_size, specials = MODELS[name]
     config, specs = tensor_specs(model_type, fields)
@@ -184,6 +224,10 @@ def make_folder(name: str, folder: Path, tokenizer=None) -> Path:
     config.architectures = [AutoModelForCausalLM._model_mapping[type(config)].__name__]
     config.torch_dtype = "bfloat16"
     config.save_pretrained(folder)
+    if tokenizer is None and base_size is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(workloads.ensure_smollm2_hf())
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     else:

@@ -80,8 +80,11 @@ def run_edgetune(o: dict) -> dict:
     load_s = time.perf_counter() - started
     gemm, int8_gemm = hardware.gemm_flops(), hardware.int8_gemm_ops()
 
+    given = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+    feeds = [given[name] for name in module.input_names()]  # in graph order (Gemma's takes no position_ids)
+
     def step() -> float:
-        loss = module(ids, mask, positions, labels)
+        loss = module(*feeds)
         optimizer.step()
         module.lazy_reset_grad()
         return float(loss)

@@ -103,13 +103,13 @@ def ensure_smollm2_hf() -> Path:
     return SMOLLM2_HF
 
 
-def text_tokens(n: int) -> list:
-    """`n` token ids of real text (dates task prompts + answers) with SmolLM2's tokenizer."""
+def text_tokens(n: int, tokenizer_json: Path | None = None) -> list:
+    """`n` token ids of real text (dates task prompts + answers), with SmolLM2's tokenizer or `tokenizer_json`."""
     import tokenizers
 
     from edgetune.tasks.dates import make_examples
 
-    tok = tokenizers.Tokenizer.from_file(str(ensure_smollm2_bundle() / "tokenizer.json"))
+    tok = tokenizers.Tokenizer.from_file(str(tokenizer_json or ensure_smollm2_bundle() / "tokenizer.json"))
     ids, k = [], 0
     while len(ids) < n:
         examples = make_examples(500, seed=k)

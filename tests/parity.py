@@ -44,9 +44,10 @@ def inference_logits(bundle, input_ids: np.ndarray, adapter: dict, scaling: floa
     return sess.run(["logits"], feeds)[0]
 
 
-def peft_model(model_dir, manifest: dict, adapter: dict):
-    """transformers + PEFT with the bundle's adapter config and the given weights."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+def peft_model(model_dir, manifest: dict, adapter: dict, **load):
+    """transformers + PEFT with the bundle's adapter config and the given weights; `load`: more
+    from_pretrained arguments (e.g. gguf_file)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **load)
     cfg = manifest["adapter_config"]
     config = LoraConfig(
         r=cfg["r"],

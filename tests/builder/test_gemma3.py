@@ -14,9 +14,10 @@ import torch
 from edgetune.builder.pipeline import build_bundle
 from edgetune.common.embedded import gemma3_gguf
 from edgetune.common.manifest import read_manifest
+from edgetune.common.peft import config_scaling
 from edgetune.options import BuildConfig
 from edgetune.runtime.generate import Generator
-from tests.parity import inference_logits, random_adapter
+from tests.parity import inference_logits, peft_model, random_adapter
 
 pytestmark = pytest.mark.slow
 PROMPT = "Convert to ISO date: Mar 5th 2021\nISO:"
@@ -31,25 +32,17 @@ def gemma3_bundle(tmp_path_factory):
 
 
 def test_gemma3_gguf_bundle_logits_match_transformers_with_peft(gemma3_bundle):
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from transformers import AutoModelForCausalLM
-
     manifest = read_manifest(gemma3_bundle)
     assert manifest["architecture"] == "gemma3_text"
     ids = np.array([Generator(gemma3_bundle).encode(PROMPT)], np.int64)  # (1, S)
     assert ids[0, 0] == 2  # <bos>: the GGUF says add_bos_token
     adapter = random_adapter(gemma3_bundle, scale=0.05)
-    cfg = manifest["adapter_config"]
-    scaling = cfg["lora_alpha"] / cfg["r"]
-    ours = inference_logits(gemma3_bundle, ids, adapter, scaling)  # (1, S, 262144)
+    ours = inference_logits(gemma3_bundle, ids, adapter, config_scaling(manifest["adapter_config"]))  # (1, S, 262144)
 
     gguf = gemma3_gguf()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], target_modules=cfg["target_modules"])
-    peft = get_peft_model(model, config)
-    set_peft_model_state_dict(peft, {k: torch.from_numpy(v.copy()) for k, v in adapter.items()})
+    peft = peft_model(gguf.parent, manifest, adapter, gguf_file=gguf.name)
     with torch.no_grad():
-        ref = peft.eval()(torch.from_numpy(ids)).logits.numpy()
+        ref = peft(torch.from_numpy(ids)).logits.numpy()
         with peft.disable_adapter():
             ref_base = peft(torch.from_numpy(ids)).logits.numpy()
 

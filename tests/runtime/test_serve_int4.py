@@ -116,12 +116,16 @@ def test_int4_serving_equals_the_qlora_int4_inference_graph(q4_1_bundles, tmp_pa
         np.testing.assert_allclose(engine.next_token_logits(prompt, "a"), reference, atol=2e-5)
 
 
-def test_block_sums_are_shared_by_the_linears_reading_one_input(q4_1_bundles):
-    """q/k/v read one input and gate/up another: one block sum per input tensor, not per Linear."""
+def test_the_linears_reading_one_input_share_one_matmul_nbits_and_block_sums(q4_1_bundles):
+    """q/k/v read one input and gate/up another: one MatMulNBits and one block sum per input tensor."""
     model = onnx.load(q4_1_bundles["lora"] / names.SERVE_MODEL, load_external_data=False)
     producers = {o: n for n in model.graph.node for o in n.output}
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits" and "lm_head" not in n.name]
     sums = [n for n in model.graph.node if n.op_type == "ReduceSum" and n.output[0].endswith("/block_sums")]
-    assert len(nbits) == 2 * 7  # two layers of q, k, v, o, gate, up, down
+    assert len(nbits) == 2 * 4  # two layers of q/k/v, o, gate/up, down
+    splits = [n for n in model.graph.node if n.op_type == "Split" and n.name.startswith("/serve/fused/")]
+    assert sorted(len(n.output) for n in splits) == [2, 2, 3, 3]
+    shares = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[0] in {m.output[0] for m in sums}]
+    assert len(shares) == len(nbits)  # the minimums' share: one per MatMulNBits, stacked like it
     assert len(sums) == 2 * 4  # per layer: the norm's output (q/k/v), o's input, the norm's (gate/up), down's
     assert {producers[n.input[0]].input[0] for n in sums} == {n.input[0] for n in nbits}  # ReduceSum(Reshape(x))

