@@ -9,7 +9,10 @@ a tokenizer. There is no hub here, so the tokenizer is not the published one: it
 SentencePiece-style BPE (metaspace, `<unk>`, `<s>`, `</s>` at 0-2) trained on this machine's
 Python standard library sources to the published size, then the published special tokens
 after it (Phi-3: 32000 + 11 chat tokens, embedding rows padded to 32064 as in the config;
-Llama-3.2-1B: the same 32000 + 3, well under its 128256 rows, with Phi-3's chat template).
+Llama-3.2-1B: the same 32000 + 3, well under its 128256 rows, with Phi-3's chat template;
+TinyLlama-1.1B: 32000 + `</s>`). SmolLM2-135M, Gemma 3 270M and Qwen2.5-0.5B get SmolLM2's
+own tokenizer instead (49,152 tokens, within their embeddings): training a BPE that large
+takes minutes, and the benchmarks fold their training ids into any vocabulary anyway.
 
 The shards are written one tensor at a time (the largest, Phi-3's embedding, is 197 MB in
 bf16), so making a 3.8B model needs well under 1 GiB of memory. Values are drawn as the
