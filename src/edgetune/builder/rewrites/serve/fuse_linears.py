@@ -47,6 +47,10 @@ def fuse_shared_input_linears(model: onnx.ModelProto) -> int:
     for group in fused:
         shares = _offset_shares(group, readers, producers)
         added += _fuse(graph, group, inits, _split_opset(model), shares)
+        members = {id(n) for n in group}
+        for name in {x for n in group for x in n.input[1:] if x}:  # read by the group alone: now stacked
+            if all(id(r) in members for r in readers[name]):
+                inits[name].ClearField("raw_data")  # free its bytes before the next group is stacked
         gone.update(id(n) for n in group + [n for add, matmul in shares for n in (add, matmul)])
     nodes = [n for n in graph.node if id(n) not in gone] + added
     del graph.node[:]
