@@ -158,6 +158,11 @@ def topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     return order
 
 
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain (ai.onnx) opset version."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def make_input(name: str, elem_type: int, shape: list) -> onnx.ValueInfoProto:
     """A graph input with symbolic (str) or fixed (int) dimensions."""
     return helper.make_tensor_value_info(name, elem_type, shape)

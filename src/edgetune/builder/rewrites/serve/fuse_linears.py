@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgetune.builder.graph import add_initializer, topological
+from edgetune.builder.graph import add_initializer, default_opset, topological
 from edgetune.builder.rewrites.quant.tensors import drop_unused_initializers
 
 NBITS_ATTRS = ("K", "bits", "block_size", "accuracy_level")
@@ -33,7 +33,7 @@ def fuse_shared_input_linears(model: onnx.ModelProto) -> int:
     for node in graph.node:
         if node.op_type == "MatMulNBits" and all(name in inits for name in node.input[1:] if name):
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            key = (_activation(node.input[0], producers), len(node.input), *(attrs.get(k, 0) for k in NBITS_ATTRS))
+            key = (node.input[0], len(node.input), *(attrs.get(k, 0) for k in NBITS_ATTRS))
             groups[key].append(node)
     fused = [group for group in groups.values() if len(group) > 1]
     if not fused:
@@ -46,7 +46,7 @@ def fuse_shared_input_linears(model: onnx.ModelProto) -> int:
     added: list[onnx.NodeProto] = []
     for group in fused:
         shares = _offset_shares(group, readers, producers)
-        added += _fuse(graph, group, inits, _split_opset(model), shares)
+        added += _fuse(graph, group, inits, default_opset(model), shares)
         members = {id(n) for n in group}
         for name in {x for n in group for x in n.input[1:] if x}:  # read by the group alone: now stacked
             if all(id(r) in members for r in readers[name]):
@@ -54,7 +54,7 @@ def fuse_shared_input_linears(model: onnx.ModelProto) -> int:
         gone.update(id(n) for n in group + [n for add, matmul in shares for n in (add, matmul)])
     nodes = [n for n in graph.node if id(n) not in gone] + added
     del graph.node[:]
-    graph.node.extend(topological(_drop_dead(nodes, {o.name for o in graph.output})))
+    graph.node.extend(topological(nodes))
     drop_unused_initializers(graph)
     return len(fused)
 
@@ -111,27 +111,5 @@ def _fuse(graph, group: list, inits: dict, split_opset: int, shares: list) -> li
     return [*fused, split]
 
 
-def _activation(name: str, producers: dict) -> tuple[str, ...]:
-    """What a MatMulNBits multiplies: its input, or for int8 planes' [x, x] the x each Linear concatenates."""
-    made_by = producers.get(name)
-    if made_by is not None and made_by.op_type == "Concat" and len(set(made_by.input)) == 1:
-        return tuple(made_by.input)
-    return (name,)
-
-
 def _attr(node: onnx.NodeProto, name: str) -> int:
     return next(a.i for a in node.attribute if a.name == name)
-
-
-def _split_opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _drop_dead(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
-    """`nodes` without those whose outputs nothing reads (the per-Linear copies of a shared input)."""
-    while True:
-        read = {x for n in nodes for x in n.input} | outputs
-        alive = [n for n in nodes if any(o in read for o in n.output if o)]
-        if len(alive) == len(nodes):
-            return nodes
-        nodes = alive

@@ -25,7 +25,14 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from edgetune.builder.graph import add_initializer, add_node, initializer_map, lm_head_chain, module_path
+from edgetune.builder.graph import (
+    add_initializer,
+    add_node,
+    default_opset,
+    initializer_map,
+    lm_head_chain,
+    module_path,
+)
 from edgetune.builder.rewrites.quant.base import quantize_embedding
 from edgetune.builder.rewrites.quant.formats import quantize_int8
 from edgetune.builder.rewrites.quant.tensors import (
@@ -56,7 +63,7 @@ def quantize_serving_weights(model: onnx.ModelProto, quant: str, files: WeightFi
     inits = initializer_map(graph)
     head, _ = lm_head_chain(graph, LOGITS)  # before any elementwise tail (Granite's scaling, Gemma 2's capping)
     head_output = head.output[0] if head is not None else LOGITS
-    rows = RowQuantizer(graph, _opset(model))
+    rows = RowQuantizer(graph, default_opset(model))
     new_nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         if node.op_type == "Gather" and is_float_matrix(inits.get(node.input[0])):
@@ -137,8 +144,3 @@ def _int8_product(graph, nodes: list, node: onnx.NodeProto, w: np.ndarray, rows:
         return
     scaled = add_node(nodes, "Mul", [product, a], f"{p}/row_scaled")
     add_node(nodes, "Add", [scaled, bias], node.output[0])  # the bias after the row scale
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    """The model's default-domain opset version."""
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
