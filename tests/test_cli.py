@@ -99,6 +99,14 @@ def test_generate_truncate_keeps_the_end_of_a_long_prompt(tiny_bundle):
     assert code == 0, err
 
 
+def test_generate_with_spinning_threads_writes_the_same_text(tiny_bundle):
+    """--spin changes how the threads wait, not what they compute: greedy text equals the default's."""
+    args = ("generate", tiny_bundle("llama"), "--prompt", "the date", "--max-new-tokens", "8", "--no-stream")
+    (code, out, err), (spun, out_spun, err_spun) = edgetune(*args), edgetune(*args, "--spin")
+    assert code == spun == 0, err + err_spun
+    assert out == out_spun and out.strip()
+
+
 def test_chat_needs_a_chat_template(tiny_bundle, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle("llama"), bundle)

@@ -266,6 +266,7 @@ class ServeConfig:
     fine-tuning jobs is than serving's (a nice increment). A host other than loopback needs api_key.
     trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS) the bundle and every adapter
     must be signed by; sign: a private key file that signs the adapters fine-tuning jobs write.
+    spin: the decoding threads spin-wait between ops (a device that serves and does nothing else).
     """
 
     bundle: Path
@@ -286,6 +287,7 @@ class ServeConfig:
     max_upload_bytes: int = 64 << 20
     trust: Path | None = None
     sign: Path | None = None
+    spin: bool = False
 
     def __post_init__(self):
         for name in ("bundle", "adapters_dir", "state_dir", "trust", "sign"):

@@ -7,16 +7,19 @@ from pathlib import Path
 from edgetune.cli.common import add_command, positive_int
 from edgetune.common.errors import EdgetuneError
 
+SPIN_HELP = "threads spin-wait between ops: faster on a device that does nothing else, slower on a shared one"
 
-def _decoder(bundle: str, adapter: str | None):
+
+def _decoder(bundle: str, adapter: str | None, spin: bool = False):
     """The bundle's decode engine (`adapter` loaded as "adapter"); a Generator where there is no serve.onnx."""
     from edgetune.common.names import SERVE_MODEL
     from edgetune.runtime.engine import Engine
     from edgetune.runtime.generate import Generator
+    from edgetune.runtime.ort_inference import default_session_options
 
     if not (Path(bundle) / SERVE_MODEL).is_file():
-        return Generator(bundle, adapter=adapter)
-    engine = Engine(bundle)
+        return Generator(bundle, adapter=adapter, session_options=default_session_options(spin))
+    engine = Engine(bundle, spin=spin)
     if adapter is not None:
         engine.load_adapter("adapter", adapter)
     return engine
@@ -58,7 +61,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
     if not args.chat and args.prompt is None:
         raise EdgetuneError("give --prompt TEXT, or --chat")
-    g = _decoder(args.bundle, args.adapter)
+    g = _decoder(args.bundle, args.adapter, args.spin)
     if isinstance(g, Engine):
         g = _EngineChat(g, None if args.adapter is None else "adapter")
     options = dict(
@@ -85,7 +88,7 @@ def run_eval(args: argparse.Namespace) -> None:
     """Greedy exact match on prompt/completion data, with a few answers shown."""
     from edgetune.runtime.evaluate import evaluate_exact_match
 
-    g = _decoder(args.bundle, args.adapter)
+    g = _decoder(args.bundle, args.adapter, args.spin)
     adapter = None if args.adapter is None else "adapter"
     result = evaluate_exact_match(g, Path(args.data), args.max_new_tokens, args.limit, adapter=adapter)
     for prompt, prediction, reference in result.rows[: args.show]:
@@ -132,6 +135,7 @@ def register(sub) -> None:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--truncate", action="store_true", help="keep the last tokens of a prompt longer than the context")
     p.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
+    p.add_argument("--spin", action="store_true", help=SPIN_HELP)
 
     p = add_command(sub, "eval", run_eval, help="exact-match accuracy on prompt/completion data (greedy)")
     p.add_argument("bundle")
@@ -140,3 +144,4 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=16)
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N examples")
     p.add_argument("--show", type=int, default=3, help="print this many answers")
+    p.add_argument("--spin", action="store_true", help=SPIN_HELP)

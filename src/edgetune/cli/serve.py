@@ -59,4 +59,9 @@ def register(sub) -> None:
     p.add_argument("--model-name", default=None, help="the base model's name in the API (default: the source's)")
     p.add_argument("--sign", default=None, metavar="KEYFILE", help="sign the adapters fine-tuning jobs write")
     p.add_argument("--job-nice", type=int, default=10, help="how much lower fine-tuning jobs run than serving (nice)")
+    p.add_argument(
+        "--spin",
+        action="store_true",
+        help="decoding threads spin-wait between ops: faster on a device that only serves, slower beside other work",
+    )
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests in flight")

@@ -21,8 +21,10 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from edgetune.common import names
@@ -31,8 +33,9 @@ from edgetune.common.errors import AdapterError, BundleError, EdgetuneError
 from edgetune.common.trust import resolve_trust
 from edgetune.runtime.adapter_bank import AdapterBank
 from edgetune.runtime.kv_cache import KVCache
+from edgetune.runtime.lean_graph import lean_serving_graph, open_beside
 from edgetune.runtime.model_files import ModelFiles
-from edgetune.runtime.ort_inference import open_session
+from edgetune.runtime.ort_inference import default_session_options, open_session
 from edgetune.runtime.sampling import Sampler, SamplingParams
 from edgetune.runtime.text_stream import TextStream
 
@@ -86,6 +89,8 @@ class Engine:
         session_options: ort.SessionOptions | None = None,
         *,
         trust: str | os.PathLike | None = None,
+        lean: bool = True,
+        spin: bool = False,
     ):
         """Load the bundle's serving graph; `capacity` tokens per row (default: the context, at most 4096).
 
@@ -93,7 +98,10 @@ class Engine:
         order, a long prompt a chunk per step), so the rows already decoding keep getting
         tokens in between and early requests see their first token sooner. The bundle opens
         through `open_bundle`; trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS),
-        with which the bundle and every adapter must be signed by one of its keys.
+        with which the bundle and every adapter must be signed by one of its keys. lean: also
+        open the base-model graph (`lean_graph`) for steps whose rows all run the base model,
+        which are faster there, at the cost of the weights held by a second session. spin: the
+        default session options' threads spin-wait between ops (for a device that does nothing else).
         """
         if max_batch < 1:
             raise EdgetuneError(f"max_batch must be >= 1, got {max_batch}")
@@ -110,7 +118,9 @@ class Engine:
         self.files = ModelFiles(bundle)
         self.tokenizer = self.files.tokenizer
         self.manifest = manifest
+        session_options = session_options or default_session_options(spin)
         self.session = open_session(graph, session_options)
+        self.lean_session = self._open_lean(graph, session_options) if lean else None
         inputs = {i.name: i for i in self.session.get_inputs()}
         past = [n for n in inputs if n.startswith(names.PAST)]
         kv_heads, head_dim = inputs[past[0]].shape[1], inputs[past[0]].shape[3]
@@ -124,6 +134,7 @@ class Engine:
             n: i.shape for n, i in inputs.items() if n not in fixed and n not in past and not n.startswith(prefix)
         }
         self._no_prefix: dict[int, dict] = {}
+        self._bindings: dict[tuple, tuple[ort.IOBinding, np.ndarray]] = {}
         self.bank = AdapterBank(bank_inputs, manifest, max_adapters, bundle.path(names.INFERENCE_MODEL), trusted)
         self.vocab = self.session.get_outputs()[0].shape[-1]
         self._rows: list[_Request | None] = [None] * max_batch
@@ -131,6 +142,11 @@ class Engine:
         self._prefilling: deque[_Request] = deque()  # rows whose prompt is not all cached, in arrival order
         self._ids: dict[str, _Request] = {}
         self._cancelled: list[_Request] = []
+
+    def _open_lean(self, graph: Path, session_options: ort.SessionOptions) -> ort.InferenceSession:
+        """A session on the serving graph without the adapter bank and the prompt prefix."""
+        model = lean_serving_graph(onnx.load(graph, load_external_data=False), self.manifest["adapted_modules"])
+        return open_beside(model, graph.parent, lambda path: open_session(path, session_options))
 
     # --- adapters --------------------------------------------------------------------
 
@@ -362,27 +378,42 @@ class Engine:
         return events
 
     def _run(self, start, stop, ids, positions, seqlens, total: int, slots, prefix: dict | None = None) -> np.ndarray:
-        """One run of the serving graph on rows [start, stop) of the cache; returns logits (B, 1, V)."""
-        if prefix is None:
-            prefix = self._no_prefix.get(stop - start)
-            if prefix is None:
-                prefix = self._no_prefix[stop - start] = self.cache.no_prefix(stop - start, self._query_width)
-        binding = self.session.io_binding()
+        """One run of the serving graph on rows [start, stop) of the cache; returns logits (B, 1, V).
+
+        Base-model rows without a prefix run on the lean graph (`lean_graph`), the others on the full one.
+        """
         feeds = {
             names.INPUT_IDS: ids,
             names.POSITION_IDS: positions,
             names.SEQLENS_K: seqlens,
             names.TOTAL_SEQUENCE_LENGTH: np.array(total, np.int32),
-            names.ADAPTER_INDEX: slots,
         }
-        for name, value in (feeds | prefix).items():
+        lean = self.lean_session is not None and prefix is None and not slots.any()
+        binding, logits = self._binding(lean, start, stop)
+        if not lean:
+            if prefix is None:
+                prefix = self._no_prefix.get(stop - start)
+                if prefix is None:
+                    prefix = self._no_prefix[stop - start] = self.cache.no_prefix(stop - start, self._query_width)
+            feeds |= prefix | {names.ADAPTER_INDEX: slots}
+            for name, value in self.bank.values.items():
+                binding.bind_ortvalue_input(name, value)
+        for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        for name, value in self.bank.values.items():
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output(names.LOGITS)
-        self.cache.bind(binding, start, stop)
-        self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()
+        (self.lean_session if lean else self.session).run_with_iobinding(binding)
+        return logits.copy()
+
+    def _binding(self, lean: bool, start: int, stop: int) -> tuple[ort.IOBinding, np.ndarray]:
+        """The IO binding of rows [start, stop) on the lean or full graph, made once: the KV buffers and a
+        logits buffer (B, 1, V) stay bound; each run binds its own inputs."""
+        key = (lean, start, stop)
+        if key not in self._bindings:
+            binding = (self.lean_session if lean else self.session).io_binding()
+            logits = np.zeros((stop - start, 1, self.vocab), np.float32)
+            binding.bind_ortvalue_output(names.LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
+            self.cache.bind(binding, start, stop)
+            self._bindings[key] = binding, logits
+        return self._bindings[key]
 
     def _advance(self, request: _Request, logits: np.ndarray) -> Event:
         """Sample the request's next token and turn it into an event (finishing the request if it ends)."""

@@ -31,16 +31,17 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def default_session_options() -> ort.SessionOptions:
-    """One intra-op thread per physical core, no spin-waiting, sequential execution, all graph optimizations.
+def default_session_options(spin: bool = False) -> ort.SessionOptions:
+    """One intra-op thread per physical core, sequential execution, all graph optimizations; spin-waiting if `spin`.
 
-    Spinning is faster on an idle machine but much slower on a shared one (docs/design.md,
-    "Decoding threads"), so the default is not to spin.
+    Spinning threads decode much faster on a device that does nothing else, and much
+    slower when another process wants the cores (docs/design.md, "Decoding threads"), so
+    the default is not to spin.
     """
     so = ort.SessionOptions()
     so.intra_op_num_threads = physical_cores()
     so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return so
