@@ -9,6 +9,8 @@ real-text token ids (SmolLM2's tokenizer), with the same thread count:
                                   all new tokens / time from the first decode step to the last
     streams8_ttft_p50/p95_s       first-token latency of 8 requests that arrive together
     mixed_adapters_ratio          (edgetune) 8 streams over {base, a1, a2} vs all on a1
+    adapter_decode_tokens_per_s   (edgetune) batch 1 with adapter a1 (the full graph; base rows run on the lean one)
+Contenders named `...-spin` run the engine with spin-waiting threads, as llama.cpp's are.
 llama-cpp-python decodes one sequence per context, so llama.cpp has no 8-stream figure.
 """
 
@@ -45,23 +47,29 @@ def _eight_streams(engine, prompts, adapters, new_tokens: int) -> dict:
     }
 
 
-def run_edgetune(o: dict) -> dict:
-    """The Engine on one serving graph: batch 1, TTFT by prompt length, 8 streams, mixed adapters."""
-    from edgetune.runtime.engine import Engine
-
-    started = time.perf_counter()
-    engine = Engine(o["bundle"], max_batch=8, capacity=o.get("capacity"))
-    engine.files.eos_token_ids = frozenset()  # always decode new_tokens tokens
-    load_s = time.perf_counter() - started
-    text = o["prompt"]
-    prompt = text[: o["prompt_tokens"]]
-    engine.generate_many([prompt[:16]], max_new_tokens=4)  # warm-up
-    engine.add("b1", prompt, max_new_tokens=o["new_tokens"])
+def _batch_one(engine, prompt, new_tokens: int, adapter=None) -> tuple[float, list, list]:
+    """One request alone: (start time, each token's time stamp, the tokens)."""
+    engine.add("b1", prompt, adapter=adapter, max_new_tokens=new_tokens)
     t0, stamps, tokens = time.perf_counter(), [], []
     while engine.has_work:
         for e in engine.step():
             stamps.append(time.perf_counter())
             tokens.append(e.token_id)
+    return t0, stamps, tokens
+
+
+def run_edgetune(o: dict) -> dict:
+    """The Engine on one serving graph: batch 1, TTFT by prompt length, 8 streams, mixed adapters."""
+    from edgetune.runtime.engine import Engine
+
+    started = time.perf_counter()
+    engine = Engine(o["bundle"], max_batch=8, capacity=o.get("capacity"), spin=o.get("spin", False))
+    engine.files.eos_token_ids = frozenset()  # always decode new_tokens tokens
+    load_s = time.perf_counter() - started
+    text = o["prompt"]
+    prompt = text[: o["prompt_tokens"]]
+    engine.generate_many([prompt[:16]], max_new_tokens=4)  # warm-up
+    t0, stamps, tokens = _batch_one(engine, prompt, o["new_tokens"])
     ttft_by_prompt = {}
     for n in o["ttft_prompts"]:  # prompts over prefill_chunk (512) take a chunk per step
         engine.add(f"t{n}", text[:n], max_new_tokens=1)
@@ -84,7 +92,9 @@ def run_edgetune(o: dict) -> dict:
             engine.load_adapter(f"a{i}", path)
         single = _eight_streams(engine, prompts, ["a0"], o["stream_tokens"])
         mixed = _eight_streams(engine, prompts, [None, "a0", "a1"], o["stream_tokens"])
+        _, stamps, tokens = _batch_one(engine, prompt, o["new_tokens"], "a0")
         result |= {
+            "adapter_decode_tokens_per_s": (len(tokens) - 1) / (stamps[-1] - stamps[0]),
             "single_adapter_tokens_per_s": single["tokens_per_s"],
             "mixed_adapters_tokens_per_s": mixed["tokens_per_s"],
             "mixed_adapters_ratio": mixed["tokens_per_s"] / single["tokens_per_s"],
@@ -148,8 +158,11 @@ def run_transformers(o: dict) -> dict:
     }
 
 
-def contenders(bundles: dict, model_dir, gguf, adapters: list, threads: int = 2, ttft_prompts=TTFT_PROMPTS) -> dict:
-    """Child options per contender; `bundles`: name -> SmolLM2 bundle with that serving graph."""
+def contenders(
+    bundles: dict, model_dir, gguf, adapters: list, threads: int = 2, ttft_prompts=TTFT_PROMPTS, spin: bool = False
+) -> dict:
+    """Child options per contender; `bundles`: name -> SmolLM2 bundle with that serving graph (and, with
+    `spin`, the same again with spin-waiting threads)."""
     base = {
         "prompt": workloads.text_tokens(max(ttft_prompts) + 8 * 64),
         "prompt_tokens": 128,
@@ -169,6 +182,8 @@ def contenders(bundles: dict, model_dir, gguf, adapters: list, threads: int = 2,
     }
     for name, bundle in bundles.items():
         points[f"edgetune-{name}"] = {"impl": "edgetune", "bundle": str(bundle), "adapters": adapters, **base}
+        if spin:
+            points[f"edgetune-{name}-spin"] = points[f"edgetune-{name}"] | {"spin": True}
     return points
 
 

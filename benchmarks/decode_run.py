@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--quants", nargs="+", default=["int4", "none", "int8"])
     parser.add_argument("--only", nargs="+", default=None, help="contender names to keep")
+    parser.add_argument("--spin", action="store_true", help="each edgetune contender also with spin-waiting threads")
     parser.add_argument(
         "--ttft-prompts", nargs="+", type=int, default=list(decode.TTFT_PROMPTS), help="prompt lengths for TTFT"
     )
@@ -31,7 +32,7 @@ def main() -> None:
     bundles = {q if q != "none" else "fp32": workloads.ensure_smollm2_serving(q) for q in args.quants}
     adapters = workloads.random_adapters(next(iter(bundles.values())))
     points = decode.contenders(
-        bundles, workloads.ensure_smollm2_hf(), smollm2_gguf(), adapters, ttft_prompts=args.ttft_prompts
+        bundles, workloads.ensure_smollm2_hf(), smollm2_gguf(), adapters, ttft_prompts=args.ttft_prompts, spin=args.spin
     )
     if args.only:
         points = {k: v for k, v in points.items() if k in args.only}

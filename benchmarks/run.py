@@ -90,7 +90,7 @@ def section_decode(results: dict, s: dict) -> None:
 
     bundles = {q if q != "none" else "fp32": workloads.ensure_smollm2_serving(q) for q in ("int4", "int8", "none")}
     adapters = workloads.random_adapters(bundles["int4"])
-    points = decode.contenders(bundles, workloads.SMOLLM2_HF, smollm2_gguf(), adapters)
+    points = decode.contenders(bundles, workloads.SMOLLM2_HF, smollm2_gguf(), adapters, spin=True)
     figures = decode.measure(points, s["decode_rounds"])
     bandwidth = (results.get("hardware") or {}).get("mem_bandwidth_bytes_per_s")
     weight_bytes = 4 * flops.matmul_params(workloads.read_config(workloads.SMOLLM2_HF))
@@ -176,6 +176,10 @@ def headline(results: dict) -> dict:
         "ttft_ratio": ratio(get("decode", "transformers", "ttft_s"), get("decode", "edgetune-fp32", "ttft_s")),
         "int4_vs_llama_cpp": ratio(
             get("decode", "edgetune-int4", "decode_tokens_per_s"), get("decode", "llama.cpp", "decode_tokens_per_s")
+        ),
+        "int4_spin_vs_llama_cpp": ratio(
+            get("decode", "edgetune-int4-spin", "decode_tokens_per_s"),
+            get("decode", "llama.cpp", "decode_tokens_per_s"),
         ),
         "ttft512_llama_cpp_over_int4": ratio(
             get("decode", "llama.cpp", "ttft_by_prompt", "512"), get("decode", "edgetune-int4", "ttft_by_prompt", "512")
@@ -272,6 +276,7 @@ def print_tables(r: dict) -> None:
         "int8_vs_bf16_checkpointing_rss_ratio",
         "decode_speed_ratio",
         "int4_vs_llama_cpp",
+        "int4_spin_vs_llama_cpp",
         "ttft512_llama_cpp_over_int4",
         "streams8_over_one_int4",
         "mixed_adapters_ratio_int4",
