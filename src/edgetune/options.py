@@ -267,6 +267,8 @@ class ServeConfig:
     trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS) the bundle and every adapter
     must be signed by; sign: a private key file that signs the adapters fine-tuning jobs write.
     spin: the decoding threads spin-wait between ops (a device that serves and does nothing else).
+    lean: a second session on the serving graph without the adapter bank runs base-model decode
+    steps (faster; it holds the serving weights once more).
     """
 
     bundle: Path
@@ -288,6 +290,7 @@ class ServeConfig:
     trust: Path | None = None
     sign: Path | None = None
     spin: bool = False
+    lean: bool = True
 
     def __post_init__(self):
         for name in ("bundle", "adapters_dir", "state_dir", "trust", "sign"):

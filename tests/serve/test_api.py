@@ -190,7 +190,8 @@ def _status_of_big_body(server, size: int) -> int:
 
 def test_queue_full_is_429_at_once(served, live):
     bundle, _ = served
-    server = live(bundle, "--max-batch", "1", "--max-queue", "0", "--max-tokens-limit", "200")
+    flags = ("--max-batch", "1", "--max-queue", "0", "--max-tokens-limit", "200", "--spin", "--no-lean")
+    server = live(bundle, *flags)  # threads that spin and no lean session change no answer, only speed
     c = client(server)
     stream = c.completions.create(model=server_model(server), prompt="a", max_tokens=200, stream=True)
     next(iter(stream))  # holds the only row

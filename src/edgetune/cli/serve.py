@@ -64,4 +64,10 @@ def register(sub) -> None:
         action="store_true",
         help="decoding threads spin-wait between ops: faster on a device that only serves, slower beside other work",
     )
+    p.add_argument(
+        "--no-lean",
+        dest="lean",
+        action="store_false",
+        help="no second session for base-model decode steps (slower base model, the serving weights held once)",
+    )
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests in flight")

@@ -380,7 +380,9 @@ class Engine:
     def _run(self, start, stop, ids, positions, seqlens, total: int, slots, prefix: dict | None = None) -> np.ndarray:
         """One run of the serving graph on rows [start, stop) of the cache; returns logits (B, 1, V).
 
-        Base-model rows without a prefix run on the lean graph (`lean_graph`), the others on the full one.
+        Decode steps whose rows all run the base model go to the lean graph (`lean_graph`), the rest to
+        the full one. Prompts never do: each session's arena keeps its largest run's activations, and a
+        decode step's are small.
         """
         feeds = {
             names.INPUT_IDS: ids,
@@ -388,7 +390,7 @@ class Engine:
             names.SEQLENS_K: seqlens,
             names.TOTAL_SEQUENCE_LENGTH: np.array(total, np.int32),
         }
-        lean = self.lean_session is not None and prefix is None and not slots.any()
+        lean = self.lean_session is not None and ids.shape[1] == 1 and prefix is None and not slots.any()
         binding, logits = self._binding(lean, start, stop)
         if not lean:
             if prefix is None:

@@ -27,7 +27,7 @@ from edgetune.serve.store import Store
 def build_state(config: ServeConfig) -> ServerState:
     """Open the bundle's engine, name the base model and register (and load) the command line's adapters."""
     limits = {"max_batch": config.max_batch, "max_adapters": config.max_adapters}
-    engine = Engine(config.bundle, **limits, trust=config.trust, spin=config.spin)
+    engine = Engine(config.bundle, **limits, trust=config.trust, spin=config.spin, lean=config.lean)
     state_dir = config.state_dir or default_state_dir()
     adapters_dir = config.adapters_dir or state_dir / "adapters"
     adapters_dir.mkdir(parents=True, exist_ok=True)
