@@ -1,6 +1,9 @@
 """Decode step time of serving graphs at 1 and N rows, interleaved: `python benchmarks/decode_steps.py NAME=BUNDLE ...`.
 
-    python benchmarks/decode_steps.py [--rows 1 8] [--rounds 3] NAME=BUNDLE ...
+    python benchmarks/decode_steps.py [--rows 1 8] [--rounds 3] NAME=BUNDLE[,spin][,full] ...
+
+`,spin`: the engine's threads spin-wait between ops; `,full`: no lean graph (base-model
+steps run on the full serving graph, with the adapter bank and the prompt prefix).
 
 For graphs of one model (int4 forms, accuracy levels, int8 kernels): each engine decodes 100
 greedy tokens in every row after the same 128-token prompt, one engine and row count after
@@ -34,14 +37,23 @@ def step_ms(engine: Engine, rows: int) -> float:
     return statistics.median(times[2:]) * 1000  # decode steps only (the prompts' prefill comes first)
 
 
+def _engine(value: str, rows: int) -> Engine:
+    """The engine for BUNDLE[,spin][,full]."""
+    path, *flags = value.split(",")
+    unknown = set(flags) - {"spin", "full"}
+    if unknown:
+        raise SystemExit(f"unknown engine flags {sorted(unknown)} in {value!r} (spin, full)")
+    return Engine(path, max_batch=rows, spin="spin" in flags, lean="full" not in flags)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundles", nargs="+", help="NAME=BUNDLE")
+    parser.add_argument("bundles", nargs="+", help="NAME=BUNDLE[,spin][,full]")
     parser.add_argument("--rows", nargs="+", type=int, default=[1])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     bundles = dict(arg.split("=", 1) for arg in args.bundles)
-    engines = {name: Engine(path, max_batch=max(args.rows)) for name, path in bundles.items()}
+    engines = {name: _engine(value, max(args.rows)) for name, value in bundles.items()}
     steps: dict[tuple[str, int], list[float]] = {(name, rows): [] for name in bundles for rows in args.rows}
     print("load average", os.getloadavg())
     for _ in range(args.rounds):
