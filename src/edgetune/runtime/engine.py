@@ -14,7 +14,9 @@ first token), then runs one decode step for every row that was already decoding:
 sit at their own positions in the KV cache (`kv_cache`) and read their own adapter from
 the bank (`adapter_bank`), so a request joins at the next step and leaves when it
 finishes or is cancelled. A row's numbers never depend on the other rows,
-so greedy output in a batch equals the same request alone.
+so greedy output in a batch equals the same request alone. A decode step whose rows all run
+the base model goes to a copy of the graph without the bank and the prompt prefix
+(`lean_graph`), which computes the same numbers with fewer ops.
 """
 
 import os
