@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from edgetune.common.bundle import open_bundle
+from edgetune.common.errors import EdgetuneError
 from edgetune.common.manifest import read_manifest
 from edgetune.common.peft import config_scaling, save_adapter
 from edgetune.runtime.merge import MERGED_MODEL, merge
@@ -40,6 +41,27 @@ def test_merged_matches_unmerged_and_peft(arch, tiny_bundle, tiny_model_dir, tmp
         ref = peft_model(tiny_model_dir(arch), manifest, adapter)(torch.from_numpy(ids)).logits.numpy()
     np.testing.assert_allclose(ours, unmerged, atol=1e-4, rtol=0)
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_an_int8_merge_stays_within_int8_serving_bounds_of_the_float_merge(arch, tiny_bundle, tmp_path):
+    """--quant int8: every weight product on int8 weights (none left over a float constant), a quarter of the
+    float weight bytes, logits within the int8 serving bound (0.05, tiny logits' std about 0.16) of the
+    float merge's, and the same Optimum names, so the Generator and the plain package run it."""
+    bundle, _, _, merged = _merged(arch, tiny_bundle, tmp_path)
+    merge(bundle, tmp_path / "adapter", tmp_path / "int8", quant="int8")
+    ids = np.random.default_rng(1).integers(3, 300, (2, 9)).astype(np.int64)
+    assert np.abs(prefill_logits(tmp_path / "int8", ids) - prefill_logits(merged, ids)).max() < 0.05
+    graph = onnx.load(tmp_path / "int8" / MERGED_MODEL, load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}
+    assert not [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
+    assert any(n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger") for n in graph.node)
+    assert read_manifest(tmp_path / "int8")["quant"] == "int8" and "quant" not in read_manifest(merged)
+    float_size, int8_size = ((d / "model.onnx_data").stat().st_size for d in (merged, tmp_path / "int8"))
+    assert int8_size < 0.5 * float_size  # int8 Linears; the float embedding stays
+    with pytest.raises(EdgetuneError, match="--quant"):
+        merge(bundle, tmp_path / "adapter", tmp_path / "int4", quant="int4")
+    assert not (tmp_path / "int4").exists()
 
 
 def test_merged_keeps_optimum_names_and_a_manifest(tiny_bundle, tmp_path):

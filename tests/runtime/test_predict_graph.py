@@ -12,7 +12,8 @@ from tests.builder.test_encoder_parity import encoder_batch, random_encoder_adap
 from tests.tiny_encoders import ENCODERS
 
 FP32_TOLERANCE = 1e-5  # float rounding of W + s·Aᵀ·Bᵀ summed once instead of per product
-INT8_TOLERANCE = 0.05  # of the largest |logit| (tiny random models measured up to 0.03): int8 weights and activations
+INT8_TOLERANCE = 0.06  # of the largest |logit|, int8 weights and activations: tiny random models measured up to 0.051
+# (electra, whose classification head runs as Gemms, int8 too since they are quantized like MatMuls; 0.03 before)
 
 
 def _outputs(bundle, method_adapter, feeds, tmp_path, precision):

@@ -10,7 +10,7 @@ def run_merge(args: argparse.Namespace) -> None:
     """Fold an adapter into the base weights and print where it went."""
     from edgetune.runtime.merge import merge
 
-    manifest = merge(Path(args.bundle), Path(args.adapter), Path(args.output), sign=args.sign)
+    manifest = merge(Path(args.bundle), Path(args.adapter), Path(args.output), sign=args.sign, quant=args.quant)
     size = sum(f["size"] for f in manifest["files"].values())
     print(f"merged {args.adapter} into {args.output} ({size / 1e6:.1f} MB)")
 
@@ -22,3 +22,6 @@ def register(sub) -> None:
     p.add_argument("--adapter", required=True, help="PEFT adapter folder (runs/NAME/adapter)")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--sign", default=None, metavar="KEYFILE", help="sign the merged folder with this private key")
+    p.add_argument(
+        "--quant", choices=["int8"], default=None, help="int8 weights per output channel (default: float32 weights)"
+    )

@@ -3,10 +3,14 @@
 The result is the bundle's inference graph without its LoRA branches: Optimum's input
 and output names (input_ids, attention_mask, position_ids, past_key_values.N.key/value
 -> logits, present.N.key/value), weights in `model.onnx_data`, plus the tokenizer files,
-config.json and a manifest. It runs on the plain `onnxruntime` package.
+config.json and a manifest. It runs on the plain `onnxruntime` package. With
+`quant="int8"` its MatMul and Gemm weights are int8 per output channel (`int8_weights`:
+ONNX Runtime's `quantize_dynamic`, activations quantized as each product runs), a quarter
+of the float bytes.
 """
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,7 @@ import edgetune
 from edgetune.common import names
 from edgetune.common.atomic import atomic_folder
 from edgetune.common.bundle import open_bundle, sign_manifest
-from edgetune.common.errors import AdapterError, BundleError
+from edgetune.common.errors import AdapterError, BundleError, EdgetuneError
 from edgetune.common.hashing import sha256_file
 from edgetune.common.manifest import write_manifest
 from edgetune.common.peft import (
@@ -33,19 +37,25 @@ from edgetune.common.peft import (
     magnitude_key,
 )
 from edgetune.common.trust import resolve_trust
+from edgetune.runtime.int8_weights import quantize_weights_int8
 
 MERGED_MODEL = names.MERGED_MODEL
 MERGED_DATA = "model.onnx_data"
 COPIED = (names.HF_CONFIG, names.GENERATION_CONFIG, *names.TOKENIZER_FILES)
 
 
-def merge(bundle: Path, adapter: Path, out: Path, *, trust=None, sign: Path | None = None) -> dict:
+QUANTS = ("int8",)
+
+
+def merge(bundle: Path, adapter: Path, out: Path, *, trust=None, sign: Path | None = None, quant=None) -> dict:
     """Write a standalone merged model folder to `out`; return its manifest.
 
     trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS) the bundle and the
-    adapter must be signed by; sign: a private key file to sign the merged folder with.
-    Only files the bundle's manifest lists are read or copied.
+    adapter must be signed by; sign: a private key file to sign the merged folder with;
+    quant: None (float weights) or "int8". Only files the bundle's manifest lists are read or copied.
     """
+    if quant not in (None, *QUANTS):
+        raise EdgetuneError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
     out = Path(out)
     trusted = resolve_trust(trust)
     opened = open_bundle(bundle, trust=trusted)
@@ -59,6 +69,8 @@ def merge(bundle: Path, adapter: Path, out: Path, *, trust=None, sign: Path | No
     onnx.checker.check_model(model)
 
     with atomic_folder(out, "merging") as tmp:
+        if quant == "int8":
+            model = _int8_model(model)
         onnx.save(
             model,
             tmp / MERGED_MODEL,
@@ -67,6 +79,7 @@ def merge(bundle: Path, adapter: Path, out: Path, *, trust=None, sign: Path | No
             location=MERGED_DATA,
             size_threshold=1024,
         )
+        del model
         for name in COPIED:
             if opened.optional(name) is not None:
                 shutil.copyfile(opened.path(name), tmp / name)
@@ -77,6 +90,7 @@ def merge(bundle: Path, adapter: Path, out: Path, *, trust=None, sign: Path | No
                 "edgetune_version": edgetune.__version__,
                 "source": manifest["source"],
                 "architecture": manifest["architecture"],
+                **({"quant": quant} if quant else {}),
                 "adapter": {
                     "path": str(adapter),
                     "config": config,
@@ -87,6 +101,15 @@ def merge(bundle: Path, adapter: Path, out: Path, *, trust=None, sign: Path | No
         if sign is not None:
             sign_manifest(tmp, sign)
     return result
+
+
+def _int8_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with int8 weights per output channel (`int8_weights`), through a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="edgetune-merge-", ignore_cleanup_errors=True) as tmp:
+        path = Path(tmp) / "float.onnx"
+        onnx.save(model, path, save_as_external_data=True, location="float.onnx_data", size_threshold=1024)
+        del model
+        return onnx.load(quantize_weights_int8(path, Path(tmp) / "int8.onnx"))
 
 
 def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: list[str]) -> None:

@@ -6,14 +6,13 @@ instead: the head tensors become constants and each LoRA branch is folded into i
 weight (`merge.fold_adapter`, DoRA and QLoRA included), which leaves the plain encoder.
 
 int8 (the default of `EncoderPredictor`): every MatMul and Gemm over a constant float weight
-is quantized by ONNX Runtime's `quantize_dynamic`, per output channel, symmetric int8
+is quantized by ONNX Runtime's `quantize_dynamic` (`int8_weights`), per output channel, symmetric int8
 weights; activations are quantized as each product runs, one scale per tensor, so a row's
 numbers depend slightly on its batchmates. Embeddings, attention's own products, norms and
 softmax stay float. fp32 gives the same logits as the bundle's graph fed the adapter
 (within float rounding). Measurements: benchmarks/ENCODERS.md.
 """
 
-import logging
 import platform
 import tempfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from onnx import numpy_helper
 from edgetune.common.errors import BundleError
 from edgetune.common.names import INFERENCE_MODEL
 from edgetune.common.peft import MAGNITUDE, to_peft_layout
+from edgetune.runtime.int8_weights import quantize_weights_int8
 from edgetune.runtime.merge import fold_adapter
 from edgetune.runtime.ort_errors import ORT_ERRORS, gist
 from edgetune.runtime.ort_inference import default_session_options
@@ -52,27 +52,11 @@ def prediction_session(opened, weights: dict, config: dict, precision: str, opti
         onnx.save(model, path, save_as_external_data=True, location="model.onnx_data", size_threshold=1024)
         del model
         if precision == "int8":
-            path = _int8(path, Path(tmp) / "int8.onnx")
+            path = quantize_weights_int8(path, Path(tmp) / "int8.onnx")
         try:
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except ORT_ERRORS as e:
             raise BundleError(f"{opened.path(INFERENCE_MODEL)}: ONNX Runtime cannot load it ({gist(e)})") from None
-
-
-def _int8(model: Path, out: Path) -> Path:
-    """`model` with int8 weights per output channel in every MatMul/Gemm over a constant (ORT's quantize_dynamic)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    graph = onnx.load(model, load_external_data=False).graph
-    constants = {t.name for t in graph.initializer}
-    nodes = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # its advice to run its pre-processing script first
-    try:
-        quantize_dynamic(model, out, weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes)
-    finally:
-        logging.getLogger().setLevel(quiet)
-    return out
 
 
 def prediction_session_options(precision: str) -> ort.SessionOptions:
