@@ -395,17 +395,19 @@ class Engine:
         lean = self.lean_session is not None and ids.shape[1] == 1 and prefix is None and not slots.any()
         binding, logits = self._binding(lean, start, stop)
         if not lean:
-            if prefix is None:
-                prefix = self._no_prefix.get(stop - start)
-                if prefix is None:
-                    prefix = self._no_prefix[stop - start] = self.cache.no_prefix(stop - start, self._query_width)
-            feeds |= prefix | {names.ADAPTER_INDEX: slots}
+            feeds |= (prefix or self._empty_prefix(stop - start)) | {names.ADAPTER_INDEX: slots}
             for name, value in self.bank.values.items():
                 binding.bind_ortvalue_input(name, value)
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         (self.lean_session if lean else self.session).run_with_iobinding(binding)
         return logits.copy()
+
+    def _empty_prefix(self, rows: int) -> dict[str, np.ndarray]:
+        """The empty prefix inputs of `rows` rows, made once per row count."""
+        if rows not in self._no_prefix:
+            self._no_prefix[rows] = self.cache.no_prefix(rows, self._query_width)
+        return self._no_prefix[rows]
 
     def _binding(self, lean: bool, start: int, stop: int) -> tuple[ort.IOBinding, np.ndarray]:
         """The IO binding of rows [start, stop) on the lean or full graph, made once: the KV buffers and a
