@@ -15,16 +15,9 @@ Why these forms, and what the alternatives measured: docs/design.md, "QLoRA".
 
 import numpy as np
 
-INT8_MAX = 127
+from edgetune.common.int8 import quantize_int8  # noqa: F401 (int8's form lives in common: the runtime folds too)
+
 INT4_MAX = 15
-
-
-def quantize_int8(w: np.ndarray) -> dict[str, np.ndarray]:
-    """W (in, out) -> {q int8 (in, out), scale (out,)}: symmetric per output channel."""
-    absmax = np.abs(w).max(axis=0)  # (out,)
-    scale = np.where(absmax > 0, absmax / INT8_MAX, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -INT8_MAX, INT8_MAX).astype(np.int8)  # (in, out)
-    return {"q": q, "scale": scale}
 
 
 def padded_inputs(n_in: int, block_size: int) -> int:
