@@ -107,6 +107,22 @@ def test_generate_with_spinning_threads_writes_the_same_text(tiny_bundle):
     assert out == out_spun and out.strip()
 
 
+def test_generate_with_a_folded_adapter(tiny_bundle, tmp_path):
+    """--fold decodes the adapter from folded weights: the text is the engine's with the adapter folded."""
+    from edgetune.runtime.engine import Engine
+    from tests.serve.conftest import make_adapter
+
+    bundle = tiny_bundle("llama")
+    adapter = make_adapter(bundle, tmp_path / "a", seed=3)
+    args = ("generate", bundle, "--prompt", "the date", "--max-new-tokens", "8", "--no-stream", "--adapter", adapter)
+    code, out, err = edgetune(*args, "--fold")
+    assert code == 0, err
+    engine = Engine(bundle)
+    engine.load_adapter("a", adapter)
+    engine.fold_adapter("a")
+    assert out.strip() == engine.generate_many([engine.encode("the date")], "a", max_new_tokens=8)[0].strip()
+
+
 def test_chat_needs_a_chat_template(tiny_bundle, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle("llama"), bundle)
@@ -132,6 +148,8 @@ def test_chat_needs_a_chat_template(tiny_bundle, tmp_path):
         (["build", "MODEL", "-o", "OUT", "--method", "qlora"], "--quant: method qlora needs a quant type"),
         (["build", "MODEL", "-o", "OUT", "--rank", "0"], "--rank: must be a whole number >= 1, got 0"),
         (["build", "MODEL", "-o", "OUT", "--dropout", "1.5"], "--dropout: must be in [0, 1), got 1.5"),
+        (["serve", "BUNDLE", "--fold", "x"], "--fold: 'x' is not one of the --adapter names"),
+        (["eval", "BUNDLE", "--data", "DATA", "--fold"], "--fold needs --adapter"),
     ],
 )
 def test_a_refused_option_is_named_by_its_flag(args, message, tmp_path):

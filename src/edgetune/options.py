@@ -268,7 +268,9 @@ class ServeConfig:
     must be signed by; sign: a private key file that signs the adapters fine-tuning jobs write.
     spin: the decoding threads spin-wait between ops (a device that serves and does nothing else).
     lean: a second session on the serving graph without the adapter bank runs base-model decode
-    steps (faster; it holds the serving weights once more).
+    steps (faster; it holds the serving weights once more). fold: the name of one of `adapters`
+    folded into that session's weights (`Engine.fold_adapter`): its requests decode at the base
+    model's speed, the base model's on the full graph; it is never evicted for another adapter.
     """
 
     bundle: Path
@@ -291,6 +293,7 @@ class ServeConfig:
     sign: Path | None = None
     spin: bool = False
     lean: bool = True
+    fold: str | None = None
 
     def __post_init__(self):
         for name in ("bundle", "adapters_dir", "state_dir", "trust", "sign"):
@@ -298,6 +301,10 @@ class ServeConfig:
         for name in ("max_batch", "max_tokens_limit", "max_adapters", "max_body_bytes", "max_upload_bytes"):
             _whole(name, getattr(self, name))
         _whole("max_queue", self.max_queue, minimum=0)
+        if self.fold is not None and self.fold not in {name for name, _ in self.adapters}:
+            raise ConfigError("fold", f"{self.fold!r} is not one of the --adapter names")
+        if self.fold is not None and not self.lean:
+            raise ConfigError("fold", "folding needs the lean graph (drop --no-lean)")
         _whole("job_nice", self.job_nice, minimum=0)
         _whole("port", self.port, minimum=0)
         if self.port > 65535:

@@ -95,6 +95,31 @@ def test_two_adapters_and_the_base_interleaved(server, served):
         assert answer(model) == first[model]
 
 
+def test_a_folded_adapter_is_served_from_the_folded_weights_and_kept(served, live):
+    """--fold alpha: alpha's answers are the engine's with alpha folded (int8 requantized), the base model's
+    unchanged; with one adapter slot, another adapter is refused rather than evicting the folded one."""
+    from edgetune.runtime.engine import Engine
+
+    bundle, adapters_dir = served
+    flags = ("--adapter", f"alpha={adapters_dir / 'alpha'}", "--fold", "alpha", "--max-adapters", "1")
+    server = live(bundle, *flags, "--adapters-dir", adapters_dir, "--model-name", "tiny")
+    c = client(server)
+    prompt = "the quick brown fox"
+    engine = Engine(bundle)
+    engine.load_adapter("alpha", adapters_dir / "alpha")
+    expected = {"tiny": engine.generate_many([engine.encode(prompt)], max_new_tokens=12)[0]}
+    engine.fold_adapter("alpha")
+    expected["alpha"] = engine.generate_many([engine.encode(prompt)], "alpha", max_new_tokens=12)[0]
+
+    def answer(model):
+        return c.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+
+    assert {model: answer(model) for model in expected} == expected
+    status, body = _error(lambda: c.post("/adapters", body={"name": "beta", "path": "beta"}, cast_to=object))
+    assert status == 400 and "held by running requests and the folded adapter" in body["message"], body
+    assert answer("alpha") == expected["alpha"]
+
+
 def test_load_and_unload_an_adapter(server, served):
     c = client(server)
     c.post("/adapters", body={"name": "gamma", "path": "gamma"}, cast_to=object)

@@ -8,20 +8,28 @@ from edgetune.cli.common import add_command, positive_int
 from edgetune.common.errors import EdgetuneError
 
 SPIN_HELP = "threads spin-wait between ops: faster on a device that does nothing else, slower on a shared one"
+FOLD_HELP = "fold the adapter into the serving weights: the base model's decode speed, int8 weights requantized"
 
 
-def _decoder(bundle: str, adapter: str | None, spin: bool = False):
-    """The bundle's decode engine (`adapter` loaded as "adapter"); a Generator where there is no serve.onnx."""
+def _decoder(bundle: str, adapter: str | None, spin: bool = False, fold: bool = False):
+    """The bundle's decode engine (`adapter` loaded as "adapter", folded if `fold`); a Generator where there is
+    no serve.onnx."""
     from edgetune.common.names import SERVE_MODEL
     from edgetune.runtime.engine import Engine
     from edgetune.runtime.generate import Generator
     from edgetune.runtime.ort_inference import default_session_options
 
+    if fold and adapter is None:
+        raise EdgetuneError("--fold needs --adapter")
     if not (Path(bundle) / SERVE_MODEL).is_file():
+        if fold:
+            raise EdgetuneError(f"{bundle}: --fold needs a bundle's serving graph ({SERVE_MODEL})")
         return Generator(bundle, adapter=adapter, session_options=default_session_options(spin))
     engine = Engine(bundle, spin=spin)
     if adapter is not None:
         engine.load_adapter("adapter", adapter)
+        if fold:
+            engine.fold_adapter("adapter")
     return engine
 
 
@@ -61,7 +69,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
     if not args.chat and args.prompt is None:
         raise EdgetuneError("give --prompt TEXT, or --chat")
-    g = _decoder(args.bundle, args.adapter, args.spin)
+    g = _decoder(args.bundle, args.adapter, args.spin, args.fold)
     if isinstance(g, Engine):
         g = _EngineChat(g, None if args.adapter is None else "adapter")
     options = dict(
@@ -88,7 +96,7 @@ def run_eval(args: argparse.Namespace) -> None:
     """Greedy exact match on prompt/completion data, with a few answers shown."""
     from edgetune.runtime.evaluate import evaluate_exact_match
 
-    g = _decoder(args.bundle, args.adapter, args.spin)
+    g = _decoder(args.bundle, args.adapter, args.spin, args.fold)
     adapter = None if args.adapter is None else "adapter"
     result = evaluate_exact_match(g, Path(args.data), args.max_new_tokens, args.limit, adapter=adapter)
     for prompt, prediction, reference in result.rows[: args.show]:
@@ -136,6 +144,7 @@ def register(sub) -> None:
     p.add_argument("--truncate", action="store_true", help="keep the last tokens of a prompt longer than the context")
     p.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
     p.add_argument("--spin", action="store_true", help=SPIN_HELP)
+    p.add_argument("--fold", action="store_true", help=FOLD_HELP)
 
     p = add_command(sub, "eval", run_eval, help="exact-match accuracy on prompt/completion data (greedy)")
     p.add_argument("bundle")
@@ -145,3 +154,4 @@ def register(sub) -> None:
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N examples")
     p.add_argument("--show", type=int, default=3, help="print this many answers")
     p.add_argument("--spin", action="store_true", help=SPIN_HELP)
+    p.add_argument("--fold", action="store_true", help=FOLD_HELP)

@@ -70,4 +70,11 @@ def register(sub) -> None:
         action="store_false",
         help="no second session for base-model decode steps (slower base model, the serving weights held once)",
     )
+    p.add_argument(
+        "--fold",
+        default=None,
+        metavar="NAME",
+        help="fold adapter NAME (one of --adapter) into the serving weights: its requests decode at the base model's"
+        " speed, the base model's on the full graph",
+    )
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests in flight")

@@ -65,7 +65,7 @@ class AdapterBank:
             self.arrays[key_a][slot, :, :rank] = a
             self.arrays[key_b][slot, :rank, :] = b
             if self.dora:
-                w = self._base_weight(module)  # (in, out)
+                w = self.base_weight(module)  # (in, out)
                 norm = np.linalg.norm(w + a @ b, axis=0)  # (out,)
                 self.arrays[magnitude_key(module)][slot] = weights[magnitude_key(module)] / norm
         self.names[name] = slot
@@ -91,19 +91,25 @@ class AdapterBank:
             self.values[name] = ort.OrtValue.ortvalue_from_numpy(new)
         self.rank = rank
 
-    def _base_weight(self, module: str) -> np.ndarray:
-        """The float (in, out) weight of an adapted module, read from the serving graph (DoRA's norm)."""
+    def branch(self, module: str, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The adapter in `slot` on `module`: A (in, R), B (R, out) with the scale in, and DoRA's g (out,) or None."""
+        key_a, key_b = lora_keys(module)
+        g = self.arrays[magnitude_key(module)][slot] if self.dora else None
+        return self.arrays[key_a][slot], self.arrays[key_b][slot], g
+
+    def base_weight(self, module: str) -> np.ndarray:
+        """The float (in, out) weight of an adapted module, read from the inference graph (DoRA's norm, folding)."""
         if self._base_weights is None:
             graph = onnx.load(self._graph_path, load_external_data=False).graph
-            weight_of = {n.output[0]: n.input[1] for n in graph.node if n.op_type in ("MatMul", "Gemm")}
-            wanted = {m: weight_of.get(base_output(m)) for m in self.manifest["adapted_modules"]}
+            weight_of = {n.output[0]: n for n in graph.node if n.op_type in ("MatMul", "Gemm")}
             tensors = {t.name: t for t in graph.initializer}
-            folder = self._graph_path.parent
             self._base_weights = {}
-            for m, name in wanted.items():
-                if name not in tensors:
-                    raise AdapterError(f"DoRA needs the float weight of {m}, which the serving graph does not hold")
-                self._base_weights[m] = _read_tensor(tensors[name], folder)
+            for m in self.manifest["adapted_modules"]:
+                node = weight_of.get(base_output(m))
+                if node is None or node.input[1] not in tensors:
+                    raise AdapterError(f"{m}: the bundle holds no float base weight (a QLoRA base) for DoRA or folding")
+                w = _read_tensor(tensors[node.input[1]], self._graph_path.parent)
+                self._base_weights[m] = w.T if any(a.name == "transB" and a.i for a in node.attribute) else w
         return self._base_weights[module]
 
 

@@ -20,10 +20,10 @@ the base model goes to a copy of the graph without the bank and the prompt prefi
 """
 
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -34,10 +34,11 @@ from edgetune.common.bundle import open_bundle
 from edgetune.common.errors import AdapterError, BundleError, EdgetuneError
 from edgetune.common.trust import resolve_trust
 from edgetune.runtime.adapter_bank import AdapterBank
+from edgetune.runtime.fold import fold_sites, fold_tensors
 from edgetune.runtime.kv_cache import KVCache
 from edgetune.runtime.lean_graph import lean_serving_graph, open_beside
 from edgetune.runtime.model_files import ModelFiles
-from edgetune.runtime.ort_inference import default_session_options, open_session
+from edgetune.runtime.ort_inference import copy_session_options, default_session_options, open_session
 from edgetune.runtime.sampling import Sampler, SamplingParams
 from edgetune.runtime.text_stream import TextStream
 
@@ -120,9 +121,17 @@ class Engine:
         self.files = ModelFiles(bundle)
         self.tokenizer = self.files.tokenizer
         self.manifest = manifest
-        session_options = session_options or default_session_options(spin)
-        self.session = open_session(graph, session_options)
-        self.lean_session = self._open_lean(graph, session_options) if lean else None
+        self._options = session_options or default_session_options(spin)
+        self.session = open_session(graph, self._options)
+        self._graph = graph
+        self._lean_model, self.lean_session = None, None
+        if lean:
+            model = onnx.load(graph, load_external_data=False)
+            self._lean_model = lean_serving_graph(model, manifest["adapted_modules"])
+            self.lean_session = self._open_lean(self._options)
+        self.folded: str | None = None  # the adapter folded into the lean graph's weights (`fold_adapter`)
+        self._lean_slot = 0  # the bank slot the lean graph computes: 0, or the folded adapter's
+        self._folded_values: dict[str, ort.OrtValue] = {}  # kept alive as long as the session reading them
         inputs = {i.name: i for i in self.session.get_inputs()}
         past = [n for n in inputs if n.startswith(names.PAST)]
         kv_heads, head_dim = inputs[past[0]].shape[1], inputs[past[0]].shape[3]
@@ -145,10 +154,9 @@ class Engine:
         self._ids: dict[str, _Request] = {}
         self._cancelled: list[_Request] = []
 
-    def _open_lean(self, graph: Path, session_options: ort.SessionOptions) -> ort.InferenceSession:
+    def _open_lean(self, session_options: ort.SessionOptions) -> ort.InferenceSession:
         """A session on the serving graph without the adapter bank and the prompt prefix."""
-        model = lean_serving_graph(onnx.load(graph, load_external_data=False), self.manifest["adapted_modules"])
-        return open_beside(model, graph.parent, lambda path: open_session(path, session_options))
+        return open_beside(self._lean_model, self._graph.parent, lambda path: open_session(path, session_options))
 
     # --- adapters --------------------------------------------------------------------
 
@@ -158,11 +166,43 @@ class Engine:
         self.bank.load(name, path)
 
     def unload_adapter(self, name: str) -> None:
-        """Unload `name`; refused while a request uses it."""
+        """Unload `name` (unfolding it first if it is folded); refused while a request uses it."""
         busy = [r.id for r in self._ids.values() if r.adapter == name]
         if busy:
             raise AdapterError(f"adapter {name!r} is in use by {len(busy)} request(s), e.g. {busy[0]}")
+        if name == self.folded:
+            self.fold_adapter(None)
         self.bank.unload(name)
+
+    def fold_adapter(self, name: str | None) -> float:
+        """Fold the loaded adapter `name` into the lean graph's weights (None: the base model again); return the
+        seconds the swap took (`fold`).
+
+        That adapter's decode steps then run on the lean graph at the base model's speed (in a
+        run of their own when other rows decode beside them), the base model's and other
+        adapters' on the full graph; prompts are prefilled on the full graph. With int8
+        serving the folded weights are requantized, so the adapter's tokens are a merged
+        model's, not always the unmerged branch's. Needs the lean graph and a float base.
+        """
+        if self.lean_session is None:
+            raise EdgetuneError("folding an adapter needs the lean graph (the engine was opened with lean=False)")
+        if name is not None and name not in self.bank.names:
+            raise AdapterError(f"no adapter named {name!r} is loaded")
+        started = time.perf_counter()
+        slot, tensors = 0, {}
+        if name is not None:
+            slot = self.bank.names[name]
+            sites = fold_sites(self._lean_model, self.manifest["adapted_modules"])
+            tensors = fold_tensors(sites, self.bank.base_weight, lambda module: self.bank.branch(module, slot))
+        self.lean_session = None  # one lean session's weights in memory at a time
+        self._bindings = {key: value for key, value in self._bindings.items() if not key[0]}
+        options = copy_session_options(self._options)
+        values = {tensor: ort.OrtValue.ortvalue_from_numpy(array) for tensor, array in tensors.items()}
+        for tensor, value in values.items():
+            options.add_initializer(tensor, value)
+        self.lean_session = self._open_lean(options)
+        self.folded, self._lean_slot, self._folded_values = name, slot, values
+        return time.perf_counter() - started
 
     @property
     def adapters(self) -> list[str]:
@@ -372,19 +412,41 @@ class Engine:
                 positions[r.row, 0], seqlens[r.row] = r.length, r.length
         for r in requests:
             ids[r.row, 0], positions[r.row, 0], seqlens[r.row], slots[r.row] = r.next_token, r.length, r.length, r.slot
-        logits = self._run(0, top, ids, positions, seqlens, int(seqlens.max()) + 1, slots)  # (B, 1, V)
+        logits = np.empty((top, 1, self.vocab), np.float32)  # (B, 1, V)
+        for a, b in self._runs(requests, slots):
+            total = int(seqlens[a:b].max()) + 1
+            logits[a:b] = self._run(a, b, ids[a:b], positions[a:b], seqlens[a:b], total, slots[a:b])
         events = []
         for r in requests:
             r.length += 1
             events.append(self._advance(r, logits[r.row, -1]))
         return events
 
+    def _runs(self, requests: list[_Request], slots: np.ndarray) -> list[tuple[int, int]]:
+        """The row ranges a decode step runs as: all its rows at once, or, with an adapter folded, the folded
+        adapter's rows apart from the others (so they always compute the folded weights); idle rows join a
+        neighbour's run, their slot set to it."""
+        top = len(slots)
+        if self._lean_slot == 0:
+            return [(0, top)]
+        folded = {r.row: r.slot == self._lean_slot for r in requests}  # decoding rows only
+        runs: list[tuple[int, int]] = []
+        kind = folded[min(folded)]
+        start = 0
+        for row in range(top):
+            if folded.get(row, kind) != kind:
+                runs.append((start, row))
+                start, kind = row, folded[row]
+            if row not in folded:
+                slots[row] = self._lean_slot if kind else 0
+        return [*runs, (start, top)]
+
     def _run(self, start, stop, ids, positions, seqlens, total: int, slots, prefix: dict | None = None) -> np.ndarray:
         """One run of the serving graph on rows [start, stop) of the cache; returns logits (B, 1, V).
 
-        Decode steps whose rows all run the base model go to the lean graph (`lean_graph`), the rest to
-        the full one. Prompts never do: each session's arena keeps its largest run's activations, and a
-        decode step's are small.
+        Decode steps whose rows all run the lean graph's slot (the base model, or the folded adapter)
+        go to the lean graph (`lean_graph`, `fold`), the rest to the full one. Prompts never do: each
+        session's arena keeps its largest run's activations, and a decode step's are small.
         """
         feeds = {
             names.INPUT_IDS: ids,
@@ -392,7 +454,8 @@ class Engine:
             names.SEQLENS_K: seqlens,
             names.TOTAL_SEQUENCE_LENGTH: np.array(total, np.int32),
         }
-        lean = self.lean_session is not None and ids.shape[1] == 1 and prefix is None and not slots.any()
+        lean_slot = (slots == self._lean_slot).all()
+        lean = self.lean_session is not None and ids.shape[1] == 1 and prefix is None and lean_slot
         binding, logits = self._binding(lean, start, stop)
         if not lean:
             feeds |= (prefix or self._empty_prefix(stop - start)) | {names.ADAPTER_INDEX: slots}

@@ -1,5 +1,6 @@
 """ONNX Runtime inference sessions for decoding: threads, options, and the graph's input types."""
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -16,6 +17,16 @@ DTYPES = {
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
 }
+COPIED_OPTIONS = (  # what `copy_session_options` carries over
+    "intra_op_num_threads",
+    "inter_op_num_threads",
+    "execution_mode",
+    "graph_optimization_level",
+    "enable_cpu_mem_arena",
+    "enable_mem_pattern",
+    "log_severity_level",
+)
+SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 
 
 def physical_cores() -> int:
@@ -45,6 +56,18 @@ def default_session_options(spin: bool = False) -> ort.SessionOptions:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return so
+
+
+def copy_session_options(options: ort.SessionOptions) -> ort.SessionOptions:
+    """New options with `options`' threads, spinning, execution mode, optimization level and memory settings
+    (initializers added to `options` stay behind: ORT refuses a name added twice)."""
+    copy = ort.SessionOptions()
+    for attr in COPIED_OPTIONS:
+        setattr(copy, attr, getattr(options, attr))
+    for key in SPIN_KEYS:
+        with contextlib.suppress(RuntimeError):  # not set: ORT's default
+            copy.add_session_config_entry(key, options.get_session_config_entry(key))
+    return copy
 
 
 def open_session(model_file: Path, session_options: ort.SessionOptions | None = None) -> ort.InferenceSession:

@@ -214,14 +214,17 @@ class Scheduler:
         except KeyError:
             raise AdapterError(f"no adapter named {name!r}") from None
         if len(self._loaded) >= self.max_adapters:
-            for old in list(self._loaded):  # least recently used first
+            for old in list(self._loaded):  # least recently used first; a folded adapter stays
+                if old == self.engine.folded:
+                    continue
                 try:
                     self.unload_adapter(old)
                     break
                 except AdapterError:  # in use
                     continue
             else:
-                raise AdapterError(f"all {self.max_adapters} adapter slots are held by running requests")
+                held = "running requests" + (" and the folded adapter" if self.engine.folded else "")
+                raise AdapterError(f"all {self.max_adapters} adapter slots are held by {held}")
         self.engine.load_adapter(name, folder)
         self._loaded[name] = None
         self.metrics.adapters_loaded.set(len(self._loaded))

@@ -38,6 +38,9 @@ def build_state(config: ServeConfig) -> ServerState:
         registry.check_new_name(name)
         registry.add(name, Path(folder))
         scheduler.load_adapter(name)
+    if config.fold is not None:
+        scheduler.load_adapter(config.fold)  # again, had a later --adapter taken its slot
+        engine.fold_adapter(config.fold)
     base_sha = engine.manifest["source"]["weights_sha256"]
     fine_tuning = FineTuning(
         Store(state_dir),
