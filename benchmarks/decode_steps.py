@@ -24,11 +24,12 @@ from edgetune.runtime.sampling import SamplingParams
 NEW_TOKENS = 100
 
 
-def step_ms(engine: Engine, rows: int) -> float:
-    """Median decode step (ms) of `rows` rows decoding together after the same 128-token prompt."""
+def step_ms(engine: Engine, rows: int, adapter: str | None = None) -> float:
+    """Median decode step (ms) of `rows` rows decoding together after the same 128-token prompt (with `adapter`)."""
     prompt = engine.encode("The history of the sea is long and " * 20)[:128]
+    greedy = SamplingParams(temperature=0)
     for i in range(rows):
-        engine.add(f"r{i}", prompt, sampling=SamplingParams(temperature=0), max_new_tokens=NEW_TOKENS + 1)
+        engine.add(f"r{i}", prompt, adapter=adapter, sampling=greedy, max_new_tokens=NEW_TOKENS + 1)
     times = []
     while engine.has_work:
         start = time.perf_counter()
