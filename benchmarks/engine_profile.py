@@ -31,7 +31,8 @@ def profile(bundle: str, rows: int, new: int, prefill: bool = False) -> dict:
     greedy = SamplingParams(temperature=0)
     for prompts in [[prompt]] * 4 if prefill else [[prompt] * rows]:
         engine.generate_many(prompts, sampling=greedy, max_new_tokens=1 if prefill else new)
-    with open(engine.session.end_profiling()) as f:
+    session = engine.sessions.full if prefill or engine.sessions.lean is None else engine.sessions.lean  # decode: lean
+    with open(session.end_profiling()) as f:
         events = json.load(f)
     runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][
         -3 if prefill else -DECODE_RUNS :

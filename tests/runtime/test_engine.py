@@ -304,7 +304,7 @@ def test_chunked_prefill_equals_one_shot(arch, tiny_bundle, tmp_path):
         np.array([len(long_prompt) - 1], np.int32),
         len(long_prompt),
         np.array([chunked.bank.names["a"]]),
-        chunked.cache.prefix(row, 7, chunked._query_width),
+        chunked.cache.prefix(row, 7, chunked.sessions.query_width),
     )
     np.testing.assert_allclose(logits[0, -1], reference, atol=1e-4)
 

@@ -32,7 +32,7 @@ def test_a_folded_float_adapter_scores_as_its_branch_does(arch, build, tiny_bund
     engine = _engine(bundle, tmp_path / "a")
     branch, base = engine.token_logprobs(SCORED, "a"), engine.token_logprobs(SCORED)
     assert engine.fold_adapter("a") > 0 and engine.folded == "a"
-    engine.session = None  # a run that needed the full graph would fail now
+    engine.sessions.full = None  # a run that needed the full graph would fail now
     folded = engine.token_logprobs(SCORED, "a")
     assert np.abs(folded - branch).max() < 1e-4
     assert np.abs(branch - base).max() > 1e-2  # the adapter matters
@@ -47,7 +47,7 @@ def test_a_folded_int8_adapter_is_requantized_with_its_delta(arch, tiny_bundle, 
     engine = _engine(bundle, tmp_path / "a")
     branch, base = engine.token_logprobs(SCORED, "a"), engine.token_logprobs(SCORED)
     engine.fold_adapter("a")
-    engine.session = None
+    engine.sessions.full = None
     folded = engine.token_logprobs(SCORED, "a")
     error, shift = np.abs(folded - branch).max(), np.abs(branch - base).max()
     # W' rounds per column at its own scale: the tiny models' random adapters are 10-70x their base weights,
@@ -57,7 +57,7 @@ def test_a_folded_int8_adapter_is_requantized_with_its_delta(arch, tiny_bundle, 
         a, b, _ = engine.bank.branch(module, engine.bank.names["a"])
         expected = quantize_int8(engine.bank.base_weight(module) + a @ b)
         for part in ("q", "scale"):
-            assert np.array_equal(engine._folded_values[f"/serve/int8/{module}/{part}"].numpy(), expected[part])
+            assert np.array_equal(engine.sessions.folded_values[f"/serve/int8/{module}/{part}"].numpy(), expected[part])
 
 
 def test_folded_rows_decode_the_same_beside_other_rows(tiny_bundle, tmp_path):
@@ -88,7 +88,7 @@ def test_unfolding_and_unloading_give_the_base_model_back(tiny_bundle, tmp_path)
         engine.fold_adapter("a")
         unfold(engine)
         assert engine.folded is None
-        engine.session = None  # base-model decode steps on the lean session alone
+        engine.sessions.full = None  # base-model decode steps on the lean session alone
         assert np.abs(engine.token_logprobs(SCORED) - base).max() < 1e-5
     assert engine.adapters == []
 

@@ -29,7 +29,7 @@ def test_base_rows_decode_the_same_on_the_lean_graph(arch, build, tiny_bundle):
     for event in lean.step():  # the prompts' prefill (on the full graph) and their first tokens
         out.setdefault(event.request_id, []).append(event.token_id)
     assert sorted(out) == sorted(expected)
-    lean.session = None  # a run that needed the full graph would fail now
+    lean.sessions.full = None  # a run that needed the full graph would fail now
     for rid, events in _run_all(lean).items():
         out[rid] += [t for t, _ in events]
     assert out == expected

@@ -16,7 +16,9 @@ the bank (`adapter_bank`), so a request joins at the next step and leaves when i
 finishes or is cancelled. A row's numbers never depend on the other rows,
 so greedy output in a batch equals the same request alone. A decode step whose rows all run
 the base model goes to a copy of the graph without the bank and the prompt prefix
-(`lean_graph`), which computes the same numbers with fewer ops.
+(`lean_graph`), which computes the same numbers with fewer ops; one adapter can be folded
+into that copy's weights (`fold_adapter`). The sessions and their IO bindings are
+`serving_sessions`.
 """
 
 import os
@@ -26,7 +28,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from edgetune.common import names
@@ -36,10 +37,10 @@ from edgetune.common.trust import resolve_trust
 from edgetune.runtime.adapter_bank import AdapterBank
 from edgetune.runtime.fold import fold_sites, fold_tensors
 from edgetune.runtime.kv_cache import KVCache
-from edgetune.runtime.lean_graph import lean_serving_graph, open_beside
 from edgetune.runtime.model_files import ModelFiles
-from edgetune.runtime.ort_inference import copy_session_options, default_session_options, open_session
+from edgetune.runtime.ort_inference import default_session_options
 from edgetune.runtime.sampling import Sampler, SamplingParams
+from edgetune.runtime.serving_sessions import ServingSessions
 from edgetune.runtime.text_stream import TextStream
 
 FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED = "stop", "length", "cancelled"
@@ -121,42 +122,28 @@ class Engine:
         self.files = ModelFiles(bundle)
         self.tokenizer = self.files.tokenizer
         self.manifest = manifest
-        self._options = session_options or default_session_options(spin)
-        self.session = open_session(graph, self._options)
-        self._graph = graph
-        self._lean_model, self.lean_session = None, None
-        if lean:
-            model = onnx.load(graph, load_external_data=False)
-            self._lean_model = lean_serving_graph(model, manifest["adapted_modules"])
-            self.lean_session = self._open_lean(self._options)
+        options = session_options or default_session_options(spin)
+        self.sessions = ServingSessions(graph, options, manifest["adapted_modules"], lean)
         self.folded: str | None = None  # the adapter folded into the lean graph's weights (`fold_adapter`)
-        self._lean_slot = 0  # the bank slot the lean graph computes: 0, or the folded adapter's
-        self._folded_values: dict[str, ort.OrtValue] = {}  # kept alive as long as the session reading them
-        inputs = {i.name: i for i in self.session.get_inputs()}
+        inputs = self.sessions.inputs
         past = [n for n in inputs if n.startswith(names.PAST)]
         kv_heads, head_dim = inputs[past[0]].shape[1], inputs[past[0]].shape[3]
         self.capacity = min(capacity or self.files.max_context, self.files.max_context, 4096)
         self.max_batch, self.prefill_chunk = max_batch, max(1, prefill_chunk)
-        self._query_width = inputs[names.PREFIX_QUERY].shape[2]
         self.cache = KVCache(past, max_batch, kv_heads, self.capacity, head_dim)
         fixed = {names.INPUT_IDS, names.POSITION_IDS, names.SEQLENS_K, names.TOTAL_SEQUENCE_LENGTH, names.ADAPTER_INDEX}
         prefix = (names.PREFIX_KEY, names.PREFIX_VALUE, names.PREFIX_QUERY, names.PREFIX_LENGTH)
         bank_inputs = {
             n: i.shape for n, i in inputs.items() if n not in fixed and n not in past and not n.startswith(prefix)
         }
-        self._no_prefix: dict[int, dict] = {}
-        self._bindings: dict[tuple, tuple[ort.IOBinding, np.ndarray]] = {}
         self.bank = AdapterBank(bank_inputs, manifest, max_adapters, bundle.path(names.INFERENCE_MODEL), trusted)
-        self.vocab = self.session.get_outputs()[0].shape[-1]
+        self.sessions.attach(self.cache, self.bank)
+        self.vocab = self.sessions.vocab
         self._rows: list[_Request | None] = [None] * max_batch
         self._waiting: deque[_Request] = deque()
         self._prefilling: deque[_Request] = deque()  # rows whose prompt is not all cached, in arrival order
         self._ids: dict[str, _Request] = {}
         self._cancelled: list[_Request] = []
-
-    def _open_lean(self, session_options: ort.SessionOptions) -> ort.InferenceSession:
-        """A session on the serving graph without the adapter bank and the prompt prefix."""
-        return open_beside(self._lean_model, self._graph.parent, lambda path: open_session(path, session_options))
 
     # --- adapters --------------------------------------------------------------------
 
@@ -184,7 +171,7 @@ class Engine:
         serving the folded weights are requantized, so the adapter's tokens are a merged
         model's, not always the unmerged branch's. Needs the lean graph and a float base.
         """
-        if self.lean_session is None:
+        if self.sessions.lean is None:
             raise EdgetuneError("folding an adapter needs the lean graph (the engine was opened with lean=False)")
         if name is not None and name not in self.bank.names:
             raise AdapterError(f"no adapter named {name!r} is loaded")
@@ -192,16 +179,10 @@ class Engine:
         slot, tensors = 0, {}
         if name is not None:
             slot = self.bank.names[name]
-            sites = fold_sites(self._lean_model, self.manifest["adapted_modules"])
+            sites = fold_sites(self.sessions.lean_model, self.manifest["adapted_modules"])
             tensors = fold_tensors(sites, self.bank.base_weight, lambda module: self.bank.branch(module, slot))
-        self.lean_session = None  # one lean session's weights in memory at a time
-        self._bindings = {key: value for key, value in self._bindings.items() if not key[0]}
-        options = copy_session_options(self._options)
-        values = {tensor: ort.OrtValue.ortvalue_from_numpy(array) for tensor, array in tensors.items()}
-        for tensor, value in values.items():
-            options.add_initializer(tensor, value)
-        self.lean_session = self._open_lean(options)
-        self.folded, self._lean_slot, self._folded_values = name, slot, values
+        self.sessions.use_lean_weights(slot, tensors)
+        self.folded = name
         return time.perf_counter() - started
 
     @property
@@ -386,7 +367,7 @@ class Engine:
         request.prefilled_before = start
         chunk = request.prompt[start : start + min(budget, self.prefill_chunk)]
         end = start + len(chunk)
-        prefix = self.cache.prefix(row, start, self._query_width) if start else None
+        prefix = self.cache.prefix(row, start, self.sessions.query_width) if start else None
         logits = self._run(
             row,
             row + 1,
@@ -427,9 +408,9 @@ class Engine:
         adapter's rows apart from the others (so they always compute the folded weights); idle rows join a
         neighbour's run, their slot set to it."""
         top = len(slots)
-        if self._lean_slot == 0:
+        if self.sessions.lean_slot == 0:
             return [(0, top)]
-        folded = {r.row: r.slot == self._lean_slot for r in requests}  # decoding rows only
+        folded = {r.row: r.slot == self.sessions.lean_slot for r in requests}  # decoding rows only
         runs: list[tuple[int, int]] = []
         kind = folded[min(folded)]
         start = 0
@@ -438,51 +419,12 @@ class Engine:
                 runs.append((start, row))
                 start, kind = row, folded[row]
             if row not in folded:
-                slots[row] = self._lean_slot if kind else 0
+                slots[row] = self.sessions.lean_slot if kind else 0
         return [*runs, (start, top)]
 
     def _run(self, start, stop, ids, positions, seqlens, total: int, slots, prefix: dict | None = None) -> np.ndarray:
-        """One run of the serving graph on rows [start, stop) of the cache; returns logits (B, 1, V).
-
-        Decode steps whose rows all run the lean graph's slot (the base model, or the folded adapter)
-        go to the lean graph (`lean_graph`, `fold`), the rest to the full one. Prompts never do: each
-        session's arena keeps its largest run's activations, and a decode step's are small.
-        """
-        feeds = {
-            names.INPUT_IDS: ids,
-            names.POSITION_IDS: positions,
-            names.SEQLENS_K: seqlens,
-            names.TOTAL_SEQUENCE_LENGTH: np.array(total, np.int32),
-        }
-        lean_slot = (slots == self._lean_slot).all()
-        lean = self.lean_session is not None and ids.shape[1] == 1 and prefix is None and lean_slot
-        binding, logits = self._binding(lean, start, stop)
-        if not lean:
-            feeds |= (prefix or self._empty_prefix(stop - start)) | {names.ADAPTER_INDEX: slots}
-            for name, value in self.bank.values.items():
-                binding.bind_ortvalue_input(name, value)
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
-        (self.lean_session if lean else self.session).run_with_iobinding(binding)
-        return logits.copy()
-
-    def _empty_prefix(self, rows: int) -> dict[str, np.ndarray]:
-        """The empty prefix inputs of `rows` rows, made once per row count."""
-        if rows not in self._no_prefix:
-            self._no_prefix[rows] = self.cache.no_prefix(rows, self._query_width)
-        return self._no_prefix[rows]
-
-    def _binding(self, lean: bool, start: int, stop: int) -> tuple[ort.IOBinding, np.ndarray]:
-        """The IO binding of rows [start, stop) on the lean or full graph, made once: the KV buffers and a
-        logits buffer (B, 1, V) stay bound; each run binds its own inputs."""
-        key = (lean, start, stop)
-        if key not in self._bindings:
-            binding = (self.lean_session if lean else self.session).io_binding()
-            logits = np.zeros((stop - start, 1, self.vocab), np.float32)
-            binding.bind_ortvalue_output(names.LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
-            self.cache.bind(binding, start, stop)
-            self._bindings[key] = binding, logits
-        return self._bindings[key]
+        """One run of the serving graph on rows [start, stop) of the cache; returns logits (B, 1, V)."""
+        return self.sessions.run(start, stop, ids, positions, seqlens, total, slots, prefix)
 
     def _advance(self, request: _Request, logits: np.ndarray) -> Event:
         """Sample the request's next token and turn it into an event (finishing the request if it ends)."""
