@@ -50,12 +50,13 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--new", type=int, default=40)
     parser.add_argument("--prefill", action="store_true", help="profile a 128-token prompt's prefill runs")
+    parser.add_argument("--top", type=int, default=6, help="print this many op types")
     args = parser.parse_args()
     for rows in [1] if args.prefill else args.rows:
         result = profile(args.bundle, rows, max(args.new, DECODE_RUNS + 1), args.prefill)
         kind = "prefill of 128 tokens" if args.prefill else "decode run"
         print(f"{rows} rows: {kind} {result['run_ms']:.1f} ms (median), load {os.getloadavg()[0]:.1f}")
-        for op, ms in list(result["ops"].items())[:6]:
+        for op, ms in list(result["ops"].items())[: args.top]:
             print(f"  {op:30s} {ms:7.2f} ms/run")
 
 
