@@ -91,6 +91,10 @@ class AdapterBank:
             self.values[name] = ort.OrtValue.ortvalue_from_numpy(new)
         self.rank = rank
 
+    def slot_tensors(self, slot: int) -> dict[str, np.ndarray]:
+        """Every bank tensor's entry for `slot`: bank input name -> (in, R), (R, out) or DoRA's (out,)."""
+        return {name: array[slot] for name, array in self.arrays.items()}
+
     def branch(self, module: str, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The adapter in `slot` on `module`: A (in, R), B (R, out) with the scale in, and DoRA's g (out,) or None."""
         key_a, key_b = lora_keys(module)

@@ -169,19 +169,25 @@ class Engine:
         run of their own when other rows decode beside them), the base model's and other
         adapters' on the full graph; prompts are prefilled on the full graph. With int8
         serving the folded weights are requantized, so the adapter's tokens are a merged
-        model's, not always the unmerged branch's. Needs the lean graph and a float base.
+        model's, not always the unmerged branch's. int4 weights and QLoRA bases cannot take
+        the adapter in: there the lean graph keeps its branches, reading it as constants
+        (the unmerged branch's numbers, without the bank and the prefix). Needs the lean graph.
         """
         if self.sessions.lean is None:
             raise EdgetuneError("folding an adapter needs the lean graph (the engine was opened with lean=False)")
         if name is not None and name not in self.bank.names:
             raise AdapterError(f"no adapter named {name!r} is loaded")
         started = time.perf_counter()
-        slot, tensors = 0, {}
-        if name is not None:
+        if name is None:
+            self.sessions.use_lean(0)
+        else:
             slot = self.bank.names[name]
             sites = fold_sites(self.sessions.lean_model, self.manifest["adapted_modules"])
-            tensors = fold_tensors(sites, self.bank.base_weight, lambda module: self.bank.branch(module, slot))
-        self.sessions.use_lean_weights(slot, tensors)
+            if sites is not None:
+                tensors = fold_tensors(sites, self.bank.base_weight, lambda module: self.bank.branch(module, slot))
+                self.sessions.use_lean(slot, tensors)
+            else:  # int4 or a QLoRA base: the branches stay, reading this adapter as constants
+                self.sessions.use_lean(slot, model=self.sessions.adapter_graph(self.bank.slot_tensors(slot)))
         self.folded = name
         return time.perf_counter() - started
 

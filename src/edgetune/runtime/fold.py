@@ -15,8 +15,9 @@ written in the serving graph's own form of that Linear:
 
 The folded tensors replace the lean graph's initializers of the same names when a
 session opens (`SessionOptions.add_initializer`), so weights are prepacked as usual.
-Folding needs the float base, which QLoRA bundles do not have (their adapters run
-unmerged), and int4 serving weights are not rewritten.
+int4 serving weights cannot take an adapter in (requantized Q4_1 blocks lose its delta:
+docs/design.md, "Folding one adapter"), and QLoRA bundles have no float base: there the
+engine keeps the branches, reading the adapter as constants (`lean_graph`).
 """
 
 from collections.abc import Callable
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from edgetune.common.errors import AdapterError
 from edgetune.common.int8 import quantize_int8
 from edgetune.common.peft import base_output
 
@@ -41,8 +41,9 @@ class FoldSite:
     transposed: bool = False  # FLOAT: a Gemm with transB holds W as (out, in)
 
 
-def fold_sites(model: onnx.ModelProto, modules: list[str]) -> dict[str, FoldSite]:
-    """Each adapted module's weight initializers in the lean graph `model`; AdapterError if one cannot be folded."""
+def fold_sites(model: onnx.ModelProto, modules: list[str]) -> dict[str, FoldSite] | None:
+    """Each adapted module's weight initializers in the lean graph `model`; None if one is not a float or int8
+    weight of its own (int4, a QLoRA base, a shared tensor)."""
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
     constants = {t.name for t in graph.initializer}
@@ -54,9 +55,7 @@ def fold_sites(model: onnx.ModelProto, modules: list[str]) -> dict[str, FoldSite
     for module in modules:
         site = _site(producers.get(base_output(module)), producers, constants)
         if site is None or any(readers.get(n) != 1 for n in site.names):
-            raise AdapterError(
-                f"{module}: no float or int8 serving weight to fold into (int4 and QLoRA bases serve unmerged)"
-            )
+            return None
         sites[module] = site
     return sites
 

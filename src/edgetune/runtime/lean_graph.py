@@ -13,21 +13,31 @@ Derived when the engine opens a bundle, from the structure the builder writes
                   `base_output(module)`; the one node outside it that reads the branch (its
                   join, writing the Linear's output y) is dropped and y read as the base output
     prefix        Concat(prefix_*, x) is read as x; Slice(x, prefix_length, ...) as x
+
+Given one adapter's bank tensors, the branches stay and read them as constants instead
+(`fold`, for bases whose weights cannot take the adapter in): each Gather(bank, adapter_index)
+(B, ...) becomes that slot's tensor as a (1, ...) initializer, which broadcasts over the
+batch, so those rows compute what the full graph computes for them.
 """
 
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgetune.common.errors import BundleError
 from edgetune.common.names import PREFIX_KEY, PREFIX_LENGTH, PREFIX_QUERY, PREFIX_VALUE
 from edgetune.common.peft import base_output, branch_prefix
 
 
-def lean_serving_graph(model: onnx.ModelProto, modules: list[str]) -> onnx.ModelProto:
-    """A copy of the serving graph `model` for base-model steps without a prefix; `modules` are the adapted ones."""
+def lean_serving_graph(
+    model: onnx.ModelProto, modules: list[str], adapter: dict[str, np.ndarray] | None = None
+) -> onnx.ModelProto:
+    """A copy of the serving graph `model` for decode steps without a prefix, of the base model or, given
+    `adapter` (bank input name -> one slot's tensor), of that adapter; `modules` are the adapted ones."""
     lean = onnx.ModelProto()
     lean.CopyFrom(model)
     graph = lean.graph
@@ -37,7 +47,12 @@ def lean_serving_graph(model: onnx.ModelProto, modules: list[str]) -> onnx.Model
         if _is_prefix_concat(node) or (node.op_type == "Slice" and node.input[1] == PREFIX_LENGTH):
             aliases[node.output[0]] = node.input[1] if node.op_type == "Concat" else node.input[0]
             dropped.add(i)
-    for module in modules:
+        elif adapter is not None and node.op_type == "Gather" and node.input[0] in adapter:
+            constant = numpy_helper.from_array(adapter[node.input[0]][None].astype(np.float32), f"{node.input[0]}/one")
+            graph.initializer.append(constant)  # (1, ...): the slot's tensor, for every row
+            aliases[node.output[0]] = constant.name
+            dropped.add(i)
+    for module in modules if adapter is None else ():
         aliases.update(_drop_branch(graph, module, dropped))
     kept = [n for i, n in enumerate(graph.node) if i not in dropped]
     for node in kept:

@@ -30,7 +30,7 @@ class ServingSessions:
 
     def __init__(self, graph: Path, options: ort.SessionOptions, modules: list[str], lean: bool):
         """Open `graph` (serve.onnx) with `options`; with `lean`, also its lean copy for base-model decode runs."""
-        self.graph, self.options = graph, options
+        self.graph, self.options, self.modules = graph, options, modules
         self.full = open_session(graph, options)
         self.inputs = {i.name: i for i in self.full.get_inputs()}
         self.vocab = self.full.get_outputs()[0].shape[-1]
@@ -48,16 +48,20 @@ class ServingSessions:
         """The KV cache runs read and write, and the adapter bank the full graph reads."""
         self.cache, self.bank = cache, bank
 
-    def use_lean_weights(self, slot: int, tensors: dict[str, np.ndarray]) -> None:
-        """Reopen the lean session with `tensors` in place of its initializers of the same names (none: the
-        bundle's), computing bank slot `slot` from now on."""
+    def adapter_graph(self, adapter: dict[str, np.ndarray]) -> onnx.ModelProto:
+        """The lean graph with the bank branches kept, reading `adapter` (one slot's bank tensors) as constants."""
+        return lean_serving_graph(onnx.load(self.graph, load_external_data=False), self.modules, adapter)
+
+    def use_lean(self, slot: int, tensors: dict[str, np.ndarray] | None = None, model=None) -> None:
+        """Reopen the lean session, computing bank slot `slot` from now on: on `model` (default: the base
+        model's lean graph), with `tensors` in place of its initializers of the same names."""
         self.lean = None  # one lean session's weights in memory at a time
         self._bindings = {key: value for key, value in self._bindings.items() if not key[0]}
         options = copy_session_options(self.options)
-        values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in tensors.items()}
+        values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in (tensors or {}).items()}
         for name, value in values.items():
             options.add_initializer(name, value)
-        self.lean = self._open_lean(options)
+        self.lean = self._open_lean(options, model)
         self.lean_slot, self.folded_values = slot, values
 
     def run(self, start, stop, ids, positions, seqlens, total: int, slots, prefix: dict | None = None) -> np.ndarray:
@@ -84,9 +88,10 @@ class ServingSessions:
         (self.lean if lean else self.full).run_with_iobinding(binding)
         return logits.copy()
 
-    def _open_lean(self, options: ort.SessionOptions) -> ort.InferenceSession:
-        """A session on the serving graph without the adapter bank and the prompt prefix."""
-        return open_beside(self.lean_model, self.graph.parent, lambda path: open_session(path, options))
+    def _open_lean(self, options: ort.SessionOptions, model: onnx.ModelProto | None = None) -> ort.InferenceSession:
+        """A session on `model`, by default the serving graph without the adapter bank and the prompt prefix."""
+        model = self.lean_model if model is None else model
+        return open_beside(model, self.graph.parent, lambda path: open_session(path, options))
 
     def _empty_prefix(self, rows: int) -> dict[str, np.ndarray]:
         """The empty prefix inputs of `rows` rows, made once per row count."""
