@@ -32,10 +32,14 @@ RUNS = {  # name -> build flags; each int8 run is compared with the fp32 run bef
 }
 
 
+def slug(name: str) -> str:
+    """A run's name as a folder name."""
+    return name.replace(", ", "-").replace(" ", "-")
+
+
 def train_and_eval(name: str, flags: list, data: Path, steps: int) -> dict:
     """Build, train and evaluate one bundle; its losses step by step and held-out exact match."""
-    slug = name.replace(", ", "-").replace(" ", "-")
-    bundle, run_dir = OUT / slug, OUT / f"{slug}-run"
+    bundle, run_dir = OUT / slug(name), OUT / f"{slug(name)}-run"
     build_s = build_load = None
     if not (bundle / "manifest.json").is_file():  # built once; delete artifacts/int8_accuracy to build again
         log(f"{name}: build")
@@ -64,8 +68,16 @@ def train_and_eval(name: str, flags: list, data: Path, steps: int) -> dict:
 
 
 def compare(int8: dict, fp32: dict) -> dict:
-    """Relative loss differences step by step (int8 / fp32 − 1) and the exact-match gap in points."""
-    diffs = [a / b - 1 for a, b in zip(int8["losses"], fp32["losses"])]
+    """The loss statistics of `loss_stats` and the exact-match gap in points."""
+    return {
+        **loss_stats(int8["losses"], fp32["losses"]),
+        "em_points": (int8["exact_match"] - fp32["exact_match"]) * 100,
+    }
+
+
+def loss_stats(losses: list, reference: list) -> dict:
+    """Relative loss differences step by step (losses / reference − 1): first 10 and 50 steps."""
+    diffs = [a / b - 1 for a, b in zip(losses, reference)]
     return {
         "first10_max": max(map(abs, diffs[:10])),
         "first10_mean": sum(diffs[:10]) / len(diffs[:10]),
@@ -73,7 +85,6 @@ def compare(int8: dict, fp32: dict) -> dict:
         "first50_mean": sum(diffs[:50]) / len(diffs[:50]),
         "first50_mean_abs": sum(map(abs, diffs[:50])) / len(diffs[:50]),
         "within_2pct": sum(1 for d in diffs[:50] if abs(d) <= 0.02),
-        "em_points": (int8["exact_match"] - fp32["exact_match"]) * 100,
     }
 
 
