@@ -1,5 +1,6 @@
 """The serving graph (`serve.onnx`): the with-past export rewritten for decoding, next to the training graphs.
 
+    skip norms     each residual Add and the RMSNorm reading it as one SkipSimplifiedLayerNormalization
     attention      RotaryEmbedding + GroupQueryAttention over KV buffers written in place
     base           QLoRA bundles keep their quantized base (the values training saw); --serve-quant
                    int4 stores a float base in QLoRA's int4 form (4-bit blocks of 32, scale and float minimum)
@@ -24,6 +25,7 @@ from edgetune.builder.rewrites.serve.attention_config import attention_shape, ro
 from edgetune.builder.rewrites.serve.fuse_linears import fuse_shared_input_linears
 from edgetune.builder.rewrites.serve.last_position import head_on_last_position, prune
 from edgetune.builder.rewrites.serve.quantize import ACCURACY_INT8, INT4_BLOCK, quantize_serving_weights
+from edgetune.builder.rewrites.serve.skip_norm import fuse_skip_norms
 from edgetune.builder.weights import MIN_EXTERNAL_BYTES, WeightFiles, WeightStore
 from edgetune.common import names
 
@@ -35,6 +37,7 @@ def prepare_serving_graph(path: Path, plan, config, sites_of, serve_quant: str) 
     sites, `serve_quant` int4 | int8 | none for a float base (a QLoRA base stays as trained).
     """
     model = load_exported(path)
+    fuse_skip_norms(model)  # first: later rewrites add Adds of their own (adapter joins, int4 offsets)
     arch, variant = plan.arch, plan.variant
     linears = find_linears(model.graph, arch)
     layers = attention_layers(linears, model.graph, arch.serve_qkv, arch.serve_out, arch.serve_qk_norms)
