@@ -9,8 +9,8 @@ import time
 import pytest
 
 from edgetune.options import TrainConfig
+from edgetune.runtime.engine import Engine
 from edgetune.runtime.evaluate import evaluate_exact_match
-from edgetune.runtime.generate import Generator
 from edgetune.runtime.train import train
 from edgetune.tasks.dates import write_splits
 
@@ -18,8 +18,7 @@ from edgetune.tasks.dates import write_splits
 @pytest.mark.slow
 def test_smollm2_learns_iso_dates(smollm2_bundle, tmp_path):
     data = write_splits(tmp_path / "data", n_train=2000, n_eval=100, seed=0)
-    g = Generator(smollm2_bundle)
-    before = evaluate_exact_match(g, data["heldout"])
+    before = evaluate_exact_match(Engine(smollm2_bundle), data["heldout"])  # batched, as the demo's eval
     start = time.perf_counter()
     summary = train(
         TrainConfig(
@@ -35,8 +34,9 @@ def test_smollm2_learns_iso_dates(smollm2_bundle, tmp_path):
         )
     )
     seconds = time.perf_counter() - start
-    g.set_adapter(tmp_path / "run" / "adapter")
-    after = evaluate_exact_match(g, data["heldout"])
+    engine = Engine(smollm2_bundle)
+    engine.load_adapter("dates", tmp_path / "run" / "adapter")
+    after = evaluate_exact_match(engine, data["heldout"], adapter="dates")
     print(
         f"held-out exact match {before.accuracy:.0%} -> {after.accuracy:.0%}; "
         f"training {seconds:.0f} s ({summary['tokens_per_s']:.0f} tokens/s)"
