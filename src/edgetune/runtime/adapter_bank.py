@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from edgetune.common.errors import AdapterError
 from edgetune.common.names import BASE_DELTA
 from edgetune.common.peft import MAGNITUDE, base_output, config_scaling, load_adapter, lora_keys, magnitude_key
+from edgetune.runtime.fold import folded_weight
 
 
 class AdapterBank:
@@ -66,7 +67,7 @@ class AdapterBank:
             self.arrays[key_b][slot, :rank, :] = b
             if self.dora:
                 w = self.base_weight(module)  # (in, out)
-                norm = np.linalg.norm(w + a @ b, axis=0)  # (out,)
+                norm = np.linalg.norm(folded_weight(w, a, b), axis=0)  # ‖W + A·B‖ per output (out,)
                 self.arrays[magnitude_key(module)][slot] = weights[magnitude_key(module)] / norm
         self.names[name] = slot
         return slot
