@@ -7,11 +7,11 @@ style of onnxblock, so a rewrite reads top to bottom.
 import heapq
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from edgetune.builder.registry import Architecture
+from edgetune.common.onnx_graph import add_initializer, add_node, default_opset, module_path  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,6 @@ class LinearSite:
     weight: str  # initializer name of W
     in_features: int
     out_features: int
-
-
-def module_path(node_name: str) -> str:
-    """`/model/layers.0/self_attn/q_proj/MatMul` -> `model.layers.0.self_attn.q_proj`."""
-    return ".".join(node_name.strip("/").split("/")[:-1])
 
 
 def initializer_map(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -79,18 +74,6 @@ def lm_head_chain(graph: onnx.GraphProto, logits: str) -> tuple[onnx.NodeProto |
         tail.insert(0, node)
         node = producers.get(variable[0])
     return node, tail
-
-
-def add_initializer(graph: onnx.GraphProto, name: str, array: np.ndarray) -> str:
-    """Add a constant tensor to the graph and return its name."""
-    graph.initializer.append(numpy_helper.from_array(array, name))
-    return name
-
-
-def add_node(nodes: list, op: str, inputs: list[str], output: str, **attrs) -> str:
-    """Append one node producing `output` and return that name."""
-    nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-    return output
 
 
 def copy_node(node: onnx.NodeProto, suffix: str, renamed: dict[str, str]) -> onnx.NodeProto:
@@ -156,11 +139,6 @@ def topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
         stuck = next(n for n in nodes if all(n is not m for m in order))
         raise ValueError(f"the graph has a cycle through node {stuck.name or stuck.output[0]}")
     return order
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    """The model's default-domain (ai.onnx) opset version."""
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def make_input(name: str, elem_type: int, shape: list) -> onnx.ValueInfoProto:

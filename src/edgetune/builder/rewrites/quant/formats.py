@@ -15,33 +15,8 @@ Why these forms, and what the alternatives measured: docs/design.md, "QLoRA".
 
 import numpy as np
 
+from edgetune.common.int4 import padded_inputs, quantize_int4  # noqa: F401 (in common: merges write them too)
 from edgetune.common.int8 import quantize_int8  # noqa: F401 (int8's form lives in common: the runtime folds too)
-
-INT4_MAX = 15
-
-
-def padded_inputs(n_in: int, block_size: int) -> int:
-    """The input dimension rounded up to whole blocks (the last block is padded)."""
-    return -(-n_in // block_size) * block_size
-
-
-def quantize_int4(w: np.ndarray, block_size: int) -> dict[str, np.ndarray]:
-    """W (in, out) -> {q uint8 in [0, 15] (out·nb, bs), scale (out·nb,), offset (out·nb, 1)}, nb = ⌈in/bs⌉.
-
-    When bs does not divide `in`, the last block of each output is padded with copies of
-    its last real weight, so the padding changes neither its min nor its max (nor so the
-    real weights' levels); readers drop the padded tail (MatMulNBits never reads it).
-    """
-    n_in = w.shape[0]
-    pad = padded_inputs(n_in, block_size) - n_in
-    wt = np.ascontiguousarray(w.T)  # (out, in)
-    if pad:
-        wt = np.pad(wt, ((0, 0), (0, pad)), mode="edge")  # (out, nb·bs)
-    blocks = wt.reshape(-1, block_size)  # (out·nb, bs)
-    lo, hi = blocks.min(axis=1), blocks.max(axis=1)  # (out·in/bs,)
-    scale = np.where(hi > lo, (hi - lo) / INT4_MAX, 1.0).astype(np.float32)
-    q = np.clip(np.rint((blocks - lo[:, None]) / scale[:, None]), 0, INT4_MAX).astype(np.uint8)
-    return {"q": q, "scale": scale, "offset": lo[:, None].astype(np.float32)}
 
 
 def dequantize(tensors: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:

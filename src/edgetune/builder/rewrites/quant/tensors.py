@@ -5,8 +5,13 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgetune.builder.weights import WeightFiles
+from edgetune.common.onnx_graph import (  # noqa: F401 (re-exported)
+    CONTRIB,
+    drop_unused_initializers,
+    is_float_matrix,
+    use_contrib_opset,
+)
 
-CONTRIB = "com.microsoft"
 UINT4_IR_VERSION = 10  # the first IR version with 4-bit tensors; ORT 1.19 reads up to 10
 
 
@@ -43,22 +48,3 @@ def add_quantized(graph, path: str, tensors: dict[str, np.ndarray], files: Weigh
 def declare_float(graph: onnx.GraphProto, name: str, shape: tuple[int, ...]) -> None:
     """Record a dequantized weight's float shape: ORT cannot infer through the contrib DequantizeLinear."""
     graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [int(d) for d in shape]))
-
-
-def is_float_matrix(tensor: onnx.TensorProto | None) -> bool:
-    """A 2-D float32 constant: a Linear's weight or an embedding table."""
-    return tensor is not None and tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2
-
-
-def drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    """Remove the initializers no node reads, in place (extending a new list would copy every tensor)."""
-    used = {name for n in graph.node for name in n.input}
-    for i in reversed(range(len(graph.initializer))):
-        if graph.initializer[i].name not in used:
-            del graph.initializer[i]
-
-
-def use_contrib_opset(model: onnx.ModelProto) -> None:
-    """Declare the com.microsoft domain (DequantizeLinear with 4-bit input, MatMulNBits), once."""
-    if not any(o.domain == CONTRIB for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(CONTRIB, 1))
