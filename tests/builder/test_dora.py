@@ -82,6 +82,49 @@ def test_dora_merge_folds_the_rescaled_weight(method_bundle, tiny_model_dir, tmp
     np.testing.assert_allclose(prefill_logits(tmp_path / "merged", x), ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_a_quantized_dora_merge_keeps_the_float_merges_logits(quant, method_bundle, tmp_path):
+    """merge --quant keeps the adapter as a rank-r product beside W'' = m/‖W + s·Aᵀ·Bᵀ‖ ⊙ W, DoRA's column
+    factor folded into both: within the quantized merges' bound (test_merge.py) of the float merge."""
+    from tests.parity import prefill_logits
+
+    bundle = method_bundle("llama", "dora")
+    manifest = read_manifest(bundle)
+    adapter = perturbed_adapter(bundle, seed=7, scale=0.05)
+    save_adapter(tmp_path / "adapter", adapter, manifest["adapter_config"], manifest["source"]["weights_sha256"])
+    merge(bundle, tmp_path / "adapter", tmp_path / "merged")
+    merge(bundle, tmp_path / "adapter", tmp_path / quant, quant=quant)
+    x = ids(seed=4)
+    float_logits, quant_logits = prefill_logits(tmp_path / "merged", x), prefill_logits(tmp_path / quant, x)
+    assert np.abs(quant_logits - float_logits).max() < (0.05 if quant == "int8" else 0.1)
+
+
+def test_dora_fold_with_the_low_rank_product_apart_is_the_same_model(method_bundle, tmp_path):
+    """fold_adapter(low_rank=True), what quantized merges write: W'' + (x·s·Aᵀ)·Bᵀ'' with DoRA's column
+    factor in both gives the float merge's logits (float rounding only; the factor itself is checked
+    against PEFT by test_dora_merge_folds_the_rescaled_weight)."""
+    import onnx
+
+    from edgetune.common.names import INFERENCE_MODEL
+    from edgetune.common.peft import load_adapter
+    from edgetune.runtime.merge import MERGED_MODEL, fold_adapter
+    from tests.parity import prefill_logits
+
+    bundle = method_bundle("llama", "dora")
+    manifest = read_manifest(bundle)
+    adapter = perturbed_adapter(bundle, seed=7, scale=0.5)  # a delta that moves the logits far
+    save_adapter(tmp_path / "adapter", adapter, manifest["adapter_config"], manifest["source"]["weights_sha256"])
+    weights, config = load_adapter(tmp_path / "adapter", manifest)
+    logits = []
+    for low_rank in (False, True):
+        model = onnx.load(bundle / INFERENCE_MODEL)
+        fold_adapter(model, weights, config, manifest["adapted_modules"], low_rank=low_rank)
+        (tmp_path / str(low_rank)).mkdir()
+        onnx.save(model, tmp_path / str(low_rank) / MERGED_MODEL)
+        logits.append(prefill_logits(tmp_path / str(low_rank), ids(seed=4)))
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-5, rtol=0)
+
+
 def test_dora_with_dropout_trains_and_evaluates_like_peft(method_bundle, tiny_model_dir):
     """With LoRA dropout PEFT recomputes the base from dropout(x); the eval model has no dropout."""
     from tests.parity import ort_training

@@ -282,6 +282,8 @@ def test_qlora_merge_dequantizes_and_folds(arch, block_size, method_bundle, tmp_
     nbits = {module_path(n.name) for n in graph.node if n.op_type == "MatMulNBits"}
     assert not nbits & set(manifest["adapted_modules"])  # adapted layers now float
     assert any(n.op_type == "Gather" and n.input[0].startswith("/quant/") for n in graph.node)  # the embedding int8
+    merge(bundle, tmp_path / "adapter", tmp_path / "int4", quant="int4")  # adapted layers back to 4 bits
+    assert np.abs(prefill_logits(tmp_path / "int4", x) - unmerged).max() < 0.1  # test_merge.py's int4 bound
 
 
 def test_int4_reproduces_gguf_q4_1_weights_exactly():

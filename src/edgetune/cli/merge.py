@@ -23,5 +23,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--sign", default=None, metavar="KEYFILE", help="sign the merged folder with this private key")
     p.add_argument(
-        "--quant", choices=["int8"], default=None, help="int8 weights per output channel (default: float32 weights)"
+        "--quant",
+        choices=["int8", "int4"],
+        default=None,
+        help="int8 weights per output channel, or int4 in blocks of 32 with the LM head int8 (default: float32)",
     )

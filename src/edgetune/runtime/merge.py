@@ -3,14 +3,11 @@
 The result is the bundle's inference graph without its LoRA branches: Optimum's input
 and output names (input_ids, attention_mask, position_ids, past_key_values.N.key/value
 -> logits, present.N.key/value), weights in `model.onnx_data`, plus the tokenizer files,
-config.json and a manifest. It runs on the plain `onnxruntime` package. With
-`quant="int8"` its MatMul and Gemm weights are int8 per output channel (`int8_weights`:
-ONNX Runtime's `quantize_dynamic`, activations quantized as each product runs), a quarter
-of the float bytes.
+config.json and a manifest. It runs on the plain `onnxruntime` package. With `quant`
+("int8", "int4") its Linears run on quantized weights (`merge_quant`).
 """
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +34,12 @@ from edgetune.common.peft import (
     magnitude_key,
 )
 from edgetune.common.trust import resolve_trust
-from edgetune.runtime.int8_weights import quantize_weights_int8
+from edgetune.runtime.merge_quant import INT4_BLOCK, QUANTS, quantize_merged
 
 MERGED_MODEL = names.MERGED_MODEL
 MERGED_DATA = "model.onnx_data"
+LOW_RANK_PREFIX = "/merge/low_rank/"
 COPIED = (names.HF_CONFIG, names.GENERATION_CONFIG, *names.TOKENIZER_FILES)
-
-
-QUANTS = ("int8",)
 
 
 def merge(bundle: Path, adapter: Path, out: Path, *, trust=None, sign: Path | None = None, quant=None) -> dict:
@@ -52,7 +47,7 @@ def merge(bundle: Path, adapter: Path, out: Path, *, trust=None, sign: Path | No
 
     trust: a trusted public keys file (else $EDGETUNE_TRUSTED_KEYS) the bundle and the
     adapter must be signed by; sign: a private key file to sign the merged folder with;
-    quant: None (float weights) or "int8". Only files the bundle's manifest lists are read or copied.
+    quant: None (float weights), "int8" or "int4". Only files the bundle's manifest lists are read or copied.
     """
     if quant not in (None, *QUANTS):
         raise EdgetuneError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
@@ -65,12 +60,13 @@ def merge(bundle: Path, adapter: Path, out: Path, *, trust=None, sign: Path | No
     weights, config = load_adapter(adapter, manifest, trust=trusted)
     deltas = load_base_delta(adapter, manifest, weights)
     model = onnx.load(opened.path(names.INFERENCE_MODEL))  # base weights come in from base_weights.bin
-    fold_adapter(model, weights | deltas, config, manifest["adapted_modules"])
+    fold_adapter(model, weights | deltas, config, manifest["adapted_modules"], low_rank=quant is not None)
     onnx.checker.check_model(model)
 
     with atomic_folder(out, "merging") as tmp:
-        if quant == "int8":
-            model = _int8_model(model)
+        if quant is not None:
+            block = (manifest.get("quantization") or {}).get("block_size", INT4_BLOCK)
+            quantize_merged(model, quant, keep_float=LOW_RANK_PREFIX, block=block)
         onnx.save(
             model,
             tmp / MERGED_MODEL,
@@ -103,22 +99,17 @@ def merge(bundle: Path, adapter: Path, out: Path, *, trust=None, sign: Path | No
     return result
 
 
-def _int8_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with int8 weights per output channel (`int8_weights`), through a temporary folder."""
-    with tempfile.TemporaryDirectory(prefix="edgetune-merge-", ignore_cleanup_errors=True) as tmp:
-        path = Path(tmp) / "float.onnx"
-        onnx.save(model, path, save_as_external_data=True, location="float.onnx_data", size_threshold=1024)
-        del model
-        return onnx.load(quantize_weights_int8(path, Path(tmp) / "int8.onnx"))
-
-
-def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: list[str]) -> None:
+def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: list[str], low_rank=False) -> None:
     """Replace each adapter branch of the inference graph by updated base weights, in place.
 
     LoRA: W' = W + s·Aᵀ·Bᵀ, plus Δᵀ where `weights` has a base delta (FedEx-LoRA).
     DoRA (PEFT's merge): W' = m/‖W + s·Aᵀ·Bᵀ‖ · (W + s·Aᵀ·Bᵀ), the
     norm per output feature. QLoRA: W is dequantized first, so merged layers are float32;
     the layers without an adapter stay quantized.
+
+    low_rank: keep the adapter's product apart, y = x·W'' + (x·s·Aᵀ)·Bᵀ'' (DoRA's column
+    factor folded into W'' and Bᵀ''), as constants named under LOW_RANK_PREFIX, so W'' can
+    be quantized without rounding the adapter's delta away (`merge_quant`).
     """
     graph = model.graph
     scale, dora = config_scaling(config), bool(config.get("use_dora"))
@@ -129,48 +120,76 @@ def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: l
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     drop: set[int] = set()
+    replaced: dict[int, list[onnx.NodeProto]] = {}  # id(the branch's join) -> the nodes written in its place
     for path in modules:
         prefix = branch_prefix(path) + "/"
         base = producers[base_output(path)]
         trans_b = any(attr.name == "transB" and attr.i for attr in base.attribute)
-        if base.op_type == "MatMulNBits":  # QLoRA int4: becomes a float MatMul
-            w = _nbits_weight(model, base, inits, producers)  # (in, out)
-            base.op_type, base.domain = "MatMul", ""
-            del base.input[2:]
-            del base.attribute[:]
-        else:
-            w = _constant(model, base.input[1], inits, producers)
-            w = w.T if trans_b else w  # (in, out)
-        key_a, key_b = lora_keys(path)
-        a, b = weights[key_a], weights[key_b]  # (r, in), (out, r)
-        for key, got, needed in ((key_a, a.shape[1], w.shape[0]), (key_b, b.shape[0], w.shape[1])):
-            if got != needed:
-                raise AdapterError(
-                    f"{key} has shape {tuple(weights[key].shape)}, which does not fit the layer's "
-                    f"{needed} {'inputs' if key == key_a else 'outputs'} (adapter for another base model?)"
-                )
-        if dora and weights[magnitude_key(path)].shape != (w.shape[1],):
-            raise AdapterError(
-                f"{magnitude_key(path)} has shape {weights[magnitude_key(path)].shape}, not ({w.shape[1]},)"
-            )
-        merged = w + (scale * (a.T @ b.T)).astype(np.float32)  # (in, out)
-        if delta_key(path) in weights:
-            merged += weights[delta_key(path)].T  # (out, in) -> (in, out)
-        if dora:
-            merged = merged * (weights[magnitude_key(path)] / np.linalg.norm(merged, axis=0))  # (out,) per column
+        w = _float_weight(model, base, inits, producers)  # (in, out); a MatMulNBits base becomes a float MatMul
+        w, down, up = _folded_parts(path, w, weights, scale, dora)  # (in, out), (in, r), (r, out)
         name = f"{base.input[1]}/merged"
+        merged = w if low_rank else w + down @ up
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(merged.T if trans_b else merged), name))
         base.input[1] = name
         final = next(n for n in consumers[base.output[0]] if not n.output[0].startswith(prefix))  # y = base + ...
-        base.output[0] = final.output[0]
         drop |= {id(n) for n in graph.node if n.name.startswith(prefix)} | {id(final)}
-    kept = [n for n in graph.node if id(n) not in drop]
+        if low_rank:
+            replaced[id(final)] = _low_rank_branch(graph, base, final.output[0], path, down, up)
+        else:
+            base.output[0] = final.output[0]
+    kept = [m for n in graph.node for m in replaced.get(id(n), [] if id(n) in drop else [n])]
     del graph.node[:]
     graph.node.extend(kept)
     inputs = [i for i in graph.input if i.name != names.LORA_SCALING and not i.name.startswith(PEFT_PREFIX)]
     del graph.input[:]
     graph.input.extend(inputs)
     _prune(graph)
+
+
+def _float_weight(model: onnx.ModelProto, base: onnx.NodeProto, inits: dict, producers: dict) -> np.ndarray:
+    """The (in, out) float weight `base` multiplies by; a MatMulNBits (QLoRA int4) `base` becomes a float MatMul."""
+    if base.op_type == "MatMulNBits":
+        w = _nbits_weight(model, base, inits, producers)  # (in, out)
+        base.op_type, base.domain = "MatMul", ""
+        del base.input[2:]
+        del base.attribute[:]
+        return w
+    w = _constant(model, base.input[1], inits, producers)
+    return w.T if any(attr.name == "transB" and attr.i for attr in base.attribute) else w
+
+
+def _folded_parts(path: str, w: np.ndarray, weights: dict, scale: float, dora: bool) -> tuple:
+    """(W'', s·Aᵀ, Bᵀ'') with W' = W'' + s·Aᵀ·Bᵀ'': W (in, out) -> (in, out), (in, r), (r, out)."""
+    key_a, key_b = lora_keys(path)
+    a, b = weights[key_a], weights[key_b]  # (r, in), (out, r)
+    for key, got, needed in ((key_a, a.shape[1], w.shape[0]), (key_b, b.shape[0], w.shape[1])):
+        if got != needed:
+            raise AdapterError(
+                f"{key} has shape {tuple(weights[key].shape)}, which does not fit the layer's "
+                f"{needed} {'inputs' if key == key_a else 'outputs'} (adapter for another base model?)"
+            )
+    if dora and weights[magnitude_key(path)].shape != (w.shape[1],):
+        raise AdapterError(f"{magnitude_key(path)} has shape {weights[magnitude_key(path)].shape}, not ({w.shape[1]},)")
+    down, up = (scale * a.T).astype(np.float32), np.ascontiguousarray(b.T, dtype=np.float32)  # (in, r), (r, out)
+    if delta_key(path) in weights:
+        w = w + weights[delta_key(path)].T  # (out, in) -> (in, out)
+    if dora:
+        column = weights[magnitude_key(path)] / np.linalg.norm(w + down @ up, axis=0)  # (out,)
+        w, up = w * column, up * column
+    return w.astype(np.float32), down, up.astype(np.float32)
+
+
+def _low_rank_branch(graph, base: onnx.NodeProto, y: str, path: str, down: np.ndarray, up: np.ndarray) -> list:
+    """Nodes computing y = base(x) + (x·down)·up, with down and up as constants."""
+    p = f"{LOW_RANK_PREFIX}{path}"
+    graph.initializer.extend([numpy_helper.from_array(down, f"{p}/down"), numpy_helper.from_array(up, f"{p}/up")])
+    base_y = base.output[0]
+    make = onnx.helper.make_node
+    return [
+        make("MatMul", [base.input[0], f"{p}/down"], [f"{p}/x_down"], name=f"{p}/down/MatMul"),  # (..., r)
+        make("MatMul", [f"{p}/x_down", f"{p}/up"], [f"{p}/delta"], name=f"{p}/up/MatMul"),  # (..., out)
+        make("Add", [base_y, f"{p}/delta"], [y], name=f"{p}/Add"),
+    ]
 
 
 def _constant(model: onnx.ModelProto, name: str, inits: dict, producers: dict) -> np.ndarray:
