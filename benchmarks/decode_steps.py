@@ -1,9 +1,10 @@
 """Decode step time of serving graphs at 1 and N rows, interleaved: `python benchmarks/decode_steps.py NAME=BUNDLE ...`.
 
-    python benchmarks/decode_steps.py [--rows 1 8] [--rounds 3] NAME=BUNDLE[,spin][,full] ...
+    python benchmarks/decode_steps.py [--rows 1 8] [--rounds 3] NAME=BUNDLE[,spin][,full][,threads=N] ...
 
 `,spin`: the engine's threads spin-wait between ops; `,full`: no lean graph (base-model
-steps run on the full serving graph, with the adapter bank and the prompt prefix).
+steps run on the full serving graph, with the adapter bank and the prompt prefix);
+`,threads=N`: N intra-op threads instead of one per physical core.
 
 For graphs of one model (int4 forms, accuracy levels, int8 kernels): each engine decodes 100
 greedy tokens in every row after the same 128-token prompt, one engine and row count after
@@ -19,6 +20,7 @@ import statistics
 import time
 
 from edgetune.runtime.engine import Engine
+from edgetune.runtime.ort_inference import default_session_options
 from edgetune.runtime.sampling import SamplingParams
 
 NEW_TOKENS = 100
@@ -39,12 +41,16 @@ def step_ms(engine: Engine, rows: int, adapter: str | None = None) -> float:
 
 
 def _engine(value: str, rows: int) -> Engine:
-    """The engine for BUNDLE[,spin][,full]."""
+    """The engine for BUNDLE[,spin][,full][,threads=N]."""
     path, *flags = value.split(",")
-    unknown = set(flags) - {"spin", "full"}
+    threads = [int(f.split("=", 1)[1]) for f in flags if f.startswith("threads=")]
+    unknown = {f for f in flags if not f.startswith("threads=")} - {"spin", "full"}
     if unknown:
-        raise SystemExit(f"unknown engine flags {sorted(unknown)} in {value!r} (spin, full)")
-    return Engine(path, max_batch=rows, spin="spin" in flags, lean="full" not in flags)
+        raise SystemExit(f"unknown engine flags {sorted(unknown)} in {value!r} (spin, full, threads=N)")
+    options = default_session_options("spin" in flags)
+    if threads:
+        options.intra_op_num_threads = threads[0]
+    return Engine(path, max_batch=rows, session_options=options, lean="full" not in flags)
 
 
 def main() -> None:

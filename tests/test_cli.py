@@ -99,10 +99,10 @@ def test_generate_truncate_keeps_the_end_of_a_long_prompt(tiny_bundle):
     assert code == 0, err
 
 
-def test_generate_with_spinning_threads_writes_the_same_text(tiny_bundle):
-    """--spin changes how the threads wait, not what they compute: greedy text equals the default's."""
+def test_generate_without_spinning_threads_writes_the_same_text(tiny_bundle):
+    """--no-spin changes how the threads wait, not what they compute: greedy text equals the default's."""
     args = ("generate", tiny_bundle("llama"), "--prompt", "the date", "--max-new-tokens", "8", "--no-stream")
-    (code, out, err), (spun, out_spun, err_spun) = edgetune(*args), edgetune(*args, "--spin")
+    (code, out, err), (spun, out_spun, err_spun) = edgetune(*args, "--no-spin"), edgetune(*args)
     assert code == spun == 0, err + err_spun
     assert out == out_spun and out.strip()
 

@@ -7,7 +7,10 @@ from pathlib import Path
 from edgetune.cli.common import add_command, positive_int
 from edgetune.common.errors import EdgetuneError
 
-SPIN_HELP = "threads spin-wait between ops: faster on a device that does nothing else, slower on a shared one"
+SPIN_HELP = (
+    "threads spin-wait between ops, as llama.cpp's do (the default for these one-shot commands); "
+    "--no-spin on a device busy with other work, where spinning threads decode slower"
+)
 FOLD_HELP = "fold the adapter into the serving weights: the base model's decode speed, int8 weights requantized"
 
 
@@ -143,7 +146,7 @@ def register(sub) -> None:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--truncate", action="store_true", help="keep the last tokens of a prompt longer than the context")
     p.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
-    p.add_argument("--spin", action="store_true", help=SPIN_HELP)
+    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=True, help=SPIN_HELP)
     p.add_argument("--fold", action="store_true", help=FOLD_HELP)
 
     p = add_command(sub, "eval", run_eval, help="exact-match accuracy on prompt/completion data (greedy)")
@@ -153,5 +156,5 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=16)
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N examples")
     p.add_argument("--show", type=int, default=3, help="print this many answers")
-    p.add_argument("--spin", action="store_true", help=SPIN_HELP)
+    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=True, help=SPIN_HELP)
     p.add_argument("--fold", action="store_true", help=FOLD_HELP)
