@@ -34,6 +34,7 @@ from edgetune.common.peft import (
     magnitude_key,
 )
 from edgetune.common.trust import resolve_trust
+from edgetune.runtime.fold import folded_weight
 from edgetune.runtime.merge_quant import INT4_BLOCK, QUANTS, quantize_merged
 
 MERGED_MODEL = names.MERGED_MODEL
@@ -128,7 +129,7 @@ def fold_adapter(model: onnx.ModelProto, weights: dict, config: dict, modules: l
         w = _float_weight(model, base, inits, producers)  # (in, out); a MatMulNBits base becomes a float MatMul
         w, down, up = _folded_parts(path, w, weights, scale, dora)  # (in, out), (in, r), (r, out)
         name = f"{base.input[1]}/merged"
-        merged = w if low_rank else w + down @ up
+        merged = w if low_rank else folded_weight(w, down, up)  # (in, out)
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(merged.T if trans_b else merged), name))
         base.input[1] = name
         final = next(n for n in consumers[base.output[0]] if not n.output[0].startswith(prefix))  # y = base + ...
@@ -174,7 +175,7 @@ def _folded_parts(path: str, w: np.ndarray, weights: dict, scale: float, dora: b
     if delta_key(path) in weights:
         w = w + weights[delta_key(path)].T  # (out, in) -> (in, out)
     if dora:
-        column = weights[magnitude_key(path)] / np.linalg.norm(w + down @ up, axis=0)  # (out,)
+        column = weights[magnitude_key(path)] / np.linalg.norm(folded_weight(w, down, up), axis=0)  # (out,)
         w, up = w * column, up * column
     return w.astype(np.float32), down, up.astype(np.float32)
 
