@@ -41,7 +41,7 @@ def quantize_merged(model: onnx.ModelProto, quant: str, keep_float: str, block: 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     linears = [n for n in graph.node if is_plain_linear(n, inits) and not n.name.startswith(keep_float)]
-    head = linears[-1] if linears else None  # the last Linear of a decoder's graph: its LM head
+    head = linears[-1] if linears else None  # the LM head (a QLoRA base's is int8 already: its last adapted Linear)
     quantized = {id(n) for n in linears}
     rows, sums = RowQuantizer(model), {}
     nodes: list[onnx.NodeProto] = []
