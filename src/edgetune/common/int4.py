@@ -9,6 +9,8 @@ it: (out·nb, bs) with nb = ⌈in/bs⌉ (a padded last block when bs does not di
 import numpy as np
 
 INT4_MAX = 15
+Q4_1_BLOCK = 32  # GGUF's Q4_1 block of inputs
+ACCURACY_INT8 = 4  # MatMulNBits' accuracy_level: int8 activations per block inside the kernel (VNNI dot products)
 
 
 def padded_inputs(n_in: int, block_size: int) -> int:
@@ -33,3 +35,8 @@ def quantize_int4(w: np.ndarray, block_size: int) -> dict[str, np.ndarray]:
     scale = np.where(hi > lo, (hi - lo) / INT4_MAX, 1.0).astype(np.float32)
     q = np.clip(np.rint((blocks - lo[:, None]) / scale[:, None]), 0, INT4_MAX).astype(np.uint8)
     return {"q": q, "scale": scale, "offset": lo[:, None].astype(np.float32)}
+
+
+def pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """uint8 values in [0, 15] along the last axis (even length) -> two a byte, low nibble first."""
+    return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)

@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgetune.common.int4 import quantize_int4
+from edgetune.common.int4 import ACCURACY_INT8, pack_nibbles, quantize_int4
+from edgetune.common.int4 import Q4_1_BLOCK as INT4_BLOCK
 from edgetune.common.int8_linears import RowQuantizer, int8_linear, is_plain_linear, linear_weight
 from edgetune.common.onnx_graph import (
     CONTRIB,
@@ -28,8 +29,6 @@ from edgetune.common.onnx_graph import (
 )
 
 QUANTS = ("int8", "int4")
-INT4_BLOCK = 32
-ACCURACY_INT8 = 4  # MatMulNBits: int8 activations per block inside the kernel (VNNI dot products)
 
 
 def quantize_merged(model: onnx.ModelProto, quant: str, keep_float: str, block: int = INT4_BLOCK) -> None:
@@ -58,11 +57,6 @@ def quantize_merged(model: onnx.ModelProto, quant: str, keep_float: str, block: 
     graph.node.extend(nodes)
     drop_unused_initializers(graph)
     use_contrib_opset(model)
-
-
-def pack_nibbles(values: np.ndarray) -> np.ndarray:
-    """uint8 values in [0, 15] along the last axis (even length) -> two a byte, low nibble first."""
-    return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
 def int4_linear(graph, nodes: list, node: onnx.NodeProto, w: np.ndarray, block: int, sums: dict) -> None:

@@ -5,6 +5,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgetune.builder.weights import WeightFiles
+from edgetune.common.int4 import pack_nibbles
 from edgetune.common.onnx_graph import (  # noqa: F401 (re-exported)
     CONTRIB,
     drop_unused_initializers,
@@ -36,10 +37,8 @@ def add_quantized(graph, path: str, tensors: dict[str, np.ndarray], files: Weigh
     names = quantized_tensor_names(path)
     for part, array in tensors.items():
         if part == "q" and "offset" in tensors:  # two values a byte, low nibble first
-            packed = array[:, 0::2] | (array[:, 1::2] << 4)
-            files.add(
-                graph, helper.make_tensor(names[part], TensorProto.UINT4, list(array.shape), packed.tobytes(), raw=True)
-            )
+            packed = pack_nibbles(array).tobytes()
+            files.add(graph, helper.make_tensor(names[part], TensorProto.UINT4, list(array.shape), packed, raw=True))
         else:
             files.add_array(graph, names[part], array)
     return {part: names[part] for part in tensors}

@@ -24,12 +24,11 @@ import onnx
 from edgetune.builder.graph import initializer_map, lm_head_chain, module_path
 from edgetune.builder.rewrites.quant.base import quantize_embedding
 from edgetune.builder.weights import WeightFiles
+from edgetune.common.int4 import ACCURACY_INT8  # noqa: F401 (re-exported)
+from edgetune.common.int4 import Q4_1_BLOCK as INT4_BLOCK  # noqa: F401 (re-exported)
 from edgetune.common.int8_linears import RowQuantizer, int8_linear, is_plain_linear, linear_weight
 from edgetune.common.names import LOGITS
 from edgetune.common.onnx_graph import drop_unused_initializers, is_float_matrix, use_contrib_opset
-
-INT4_BLOCK = 32  # GGUF's Q4_1 block
-ACCURACY_INT8 = 4  # MatMulNBits: quantize activations to int8 inside the kernel
 
 
 def quantize_serving_weights(model: onnx.ModelProto, quant: str, files: WeightFiles) -> None:
