@@ -15,25 +15,15 @@ FOLD_HELP = "fold the adapter into the serving weights: the base model's decode 
 
 
 def _decoder(bundle: str, adapter: str | None, spin: bool = False, fold: bool = False):
-    """The bundle's decode engine (`adapter` loaded as "adapter", folded if `fold`); a Generator where there is
-    no serve.onnx."""
+    """The bundle's decode engine (`adapter` loaded, folded if `fold`); a Generator where there is no serve.onnx."""
     from edgetune.common.names import SERVE_MODEL
-    from edgetune.runtime.engine import Engine
-    from edgetune.runtime.generate import Generator
-    from edgetune.runtime.ort_inference import default_session_options
+    from edgetune.runtime.evaluate import open_decoder
 
     if fold and adapter is None:
         raise EdgetuneError("--fold needs --adapter")
-    if not (Path(bundle) / SERVE_MODEL).is_file():
-        if fold:
-            raise EdgetuneError(f"{bundle}: --fold needs a bundle's serving graph ({SERVE_MODEL})")
-        return Generator(bundle, adapter=adapter, session_options=default_session_options(spin))
-    engine = Engine(bundle, spin=spin)
-    if adapter is not None:
-        engine.load_adapter("adapter", adapter)
-        if fold:
-            engine.fold_adapter("adapter")
-    return engine
+    if fold and not (Path(bundle) / SERVE_MODEL).is_file():
+        raise EdgetuneError(f"{bundle}: --fold needs a bundle's serving graph ({SERVE_MODEL})")
+    return open_decoder(Path(bundle), None if adapter is None else Path(adapter), spin, fold)
 
 
 class _EngineChat:
@@ -69,12 +59,13 @@ class _EngineChat:
 def run_generate(args: argparse.Namespace) -> None:
     """Complete a prompt, or chat (one turn from --prompt, or turns from stdin)."""
     from edgetune.runtime.engine import Engine
+    from edgetune.runtime.evaluate import ADAPTER
 
     if not args.chat and args.prompt is None:
         raise EdgetuneError("give --prompt TEXT, or --chat")
     g = _decoder(args.bundle, args.adapter, args.spin, args.fold)
     if isinstance(g, Engine):
-        g = _EngineChat(g, None if args.adapter is None else "adapter")
+        g = _EngineChat(g, None if args.adapter is None else ADAPTER)
     options = dict(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -97,10 +88,10 @@ def run_generate(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     """Greedy exact match on prompt/completion data, with a few answers shown."""
-    from edgetune.runtime.evaluate import evaluate_exact_match
+    from edgetune.runtime.evaluate import ADAPTER, evaluate_exact_match
 
     g = _decoder(args.bundle, args.adapter, args.spin, args.fold)
-    adapter = None if args.adapter is None else "adapter"
+    adapter = None if args.adapter is None else ADAPTER
     result = evaluate_exact_match(g, Path(args.data), args.max_new_tokens, args.limit, adapter=adapter)
     for prompt, prediction, reference in result.rows[: args.show]:
         print(f"  {prompt.splitlines()[0]!r:50} -> {prediction.strip()!r:16} (expected {reference.strip()!r})")

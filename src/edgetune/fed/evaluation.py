@@ -2,8 +2,9 @@
 
 The loss is the runtime's eval graph on ONNX Runtime Training (base deltas included, for
 fedex), weighted by loss tokens as `edgetune train` weighs its eval loss. Exact match
-greedy-decodes each prompt with the runtime's Generator; an adapter with base deltas is
-merged first (the inference graph takes no delta).
+greedy-decodes the prompts as `edgetune eval` does (batched on the bundle's serving graph);
+an adapter with base deltas is merged first and decoded one prompt at a time (the serving
+and inference graphs take no delta).
 """
 
 import math
@@ -16,8 +17,7 @@ from edgetune.common.names import BASE_DELTA, CHECKPOINT, EVAL_MODEL, TRAINING_M
 from edgetune.common.peft import to_graph_layout
 from edgetune.runtime.batching import IGNORE, encode_examples, load_tokenizer, make_batches
 from edgetune.runtime.data import read_examples
-from edgetune.runtime.evaluate import evaluate_exact_match
-from edgetune.runtime.generate import Generator
+from edgetune.runtime.evaluate import ADAPTER, evaluate_exact_match, open_decoder
 from edgetune.runtime.merge import merge
 from edgetune.runtime.ort_training import CheckpointState, Module, training_session_options
 
@@ -45,10 +45,10 @@ def heldout_loss(bundle: Path, arrays: dict[str, np.ndarray], data: Path, batch_
     return loss if math.isfinite(loss) else float("nan")
 
 
-def exact_match(bundle: Path, adapter: Path, data: Path, limit: int) -> float:
+def exact_match(bundle: Path, adapter: Path, data: Path, limit: int | None) -> float:
     """Held-out exact match of the adapter folder (merged first if it carries base deltas)."""
     if not (adapter / BASE_DELTA).is_file():
-        return evaluate_exact_match(Generator(bundle, adapter=adapter), data, limit=limit).accuracy
+        return evaluate_exact_match(open_decoder(bundle, adapter), data, limit=limit, adapter=ADAPTER).accuracy
     with tempfile.TemporaryDirectory(prefix="edgetune-fed-merged-") as tmp:
         merge(bundle, adapter, Path(tmp) / "merged")
-        return evaluate_exact_match(Generator(Path(tmp) / "merged"), data, limit=limit).accuracy
+        return evaluate_exact_match(open_decoder(Path(tmp) / "merged"), data, limit=limit).accuracy

@@ -5,9 +5,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetune.common.errors import DataError
+from edgetune.common.names import SERVE_MODEL
 from edgetune.runtime.data import read_examples
 from edgetune.runtime.engine import Engine
 from edgetune.runtime.generate import Generator
+from edgetune.runtime.ort_inference import default_session_options
+
+ADAPTER = "adapter"  # the name open_decoder loads its adapter under
+
+
+def open_decoder(
+    bundle: Path, adapter: Path | None = None, spin: bool = False, fold: bool = False
+) -> Engine | Generator:
+    """The bundle's batched decode engine, `adapter` loaded as ADAPTER (folded into the weights if `fold`);
+    a Generator where the folder has no serving graph (a merged model folder, an older bundle)."""
+    if not (Path(bundle) / SERVE_MODEL).is_file():
+        return Generator(bundle, adapter=adapter, session_options=default_session_options(spin))
+    engine = Engine(bundle, spin=spin)
+    if adapter is not None:
+        engine.load_adapter(ADAPTER, adapter)
+        if fold:
+            engine.fold_adapter(ADAPTER)
+    return engine
 
 
 @dataclass
