@@ -25,7 +25,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -35,49 +34,13 @@ from edgetune.common.bundle import open_bundle
 from edgetune.common.errors import AdapterError, BundleError, EdgetuneError
 from edgetune.common.trust import resolve_trust
 from edgetune.runtime.adapter_bank import AdapterBank
-from edgetune.runtime.fold import fold_sites, fold_tensors
 from edgetune.runtime.kv_cache import KVCache
 from edgetune.runtime.model_files import ModelFiles
 from edgetune.runtime.ort_inference import default_session_options
+from edgetune.runtime.requests import FINISH_CANCELLED, Event, Request
 from edgetune.runtime.sampling import Sampler, SamplingParams
 from edgetune.runtime.serving_sessions import ServingSessions
 from edgetune.runtime.text_stream import TextStream
-
-FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED = "stop", "length", "cancelled"
-
-
-@dataclass(frozen=True)
-class Event:
-    """One request's progress in a step: a new token and the text that became final with it.
-
-    token_id is None when the request ended without a new token (cancelled). finish_reason:
-    "stop" (EOS, a stop id or a stop string), "length" (max_new_tokens or the cache is full)
-    or "cancelled"; None while the request goes on.
-    """
-
-    request_id: str
-    token_id: int | None
-    text: str
-    finished: bool = False
-    finish_reason: str | None = None
-
-
-@dataclass(eq=False)  # compared by identity
-class _Request:
-    id: str
-    prompt: list[int]
-    slot: int
-    adapter: str | None
-    sampler: Sampler
-    max_new_tokens: int
-    stop_ids: frozenset
-    text: TextStream
-    row: int = -1
-    length: int = 0  # tokens in the row's cache
-    prefilled_before: int = 0  # the cache length before the latest prefill chunk
-    generated: int = 0
-    next_token: int = 0  # the last sampled token, fed at the next decode step
-    tokens: list[int] = field(default_factory=list)
 
 
 class Engine:
@@ -139,11 +102,11 @@ class Engine:
         self.bank = AdapterBank(bank_inputs, manifest, max_adapters, bundle.path(names.INFERENCE_MODEL), trusted)
         self.sessions.attach(self.cache, self.bank)
         self.vocab = self.sessions.vocab
-        self._rows: list[_Request | None] = [None] * max_batch
-        self._waiting: deque[_Request] = deque()
-        self._prefilling: deque[_Request] = deque()  # rows whose prompt is not all cached, in arrival order
-        self._ids: dict[str, _Request] = {}
-        self._cancelled: list[_Request] = []
+        self._rows: list[Request | None] = [None] * max_batch
+        self._waiting: deque[Request] = deque()
+        self._prefilling: deque[Request] = deque()  # rows whose prompt is not all cached, in arrival order
+        self._ids: dict[str, Request] = {}
+        self._cancelled: list[Request] = []
 
     # --- adapters --------------------------------------------------------------------
 
@@ -178,16 +141,7 @@ class Engine:
         if name is not None and name not in self.bank.names:
             raise AdapterError(f"no adapter named {name!r} is loaded")
         started = time.perf_counter()
-        if name is None:
-            self.sessions.use_lean(0)
-        else:
-            slot = self.bank.names[name]
-            sites = fold_sites(self.sessions.lean_model, self.manifest["adapted_modules"])
-            if sites is not None:
-                tensors = fold_tensors(sites, self.bank.base_weight, lambda module: self.bank.branch(module, slot))
-                self.sessions.use_lean(slot, tensors)
-            else:  # int4 or a QLoRA base: the branches stay, reading this adapter as constants
-                self.sessions.use_lean(slot, model=self.sessions.adapter_graph(self.bank.slot_tensors(slot)))
+        self.sessions.fold(0 if name is None else self.bank.names[name])
         self.folded = name
         return time.perf_counter() - started
 
@@ -236,7 +190,7 @@ class Engine:
         if any(not 0 <= t < self.vocab for t in prompt):
             raise EdgetuneError(f"the prompt has token ids outside the vocabulary (0..{self.vocab - 1})")
         stop = tuple(s for s in stop if s)
-        request = _Request(
+        request = Request(
             id=request_id,
             prompt=prompt,
             slot=0 if adapter is None else self.bank.names[adapter],
@@ -363,7 +317,7 @@ class Engine:
             events += self._decode(decoding)
         return events
 
-    def _prefill(self, request: _Request, budget: int) -> Event | None:
+    def _prefill(self, request: Request, budget: int) -> Event | None:
         """Prefill the next chunk of the prompt alone in its row; at the prompt's end, sample its first token.
 
         The first chunk is a plain prompt (GQA's prompt mode); later chunks feed the row's
@@ -387,7 +341,7 @@ class Engine:
         request.length = end
         return self._advance(request, logits[0, -1]) if end == len(request.prompt) else None
 
-    def _decode(self, requests: list[_Request]) -> list[Event]:
+    def _decode(self, requests: list[Request]) -> list[Event]:
         """One token for each of `requests`, batched over rows 0..highest (free rows in between idle)."""
         top = max(r.row for r in requests) + 1
         ids = np.zeros((top, 1), np.int64)  # (B, 1)
@@ -400,7 +354,7 @@ class Engine:
         for r in requests:
             ids[r.row, 0], positions[r.row, 0], seqlens[r.row], slots[r.row] = r.next_token, r.length, r.length, r.slot
         logits = np.empty((top, 1, self.vocab), np.float32)  # (B, 1, V)
-        for a, b in self._runs(requests, slots):
+        for a, b in self.sessions.decode_runs({r.row: r.slot for r in requests}, slots):
             total = int(seqlens[a:b].max()) + 1
             logits[a:b] = self._run(a, b, ids[a:b], positions[a:b], seqlens[a:b], total, slots[a:b])
         events = []
@@ -409,45 +363,16 @@ class Engine:
             events.append(self._advance(r, logits[r.row, -1]))
         return events
 
-    def _runs(self, requests: list[_Request], slots: np.ndarray) -> list[tuple[int, int]]:
-        """The row ranges a decode step runs as: all its rows at once, or, with an adapter folded, the folded
-        adapter's rows apart from the others (so they always compute the folded weights); idle rows join a
-        neighbour's run, their slot set to it."""
-        top = len(slots)
-        if self.sessions.lean_slot == 0:
-            return [(0, top)]
-        folded = {r.row: r.slot == self.sessions.lean_slot for r in requests}  # decoding rows only
-        runs: list[tuple[int, int]] = []
-        kind = folded[min(folded)]
-        start = 0
-        for row in range(top):
-            if folded.get(row, kind) != kind:
-                runs.append((start, row))
-                start, kind = row, folded[row]
-            if row not in folded:
-                slots[row] = self.sessions.lean_slot if kind else 0
-        return [*runs, (start, top)]
-
     def _run(self, start, stop, ids, positions, seqlens, total: int, slots, prefix: dict | None = None) -> np.ndarray:
         """One run of the serving graph on rows [start, stop) of the cache; returns logits (B, 1, V)."""
         return self.sessions.run(start, stop, ids, positions, seqlens, total, slots, prefix)
 
-    def _advance(self, request: _Request, logits: np.ndarray) -> Event:
+    def _advance(self, request: Request, logits: np.ndarray) -> Event:
         """Sample the request's next token and turn it into an event (finishing the request if it ends)."""
-        token = request.sampler(logits)
-        request.tokens.append(token)
-        request.generated += 1
-        request.next_token = token
-        if token in request.stop_ids:
-            return self._finish(request, token, FINISH_STOP)
-        piece = request.text.push(token)
-        if request.text.stopped:
-            return self._finish(request, token, FINISH_STOP, piece)
-        if request.generated >= request.max_new_tokens or request.length >= self.capacity:
-            return self._finish(request, token, FINISH_LENGTH, piece)
-        return Event(request.id, token, piece)
+        token, piece, reason = request.advance(logits, self.capacity)
+        return Event(request.id, token, piece) if reason is None else self._finish(request, token, reason, piece)
 
-    def _finish(self, request: _Request, token: int | None, reason: str, piece: str = "") -> Event:
+    def _finish(self, request: Request, token: int | None, reason: str, piece: str = "") -> Event:
         """Free the request's row and id; the event carries the text still held back (none after a stop string)."""
         if request.row >= 0:
             self._rows[request.row] = None

@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from edgetune.common import names
 from edgetune.runtime.adapter_bank import AdapterBank
+from edgetune.runtime.fold import fold_sites, fold_tensors
 from edgetune.runtime.kv_cache import KVCache
 from edgetune.runtime.lean_graph import lean_serving_graph, open_beside
 from edgetune.runtime.ort_inference import copy_session_options, open_session
@@ -63,6 +64,39 @@ class ServingSessions:
             options.add_initializer(name, value)
         self.lean = self._open_lean(options, model)
         self.lean_slot, self.folded_values = slot, values
+
+    def fold(self, slot: int) -> None:
+        """Have the lean graph compute bank slot `slot` (0: the base model): its adapter folded into the
+        weights (`fold`), or, where they cannot take it in (int4, a QLoRA base), read as constants."""
+        if slot == 0:
+            self.use_lean(0)
+            return
+        sites = fold_sites(self.lean_model, self.modules)
+        if sites is not None:
+            self.use_lean(
+                slot, fold_tensors(sites, self.bank.base_weight, lambda module: self.bank.branch(module, slot))
+            )
+        else:
+            self.use_lean(slot, model=self.adapter_graph(self.bank.slot_tensors(slot)))
+
+    def decode_runs(self, row_slots: dict[int, int], slots: np.ndarray) -> list[tuple[int, int]]:
+        """The row ranges a decode step of the decoding rows `row_slots` (row -> slot) runs as: all its rows at
+        once, or, with an adapter folded, the folded adapter's rows apart from the others (so they always
+        compute the folded weights); idle rows join a neighbour's run, their entry in `slots` set to it."""
+        top = len(slots)
+        if self.lean_slot == 0:
+            return [(0, top)]
+        folded = {row: slot == self.lean_slot for row, slot in row_slots.items()}
+        runs: list[tuple[int, int]] = []
+        kind = folded[min(folded)]
+        start = 0
+        for row in range(top):
+            if folded.get(row, kind) != kind:
+                runs.append((start, row))
+                start, kind = row, folded[row]
+            if row not in folded:
+                slots[row] = self.lean_slot if kind else 0
+        return [*runs, (start, top)]
 
     def run(self, start, stop, ids, positions, seqlens, total: int, slots, prefix: dict | None = None) -> np.ndarray:
         """One run on rows [start, stop) of the cache; returns logits (B, 1, V).
