@@ -18,7 +18,7 @@ so greedy output in a batch equals the same request alone. A decode step whose r
 the base model goes to a copy of the graph without the bank and the prompt prefix
 (`lean_graph`), which computes the same numbers with fewer ops; one adapter can be folded
 into that copy's weights (`fold_adapter`). The sessions and their IO bindings are
-`serving_sessions`.
+`serving_sessions`; a request's state and stop checks, `requests`.
 """
 
 import os
