@@ -7,7 +7,8 @@ int8 compute's criterion is "the first 50 training losses within 2% of fp32"
 differ only in arithmetic: edgetune fp32 against itself (run again, with 1 ORT intra-op
 thread instead of 2, with ORT's basic graph optimizations instead of all), PyTorch + PEFT
 fp32 against itself with 1 thread instead of 2 and against bf16 autocast, PyTorch fp32
-against edgetune fp32; beside them edgetune's int8 compute against fp32. (`taskset -c 0`
+against edgetune fp32; beside them edgetune's int8 compute against fp32, and edgetune fp32
+from a starting adapter changed by a relative 1e-6 or 1e-3 (same arithmetic, another start). (`taskset -c 0`
 would not give edgetune another thread count: ORT 1.19 sizes its default pool from the
 cores, not the affinity mask, so the thread count is set in the session options.)
 
@@ -45,6 +46,9 @@ RUNS = {  # name -> how it trains
     "edgetune fp32, 1 thread": {"impl": "edgetune", "bundle": "LoRA", "threads": 1},
     "edgetune fp32, basic graph optimizations": {"impl": "edgetune", "bundle": "LoRA", "opt": "basic"},
     "edgetune int8 compute": {"impl": "edgetune", "bundle": "LoRA, int8 compute"},
+    "edgetune fp32, initial adapter as a PEFT folder": {"impl": "edgetune", "bundle": "LoRA", "perturb": 0.0},
+    "edgetune fp32, initial A × (1 + 1e-6·N(0,1))": {"impl": "edgetune", "bundle": "LoRA", "perturb": 1e-6},
+    "edgetune fp32, initial A × (1 + 1e-3·N(0,1))": {"impl": "edgetune", "bundle": "LoRA", "perturb": 1e-3},
     "PyTorch fp32": {"impl": "torch", "threads": 2, "bf16": False},
     "PyTorch fp32, 1 thread": {"impl": "torch", "threads": 1, "bf16": False},
     "PyTorch bf16 autocast": {"impl": "torch", "threads": 2, "bf16": True},
@@ -57,6 +61,9 @@ PAIRS = [  # (run, reference)
     ("PyTorch fp32", "edgetune fp32"),
     ("PyTorch bf16 autocast", "PyTorch fp32"),
     ("edgetune int8 compute", "edgetune fp32"),
+    ("edgetune fp32, initial adapter as a PEFT folder", "edgetune fp32"),
+    ("edgetune fp32, initial A × (1 + 1e-6·N(0,1))", "edgetune fp32"),
+    ("edgetune fp32, initial A × (1 + 1e-3·N(0,1))", "edgetune fp32"),
 ]
 
 
@@ -87,6 +94,8 @@ def train_edgetune(name: str, o: dict, data: Path, steps: int) -> dict:
     flags[flags.index("--steps") + 1] = str(steps)
     args = ["train", bundle_path(o["bundle"]), "--data", data / "train.jsonl", "-o", run_dir, *flags]
     shutil.rmtree(run_dir, ignore_errors=True)
+    if "perturb" in o:
+        args += ["--init-adapter", perturbed_initial_adapter(bundle_path(o["bundle"]), o["perturb"], run_dir)]
     session = {k: o[k] for k in ("threads", "opt") if k in o}
     cmd = [children.PYTHON, __file__, "cli", json.dumps(session), *map(str, args)]
     start_load, started = load(), time.perf_counter()
@@ -96,6 +105,30 @@ def train_edgetune(name: str, o: dict, data: Path, steps: int) -> dict:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if m.get("type") == "train"]
     return {**o, "losses": losses, "wall_s": time.perf_counter() - started, "loads": [start_load, load()]}
+
+
+def perturbed_initial_adapter(bundle: Path, eps: float, run_dir: Path) -> Path:
+    """The bundle's initial adapter as a PEFT folder beside `run_dir`, each lora_A element times
+    (1 + eps·N(0, 1)) (seed 0; B starts at zero): how far a tiny change of the starting point
+    moves the losses, with no change of arithmetic."""
+    import numpy as np
+
+    from edgetune.common.manifest import read_manifest
+    from edgetune.common.names import CHECKPOINT
+    from edgetune.common.peft import bundle_adapter_keys, save_adapter, to_peft_layout
+    from edgetune.runtime.ort_training import load_state
+
+    manifest = read_manifest(bundle)
+    state = load_state(bundle / CHECKPOINT)
+    weights = to_peft_layout({k: state.parameters[k].data for k in bundle_adapter_keys(manifest)})
+    rng = np.random.default_rng(0)
+    for key, value in weights.items():
+        if "lora_A" in key:
+            weights[key] = (value * (1 + eps * rng.standard_normal(value.shape))).astype(value.dtype)
+    folder = run_dir.with_name(run_dir.name + "-init")
+    shutil.rmtree(folder, ignore_errors=True)
+    save_adapter(folder, weights, manifest["adapter_config"], manifest["source"]["weights_sha256"])
+    return folder
 
 
 def cli_with_options(session: dict, argv: list) -> int:
