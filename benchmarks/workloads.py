@@ -20,8 +20,8 @@ def ensure_smollm2_bundle(checkpointing: bool = False, compute: str = "fp32") ->
     checkpointing: the same built with --gradient-checkpointing; compute: its --compute.
     """
     out = SMOLLM2_CHECKPOINTED if checkpointing else SMOLLM2_BUNDLE
-    if compute != "fp32":
-        out = out.with_name(f"smollm2-{compute}" + ("-checkpointing" if checkpointing else ""))
+    if compute != "fp32":  # not smollm2-int8: that name is ensure_smollm2_serving's int8 serving bundle
+        out = out.with_name(f"smollm2-compute-{compute}" + ("-checkpointing" if checkpointing else ""))
     if not (out / "manifest.json").is_file():
         subprocess.run(
             [
