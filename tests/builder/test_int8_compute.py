@@ -250,7 +250,7 @@ def test_one_int8_product_matches_float64(residual, transposed, bias):
     Two passes leave the weight's rounding only (the reference uses the int8 weight). One
     pass adds the rows' rounding: the outlier sets the row's scale, so the other channels
     keep about 3 levels each and the output is within 5% of its largest element (2.1% here);
-    that is why forward values take two passes (gradients, one).
+    that is why forward values take two passes (LoRA's gradients, one).
     """
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
