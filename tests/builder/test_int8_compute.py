@@ -80,16 +80,13 @@ def _distance(grads: dict, reference: dict) -> tuple[float, float]:
     return relative, cosine
 
 
-def _int8_gemms(graph: onnx.GraphProto) -> tuple[int, int, int]:
-    """(forward, gradient) products run as int8 GEMMs, and the gradients' passes (MatMulIntegerToFloat each).
-
-    A forward product is two of them (value, residual); a gradient one, one or two.
-    """
+def _int8_gemms(graph: onnx.GraphProto) -> tuple[int, int]:
+    """(forward, gradient) products run as int8 GEMMs: a forward one is two MatMulIntegerToFloat (value, residual)."""
     gemms = [n.name for n in graph.node if n.op_type == "MatMulIntegerToFloat"]
-    count = lambda gradient, k: sum(1 for g in gemms if ("_Grad/" in g) == gradient and g.endswith(f"/int8_{k}"))
-    assert count(False, 0) == count(False, 1) and len(gemms) == sum(count(g, k) for g in (0, 1) for k in (0, 1))
-    assert count(True, 1) in (0, count(True, 0))  # every gradient product alike
-    return count(False, 0), count(True, 0), 1 + (count(True, 1) > 0)
+    gradient = sum(1 for name in gemms if "_Grad/" in name)
+    residual = sum(1 for name in gemms if name.endswith("/int8_1"))
+    assert len(gemms) - gradient == 2 * residual
+    return residual, gradient
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -100,7 +97,7 @@ def test_every_frozen_linear_is_an_int8_gemm_forward_and_backward(arch, method_b
     fp32 = onnx.load(method_bundle(arch, "lora") / names.TRAINING_MODEL, load_external_data=False).graph
     forward = LAYERS * LINEARS[arch]
     gradients = forward - (LINEARS[arch] - FIRST_LAYER_INPUT_GRADIENTS[arch])  # none into layer 0's input
-    assert _int8_gemms(graph) == (forward, gradients, 1)  # LoRA's gradients: one pass
+    assert _int8_gemms(graph) == (forward, gradients)
     assert "DequantizeLinear" not in {n.op_type for n in graph.node if not n.name.startswith("/int8/")}
     lora = lambda g: sorted(n.name for n in g.node if n.name.startswith("/lora/") and "MatMul" in n.op_type)
     assert lora(graph) == lora(fp32)  # LoRA's own products stay fp32
@@ -110,10 +107,10 @@ def test_qlora_int8_keeps_its_lm_head_chunks_float_and_recomputes_layers_in_int8
     graph = onnx.load(
         method_bundle("llama", "qlora", quant="int8", compute="int8") / names.TRAINING_MODEL, load_external_data=False
     ).graph
-    forward, gradients, passes = _int8_gemms(graph)
+    forward, gradients = _int8_gemms(graph)
     recomputed = sum(1 for n in graph.node if n.op_type == "MatMulIntegerToFloat" and "/checkpointed/int8_1" in n.name)
     assert recomputed > 0 and forward == LAYERS * LINEARS["llama"] + recomputed  # QLoRA checkpoints layers
-    assert gradients == LAYERS * LINEARS["llama"] - 3 and passes == 2  # QLoRA-int8's gradients: two passes
+    assert gradients == LAYERS * LINEARS["llama"] - 3
     weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and not n.name.startswith("/int8/")}
     assert weights and all(name.startswith("/quant/lm_head/vocab") for name in weights)  # only the LM head's chunks
 
@@ -133,11 +130,7 @@ def test_int8_gradients_are_close_to_fp32_and_closer_than_bf16_autocast(arch, me
 
 
 def test_qlora_int8_compute_differs_from_its_fp32_compute_only_by_the_activations(method_bundle):
-    """Same int8 weights on both sides: what is left is the per-row rounding of activations and gradients.
-
-    Both are quantized in two passes here, which left the adapter gradients within 4.4e-5 of
-    their largest element and at cosine 0.9999999 (one-pass gradients: 5.0e-3, 0.999995).
-    """
+    """Same int8 weights on both sides: what is left is the per-row rounding of activations and gradients."""
     fp32 = method_bundle("llama", "qlora", quant="int8")
     int8 = method_bundle("llama", "qlora", quant="int8", compute="int8")
     adapter = random_adapter(fp32)
@@ -145,7 +138,7 @@ def test_qlora_int8_compute_differs_from_its_fp32_compute_only_by_the_activation
     loss_fp32, grads_fp32 = _ort_step(fp32, adapter)
     assert loss == pytest.approx(loss_fp32, rel=1e-4)
     relative, cosine = _distance(grads, grads_fp32)
-    assert relative < 1e-3 and cosine > 0.99999, (relative, cosine)
+    assert relative < 0.02 and cosine > 0.9999, (relative, cosine)
 
 
 def test_checkpointing_recomputes_the_same_int8_products(method_bundle):
@@ -182,9 +175,6 @@ def test_ort_folds_the_transposed_weights_when_the_session_opens(method_bundle, 
 def test_the_manifest_says_int8_compute(method_bundle):
     manifest = read_manifest(method_bundle("llama", "lora", compute="int8"))
     assert manifest["compute"]["type"] == "int8" and manifest["quantization"] is None
-    assert manifest["compute"]["gradients"] == "one pass"
-    qlora = read_manifest(method_bundle("llama", "qlora", quant="int8", compute="int8"))
-    assert qlora["compute"]["gradients"].startswith("two passes")
     assert "compute" not in read_manifest(method_bundle("llama", "lora"))  # fp32 bundles are unchanged
 
 
@@ -250,7 +240,7 @@ def test_one_int8_product_matches_float64(residual, transposed, bias):
     Two passes leave the weight's rounding only (the reference uses the int8 weight). One
     pass adds the rows' rounding: the outlier sets the row's scale, so the other channels
     keep about 3 levels each and the output is within 5% of its largest element (2.1% here);
-    that is why forward values take two passes (LoRA's gradients, one).
+    that is why forward values take two passes (gradients, one).
     """
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper

@@ -119,12 +119,7 @@ class Int8Compute:
     The rewrite stores every Linear int8 first (QLoRA-int8's already are); the training
     model's x·W and dY·Wᵀ become int8 GEMMs once ORT has built the gradient graph, before
     the variant's own backward rewrite (which then finds only the LM head to dequantize).
-    Its input gradients dY·Wᵀ take `gradient_passes` (docs/design.md, "What the drift is
-    made of"): one for LoRA, whose int8 weights already make it another model than its
-    fp32 twin, two for QLoRA-int8, which then keeps to its fp32 twin's losses.
     """
-
-    gradient_passes = 1
 
     def rewrite(self, graph, sites, spec, weights, training, files):
         """Every float Linear but the LM head stored int8 per output channel, then the variant's rewrite."""
@@ -134,12 +129,12 @@ class Int8Compute:
     def rewrite_backward(self, training_model):
         """x·W and dY·Wᵀ of every int8 Linear as int8 GEMMs, then the variant's backward rewrite."""
         int8_compute.int8_forward(training_model)
-        int8_backward(training_model, self.gradient_passes)
+        int8_backward(training_model)
         super().rewrite_backward(training_model)
 
     def manifest_fields(self):
         """The compute type and its number formats."""
-        return {"compute": {**int8_compute.MANIFEST, "gradients": int8_compute.GRADIENT_PASSES[self.gradient_passes]}}
+        return {"compute": int8_compute.MANIFEST}
 
 
 @dataclass(frozen=True)
@@ -151,10 +146,9 @@ class Int8LoraVariant(Int8Compute, LoraVariant):
 
 @dataclass(frozen=True)
 class Int8QLoraVariant(Int8Compute, QLoraVariant):
-    """QLoRA-int8 with int8 compute, its input gradients in two passes."""
+    """QLoRA-int8 with int8 compute."""
 
     compute: str = "int8"
-    gradient_passes = 2
 
 
 def variant_for(config: BuildConfig, peft_config: dict | None = None) -> LoraVariant:

@@ -17,11 +17,9 @@ two passes: the rounding residual r = x/a − (x_q − 128), |r| <= 1/2, is quan
 with 1/254 and multiplied too, so the activations lose nothing a loss would notice: real
 models have outlier channels, which set a row's scale and leave the other channels a few
 levels (a 40× outlier costs one pass 2% of the output, two passes 1e-4:
-`test_one_int8_product_matches_float64`). Gradients (dY·Wᵀ) take one pass for LoRA, as
-SwitchBack's do, and two for QLoRA-int8, whose fp32 twin reads the same int8 weights, so
-that the gradients' rounding is all that could move its training away from the twin's.
-docs/design.md, "int8 compute", has the ops chosen, what each CPU runs, and the accuracy
-measured.
+`test_one_int8_product_matches_float64`). Gradients (dY·Wᵀ) take one pass, as SwitchBack's
+do. docs/design.md, "int8 compute", has the ops chosen, what each CPU runs, and the
+accuracy measured.
 
 Both rewrites run on the training model once ORT has built its gradient graph, because
 ORT has no gradient for MatMulInteger: the graph ORT differentiates computes
@@ -44,7 +42,6 @@ MANIFEST = {
     "products": "every product with a frozen int8 weight, forward x·W and backward dY·Wᵀ",
     "activations": "uint8 per row, symmetric, each step; forward values in two passes (value and residual)",
 }
-GRADIENT_PASSES = {1: "one pass", 2: "two passes (value and residual)"}
 LEVELS = 127  # symmetric: x_q − 128 in [−127, 127]
 ZERO_POINT = 128
 TINY = 1e-30  # floor of a row's max |x|: an all-zero row (no gradient reaches it) gets a finite scale
@@ -59,17 +56,16 @@ def quantize_linears(model: onnx.ModelProto, training: bool, files: WeightFiles)
 
 def int8_forward(model: onnx.ModelProto) -> int:
     """Rewrite the forward products with an int8 weight (x·W, recomputed ones too) as two-pass int8 GEMMs."""
-    return rewrite_products(model, gradients=False, residual=True)
+    return rewrite_products(model, gradients=False)
 
 
-def rewrite_products(model: onnx.ModelProto, gradients: bool, residual: bool) -> int:
+def rewrite_products(model: onnx.ModelProto, gradients: bool) -> int:
     """Rewrite the products with an int8 weight among ORT's gradient nodes, or among the others; count them.
 
-    residual: quantize their inputs in two passes. The weights' DequantizeLinear that nothing
-    reads any more are dropped, the nodes sorted.
+    The weights' DequantizeLinear that nothing reads any more are dropped, the nodes sorted.
     """
     graph = model.graph
-    weights = Int8Weights(graph, residual=residual)
+    weights = Int8Weights(graph, residual=not gradients)
     new_nodes: list[onnx.NodeProto] = []
     count = 0
     for node in graph.node:

@@ -7,8 +7,7 @@ product's inner dimension, so they move onto dY:
     dX = dY·(q·diag(s))ᵀ = (dY·diag(s))·qᵀ
 
 (dY·diag(s)) is quantized per row, in one pass (gradients are noisy by nature, as in
-SwitchBack) or in two (value and rounding residual, as forward values are), and
-multiplied by qᵀ, which the graph takes as Transpose(q): ORT folds it
+SwitchBack), and multiplied by qᵀ, which the graph takes as Transpose(q): ORT folds it
 into an int8 constant when the session loads. Forward and backward read the same int8
 values, so the backward is the exact transpose of the forward's weight. The vocabulary
 (`Int8Weights.product`) and the forward half are in `rewrites.int8_compute`; a
@@ -20,6 +19,6 @@ import onnx
 from edgetune.builder.rewrites.int8_compute import rewrite_products
 
 
-def int8_backward(model: onnx.ModelProto, passes: int) -> int:
-    """Rewrite the gradient nodes' products with an int8 weight (dY·Wᵀ) as int8 GEMMs of 1 or 2 passes; count them."""
-    return rewrite_products(model, gradients=True, residual=passes == 2)
+def int8_backward(model: onnx.ModelProto) -> int:
+    """Rewrite the gradient nodes' products with an int8 weight (dY·Wᵀ) as one-pass int8 GEMMs; count them."""
+    return rewrite_products(model, gradients=True)
