@@ -1,15 +1,16 @@
 """int8 compute's accuracy on the demo task: losses and held-out exact match against fp32 compute.
 
-    .venv/bin/python benchmarks/int8_accuracy.py [--steps 150] [--report]
+    .venv/bin/python benchmarks/int8_accuracy.py [--steps 150] [--reuse] [--report]
 
 Four bundles of the embedded SmolLM2-135M-Instruct with the demo's adapter (r=8 on q/v):
 LoRA and QLoRA-int8, each with `--compute fp32` and `--compute int8`. Each is trained
 through the CLI with the demo's settings (methods.py's TRAIN: 150 steps, lr 2e-3, batch 8,
 seq-len 64; the same data in the same order, so step k sees the same batch in every run)
-and evaluated on the 100 held-out examples (a bundle already under artifacts/int8_accuracy
-is reused). Prints, for each int8 run against its fp32 twin, the relative difference of
-the training losses step by step (first 10 and first 50 steps: largest and mean), and the
-exact match. Results: artifacts/int8_accuracy/results.json.
+and evaluated on the 100 held-out examples. Each bundle is built again unless `--reuse` is
+given: a bundle built by earlier code trains and serves as that code did. Prints, for each
+int8 run against its fp32 twin, the relative difference of the training losses step by
+step (first 10 and first 50 steps: largest and mean), and the exact match. Results:
+artifacts/int8_accuracy/results.json.
 """
 
 import argparse
@@ -37,11 +38,11 @@ def slug(name: str) -> str:
     return name.replace(", ", "-").replace(" ", "-")
 
 
-def train_and_eval(name: str, flags: list, data: Path, steps: int) -> dict:
-    """Build, train and evaluate one bundle; its losses step by step and held-out exact match."""
+def train_and_eval(name: str, flags: list, data: Path, steps: int, reuse: bool) -> dict:
+    """Build (unless reused), train and evaluate one bundle; its losses step by step and held-out exact match."""
     bundle, run_dir = OUT / slug(name), OUT / f"{slug(name)}-run"
     build_s = build_load = None
-    if not (bundle / "manifest.json").is_file():  # built once; delete artifacts/int8_accuracy to build again
+    if not (reuse and (bundle / "manifest.json").is_file()):
         log(f"{name}: build")
         _, build_s, build_load = run(["build", smollm2_gguf(), "-o", bundle, *flags, *ADAPTER, "--force"])
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -92,6 +93,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--report", action="store_true", help="only print the tables of the last results")
+    parser.add_argument("--reuse", action="store_true", help="train the bundles already built, if any")
     args = parser.parse_args()
     if args.report:
         print(report(json.loads((OUT / "results.json").read_text())))
@@ -102,7 +104,7 @@ def main() -> int:
     results = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": {}, "comparisons": {}}
     names = list(RUNS)
     for name in names:
-        results["runs"][name] = train_and_eval(name, RUNS[name], data, args.steps)
+        results["runs"][name] = train_and_eval(name, RUNS[name], data, args.steps, args.reuse)
         (OUT / "results.json").write_text(json.dumps(results, indent=1))
     for fp32, int8 in zip(names[::2], names[1::2]):
         results["comparisons"][int8] = compare(results["runs"][int8], results["runs"][fp32])
