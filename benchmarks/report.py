@@ -27,7 +27,7 @@ def machine(r: dict) -> str:
         f"- {m['nproc']} logical CPUs, `{m['cpu']}` ({', '.join(m['simd'])}), "
         f"{m['mem_bytes'] / GiB:.1f} GiB RAM, Python {m['python']}",
         f"- load average (1 min) at start {m['loadavg'][0]:.1f}, at end {m['loadavg_end'][0]:.1f} "
-        f"(the machine was shared with other engineers' test runs)",
+        "(what else ran is not recorded: say it beside the figures)",
         f"- run: {r['mode']}, sections {', '.join(r['sections'])}, started {r['started']}, {r['total_s'] / 60:.1f} min",
     ]
     if hw.get("int8_gemm_peak_ops"):
