@@ -15,10 +15,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
 
+from edgetune.common.manifest import read_manifest
 from edgetune.common.names import CHECKPOINT, EVAL_MODEL, TRAINING_MODEL
-from edgetune.common.peft import to_graph_layout
+from edgetune.common.peft import load_adapter, to_graph_layout
 from edgetune.runtime.batching import encode_examples, load_tokenizer, make_batches
 from edgetune.runtime.data import read_examples
 from edgetune.runtime.ort_training import CheckpointState, Module, training_session_options
@@ -27,17 +27,21 @@ ROOT = Path(__file__).resolve().parent.parent / "artifacts" / "int8_accuracy"
 PAIRS = [("QLoRA-int8", "QLoRA-int8-int8-compute"), ("LoRA", "LoRA-int8-compute")]  # fp32 twin, int8 compute
 
 
-def batch_losses(bundle: Path, adapter: Path, data: Path, count: int) -> np.ndarray:
-    """The training graph's loss (count,) on the first `count` batches of 8 × 64, with `adapter` loaded."""
+def demo_batches(bundle: Path, data: Path, count: int) -> list:
+    """The first `count` training batches of 8 × 64, as `edgetune train` makes them (twins share a tokenizer)."""
     tokenizer, info = load_tokenizer(bundle)
     examples, _ = read_examples(data)
     encoded, _ = encode_examples(examples[: 8 * count], tokenizer, info, 64)
-    batches = make_batches(encoded, 8, 0, 0, info.pad_id)[:count]
+    return make_batches(encoded, 8, 0, 0, info.pad_id)[:count]
+
+
+def batch_losses(bundle: Path, adapter: dict, batches: list) -> np.ndarray:
+    """The training graph's loss on each batch (len(batches),), with `adapter` (PEFT layout) loaded."""
     state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
     module = Module(
         str(bundle / TRAINING_MODEL), state, str(bundle / EVAL_MODEL), session_options=training_session_options()
     )
-    for name, value in to_graph_layout(load_file(str(adapter / "adapter_model.safetensors"))).items():
+    for name, value in to_graph_layout(adapter).items():
         state.parameters[name] = value
     module.train()
     names = module.input_names()
@@ -56,8 +60,9 @@ def main() -> None:
     print("| pair (adapter: the fp32 twin's, trained) | fp32 losses (range) | int8 / fp32 − 1: mean abs, largest |")
     print("|---|---|---|")
     for fp32, int8 in PAIRS:
-        adapter = ROOT / f"{fp32}-run" / "adapter"
-        a, b = (batch_losses(ROOT / name, adapter, data, args.batches) for name in (fp32, int8))
+        adapter, _ = load_adapter(ROOT / f"{fp32}-run" / "adapter", read_manifest(ROOT / fp32))
+        batches = demo_batches(ROOT / fp32, data, args.batches)
+        a, b = (batch_losses(ROOT / name, adapter, batches) for name in (fp32, int8))
         d = np.abs(b / a - 1)
         print(f"| {fp32} | {a.min():.4f}–{a.max():.4f} | {d.mean():.2%}, {d.max():.2%} |")
 
