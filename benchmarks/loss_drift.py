@@ -114,13 +114,11 @@ def perturbed_initial_adapter(bundle: Path, eps: float, run_dir: Path) -> Path:
     import numpy as np
 
     from edgetune.common.manifest import read_manifest
-    from edgetune.common.names import CHECKPOINT
-    from edgetune.common.peft import bundle_adapter_keys, save_adapter, to_peft_layout
-    from edgetune.runtime.ort_training import load_state
+    from edgetune.common.peft import save_adapter
+    from edgetune.runtime.bundle_checkpoint import bundle_adapter
 
     manifest = read_manifest(bundle)
-    state = load_state(bundle / CHECKPOINT)
-    weights = to_peft_layout({k: state.parameters[k].data for k in bundle_adapter_keys(manifest)})
+    weights = bundle_adapter(bundle, manifest)
     rng = np.random.default_rng(0)
     for key, value in weights.items():
         if "lora_A" in key:
@@ -188,14 +186,12 @@ def initial_peft_model(o: dict):
     from transformers import AutoModelForCausalLM
 
     from edgetune.common.manifest import read_manifest
-    from edgetune.common.names import CHECKPOINT
-    from edgetune.common.peft import bundle_adapter_keys, save_adapter, to_peft_layout
-    from edgetune.runtime.ort_training import load_state
+    from edgetune.common.peft import save_adapter
+    from edgetune.runtime.bundle_checkpoint import bundle_adapter
 
     bundle = Path(o["bundle"])
     manifest = read_manifest(bundle)
-    state = load_state(bundle / CHECKPOINT)
-    weights = to_peft_layout({k: state.parameters[k].data for k in bundle_adapter_keys(manifest)})
+    weights = bundle_adapter(bundle, manifest)
     model = AutoModelForCausalLM.from_pretrained(o["model"], dtype=torch.float32)
     model.config.use_cache = False
     with tempfile.TemporaryDirectory() as folder:

@@ -9,8 +9,8 @@ from edgetune.common.errors import AdapterError, ConfigError
 from edgetune.common.manifest import read_manifest
 from edgetune.common.peft import config_scaling, delta_key, load_adapter, lora_keys, save_adapter
 from edgetune.fed.evaluation import heldout_loss
-from edgetune.fed.payload import bundle_adapter
 from edgetune.options import BuildConfig, TrainConfig
+from edgetune.runtime.bundle_checkpoint import bundle_adapter
 from edgetune.runtime.engine import Engine
 from edgetune.runtime.generate import Generator
 from edgetune.runtime.train import train

@@ -19,10 +19,11 @@ from edgetune.common.manifest import read_manifest
 from edgetune.common.peft import load_adapter
 from edgetune.fed.config import FleetConfig
 from edgetune.fed.flower_app import write_app
-from edgetune.fed.payload import BASE_SHA, CLIP_RANGE, KEYS_SHA, MAX_EXAMPLES, bundle_adapter, keys_digest, sent_keys
+from edgetune.fed.payload import BASE_SHA, CLIP_RANGE, KEYS_SHA, MAX_EXAMPLES, keys_digest, sent_keys
 from edgetune.fed.secagg_client import FleetNode
 from edgetune.fed.secagg_server import error_bound
 from edgetune.fed.simulation import simulate
+from edgetune.runtime.bundle_checkpoint import bundle_adapter
 from tests.fed.conftest import STRATEGY_BUNDLE
 from tests.fed.fleet import LocalFleet
 

@@ -12,9 +12,10 @@ from edgetune.common.peft import load_adapter
 from edgetune.fed.client_app import KEY_CLIPPING_NORM
 from edgetune.fed.client_app import app as client_app
 from edgetune.fed.config import FleetConfig
-from edgetune.fed.payload import BASE_SHA, bundle_adapter, from_record, sent_keys, to_record
+from edgetune.fed.payload import BASE_SHA, from_record, sent_keys, to_record
 from edgetune.fed.server_app import run_fleet
 from edgetune.fed.simulation import SequentialGrid, simulate
+from edgetune.runtime.bundle_checkpoint import bundle_adapter
 from tests.fed.conftest import STRATEGY_BUNDLE
 
 

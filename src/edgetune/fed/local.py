@@ -17,8 +17,9 @@ from edgetune.common.errors import BundleError
 from edgetune.common.manifest import read_manifest
 from edgetune.common.names import ADAPTER_DIR
 from edgetune.common.peft import DELTA_SUFFIX, load_adapter, save_adapter
-from edgetune.fed.payload import bundle_adapter, uploaded_keys
+from edgetune.fed.payload import uploaded_keys
 from edgetune.options import TrainConfig
+from edgetune.runtime.bundle_checkpoint import bundle_adapter
 from edgetune.runtime.train import train
 
 

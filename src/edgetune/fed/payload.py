@@ -16,9 +16,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from edgetune.common.errors import BundleError
-from edgetune.common.names import CHECKPOINT
-from edgetune.common.peft import bundle_adapter_keys, bundle_delta_keys, to_peft_layout
-from edgetune.runtime.ort_training import CheckpointState
+from edgetune.common.peft import bundle_adapter_keys, bundle_delta_keys
 
 ARRAYS = "arrays"  # the RecordDict keys Flower's strategies use
 CONFIG = "config"
@@ -27,16 +25,6 @@ BASE_SHA = "base-sha256"  # the server's base-model hash, sent with every round'
 KEYS_SHA = "keys-sha256"  # SecAgg+ rounds: the hash of the arrays' order (legacy Parameters carry no names)
 CLIP_RANGE = "secagg-clip-range"  # SecAgg+ rounds: the quantizer's range, checked by each node
 MAX_EXAMPLES = "secagg-max-examples"
-
-
-def bundle_adapter(bundle: Path, manifest: dict) -> dict[str, np.ndarray]:
-    """The bundle's initial adapter (and zero base deltas, if built with them), PEFT layout, from its checkpoint."""
-    try:
-        state = CheckpointState.load_checkpoint(str(Path(bundle) / CHECKPOINT))
-    except RuntimeError:
-        raise BundleError(f"{Path(bundle) / CHECKPOINT}: not a readable ORT checkpoint") from None
-    keys = bundle_adapter_keys(manifest) + bundle_delta_keys(manifest)
-    return to_peft_layout({key: state.parameters[key].data for key in keys})
 
 
 def uploaded_keys(strategy: str, manifest: dict) -> list[str]:

@@ -16,10 +16,11 @@ from edgetune.common.errors import ConfigError
 from edgetune.common.names import METRICS
 from edgetune.common.peft import DELTA_SUFFIX, config_scaling
 from edgetune.fed.config import FleetConfig
-from edgetune.fed.payload import BASE_SHA, bundle_adapter, check_strategy_fits, sent_keys, to_record
+from edgetune.fed.payload import BASE_SHA, check_strategy_fits, sent_keys, to_record
 from edgetune.fed.secagg_server import run_secagg_rounds
 from edgetune.fed.server_rounds import RoundRecorder
 from edgetune.fed.strategies import make_strategy
+from edgetune.runtime.bundle_checkpoint import bundle_adapter
 
 app = ServerApp()
 
