@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from edgetune.common.manifest import read_manifest
-from edgetune.common.names import CHECKPOINT, EVAL_MODEL, TRAINING_MODEL
-from edgetune.common.peft import load_adapter, to_graph_layout
+from edgetune.common.peft import load_adapter
 from edgetune.runtime.batching import encode_examples, load_tokenizer, make_batches
+from edgetune.runtime.bundle_checkpoint import batch_losses
 from edgetune.runtime.data import read_examples
-from edgetune.runtime.ort_training import CheckpointState, Module, training_session_options
 
 ROOT = Path(__file__).resolve().parent.parent / "artifacts" / "int8_accuracy"
 PAIRS = [("QLoRA-int8", "QLoRA-int8-int8-compute"), ("LoRA", "LoRA-int8-compute")]  # fp32 twin, int8 compute
@@ -35,23 +34,6 @@ def demo_batches(bundle: Path, data: Path, count: int) -> list:
     return make_batches(encoded, 8, 0, 0, info.pad_id)[:count]
 
 
-def batch_losses(bundle: Path, adapter: dict, batches: list) -> np.ndarray:
-    """The training graph's loss on each batch (len(batches),), with `adapter` (PEFT layout) loaded."""
-    state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
-    module = Module(
-        str(bundle / TRAINING_MODEL), state, str(bundle / EVAL_MODEL), session_options=training_session_options()
-    )
-    for name, value in to_graph_layout(adapter).items():
-        state.parameters[name] = value
-    module.train()
-    names = module.input_names()
-    losses = []
-    for batch in batches:
-        losses.append(float(np.asarray(module(*(getattr(batch, n) for n in names)))))
-        module.lazy_reset_grad()
-    return np.array(losses)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=12)
@@ -62,7 +44,7 @@ def main() -> None:
     for fp32, int8 in PAIRS:
         adapter, _ = load_adapter(ROOT / f"{fp32}-run" / "adapter", read_manifest(ROOT / fp32))
         batches = demo_batches(ROOT / fp32, data, args.batches)
-        a, b = (batch_losses(ROOT / name, adapter, batches) for name in (fp32, int8))
+        a, b = (np.array(batch_losses(ROOT / name, adapter, batches, train=True)) for name in (fp32, int8))
         d = np.abs(b / a - 1)
         print(f"| {fp32} | {a.min():.4f}–{a.max():.4f} | {d.mean():.2%}, {d.max():.2%} |")
 

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetune.common.names import BASE_DELTA, CHECKPOINT, EVAL_MODEL, TRAINING_MODEL
-from edgetune.common.peft import to_graph_layout
+from edgetune.common.names import BASE_DELTA
 from edgetune.runtime.batching import IGNORE, encode_examples, load_tokenizer, make_batches
+from edgetune.runtime.bundle_checkpoint import batch_losses
 from edgetune.runtime.data import read_examples
 from edgetune.runtime.evaluate import ADAPTER, evaluate_exact_match, open_decoder
 from edgetune.runtime.merge import merge
-from edgetune.runtime.ort_training import CheckpointState, Module, training_session_options
 
 
 def heldout_loss(bundle: Path, arrays: dict[str, np.ndarray], data: Path, batch_size: int, seq_len: int) -> float:
@@ -28,18 +27,10 @@ def heldout_loss(bundle: Path, arrays: dict[str, np.ndarray], data: Path, batch_
     examples, _ = read_examples(data)
     encoded, _ = encode_examples(examples, tokenizer, info, seq_len)
     batches = make_batches(encoded, batch_size, 0, 0, info.pad_id)
-    state = CheckpointState.load_checkpoint(str(bundle / CHECKPOINT))
-    module = Module(
-        str(bundle / TRAINING_MODEL), state, str(bundle / EVAL_MODEL), session_options=training_session_options()
-    )
-    for key, value in to_graph_layout(arrays).items():
-        state.parameters[key] = value
-    module.eval()
-    names = module.input_names()
     total, count = 0.0, 0
-    for batch in batches:
+    for batch, loss in zip(batches, batch_losses(bundle, arrays, batches, train=False)):
         tokens = int((batch.labels != IGNORE).sum())
-        total += float(module(*(getattr(batch, n) for n in names))) * tokens
+        total += loss * tokens
         count += tokens
     loss = total / count
     return loss if math.isfinite(loss) else float("nan")
