@@ -27,6 +27,12 @@ import workloads
 INT8_PREFIX = "/int8"
 
 
+def after_warm_up(events: list) -> list:
+    """One session's profile events from its second run on (the first run is the warm-up step)."""
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    return [e for e in events if len(runs) > 1 and e["ts"] >= runs[1]]
+
+
 def profile(bundle: Path, batch: int, seq_len: int, steps: int) -> dict:
     """{op type: ms per step} of the profiled steps (int8 compute's row quantization as its own entry)."""
     import numpy as np
@@ -52,15 +58,13 @@ def profile(bundle: Path, batch: int, seq_len: int, steps: int) -> dict:
             optimizer.step()
             module.lazy_reset_grad()
             times.append(time.perf_counter() - t)
-        del optimizer, module  # writes the profile
+        del optimizer, module  # writes the profiles: one per session, each timed from its own start
         events = []
         for path in Path(tmp).glob("profile*.json"):
-            events += json.loads(path.read_text())
+            events += after_warm_up(json.loads(path.read_text()))
     by_op: dict[str, float] = defaultdict(float)
-    runs = sorted({e["ts"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run"})
-    skip_until = runs[1] if len(runs) > 1 else 0  # the warm-up step's events come first
     for e in events:
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < skip_until:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
         op = e["args"]["op_name"]
         if e["name"].startswith(INT8_PREFIX) and op != "MatMulIntegerToFloat":
