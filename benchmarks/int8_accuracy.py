@@ -68,6 +68,15 @@ def emails_data() -> Path:
     return data
 
 
+def train_flags(steps: int, task: str) -> list[str]:
+    """The demo's training flags (methods.py's TRAIN) with `steps`, at the task's seq-len."""
+    flags = [*TRAIN]
+    flags[flags.index("--steps") + 1] = str(steps)
+    if task == "emails":
+        flags[flags.index("--seq-len") + 1] = str(EMAILS_SEQ_LEN)
+    return flags
+
+
 def train_and_eval(name: str, flags: list, data: Path, steps: int, reuse: bool, task: str = "dates") -> dict:
     """Build (unless reused), train and evaluate one bundle; its losses step by step and its held-out
     exact match (dates) or loss after the last step (emails)."""
@@ -78,10 +87,8 @@ def train_and_eval(name: str, flags: list, data: Path, steps: int, reuse: bool, 
         _, build_s, build_load = run(["build", smollm2_gguf(), "-o", bundle, *flags, *ADAPTER, "--force"])
     shutil.rmtree(run_dir, ignore_errors=True)
     log(f"{name}: train")
-    train = [*TRAIN]
-    train[train.index("--steps") + 1] = str(steps)
+    train = train_flags(steps, task)
     if task == "emails":
-        train[train.index("--seq-len") + 1] = str(EMAILS_SEQ_LEN)
         train += ["--eval-data", data / "heldout.jsonl", "--eval-every", str(steps)]
     _, train_s, train_load = run(["train", bundle, "--data", data / "train.jsonl", "-o", run_dir, *train])
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import children
 import workloads
-from int8_accuracy import EMAILS_SEQ_LEN, emails_data, loss_stats, slug
 from int8_accuracy import OUT as BUNDLES
 from int8_accuracy import RUNS as BUILDS
+from int8_accuracy import emails_data, loss_stats, slug, train_flags
 from methods import ADAPTER, TRAIN, load, log, run
 
 OUT = children.ROOT / "artifacts" / "loss_drift"
@@ -94,10 +94,15 @@ def train_edgetune(name: str, o: dict, data: Path, steps: int) -> dict:
     the CLI has no flag for ORT's thread count or graph optimization level.
     """
     run_dir = OUT / (slug(name) if o["task"] == "dates" else f"{o['task']}-{slug(name)}")
-    flags = [*TRAIN]
-    flags[flags.index("--steps") + 1] = str(steps)
-    flags[flags.index("--seq-len") + 1] = str(o["seq_len"])
-    args = ["train", bundle_path(o["bundle"]), "--data", data / "train.jsonl", "-o", run_dir, *flags]
+    args = [
+        "train",
+        bundle_path(o["bundle"]),
+        "--data",
+        data / "train.jsonl",
+        "-o",
+        run_dir,
+        *train_flags(steps, o["task"]),
+    ]
     shutil.rmtree(run_dir, ignore_errors=True)
     if "perturb" in o:
         args += ["--init-adapter", perturbed_initial_adapter(bundle_path(o["bundle"]), o["perturb"], run_dir)]
@@ -222,7 +227,9 @@ def run_torch(o: dict) -> dict:
 
     torch.set_num_threads(o["threads"])
     bundle, steps, peak = Path(o["bundle"]), o["steps"], float(option("--lr"))
-    batches = edgetune_batches(bundle, Path(o["data"]) / "train.jsonl", steps, o["seq_len"])
+    flags = train_flags(steps, o["task"])
+    seq_len = int(flags[flags.index("--seq-len") + 1])
+    batches = edgetune_batches(bundle, Path(o["data"]) / "train.jsonl", steps, seq_len)
     model = initial_peft_model(o)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=peak, **adamw_settings(bundle))
@@ -259,14 +266,13 @@ def main() -> int:
             run(["data", "dates", "-o", data, "--train", "2000", "--heldout", "100", "--seed", "0"])
         else:
             data = emails_data()
-        seq_len = int(option("--seq-len")) if args.task == "dates" else EMAILS_SEQ_LEN
         results["steps"] = args.steps
         for name in args.only or RUNS:
             log(f"{name}: train {args.steps} steps")
             train = train_edgetune if RUNS[name]["impl"] == "edgetune" else train_torch
             results["runs"][name] = {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **train(name, {**RUNS[name], "task": args.task, "seq_len": seq_len}, data, args.steps),
+                **train(name, {**RUNS[name], "task": args.task}, data, args.steps),
             }
             path.write_text(json.dumps(results, indent=1))
     print(report(results))
